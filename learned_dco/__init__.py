@@ -1,12 +1,38 @@
 """learned_dco: learned optimizers in JAX.
 
-The update rules are pure builders returning ``optax.GradientTransformation``s
-(``dcog``, ``dcogd``, ``dcom``); learned optimizers pair a meta-parameter ``init`` with an
-``opt_fn`` builder (``DCOG``, ``DCOGD``, ``DCOM``).
+Update rules are pure builders returning ``optax.GradientTransformation`` s
+(:func:`dcog`, :func:`dcogd`, :func:`dcom`); learned optimizers pair a meta-parameter
+``init(key, params)`` with an ``opt_fn(meta)`` builder (:class:`DCOG`, :class:`DCOGD`,
+:class:`DCOM`). Each DCO step is a convex QP solved in :mod:`learned_dco.qp`.
 """
 
+from learned_dco import qp
 from learned_dco.learned import LearnedOptimizer
+from learned_dco.optimizers import (
+    DCOG,
+    DCOGD,
+    DCOM,
+    LEARNED_OPTIMIZERS,
+    DCOMState,
+    DCOState,
+    dcog,
+    dcogd,
+    dcom,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["LearnedOptimizer", "__version__"]
+__all__ = [
+    "DCOG",
+    "DCOGD",
+    "DCOM",
+    "DCOMState",
+    "DCOState",
+    "LEARNED_OPTIMIZERS",
+    "LearnedOptimizer",
+    "__version__",
+    "dcog",
+    "dcogd",
+    "dcom",
+    "qp",
+]

@@ -1,0 +1,127 @@
+"""Pieces every optimizer builder shares: input validation, gradient normalisation and the
+non-finite-gradient guard."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from learned_dco.types import Array, PyTree
+
+tree_map = jax.tree.map
+
+
+def is_concrete(x: Any) -> bool:
+    """True when every leaf of ``x`` holds a value (not a tracer inside jit/vmap/grad)."""
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(x))
+
+
+def check_values(owner: str, name: str, value: PyTree, ok: Callable[[np.ndarray], np.ndarray], rule: str) -> None:
+    """Raise ``ValueError`` if a *concrete* meta-parameter breaks ``rule``.
+
+    Traced values (inside ``jit``/``vmap``/``grad``) cannot be inspected; there the learned
+    optimizers' parameterisations guarantee validity by construction.
+    """
+    if not is_concrete(value):
+        return
+    for path, leaf in jax.tree_util.tree_flatten_with_path(value)[0]:
+        arr = np.asarray(leaf)
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{owner}: {name}{jax.tree_util.keystr(path)} has non-finite entries")
+        if not np.all(ok(arr)):
+            raise ValueError(f"{owner}: {name}{jax.tree_util.keystr(path)} must be {rule}")
+
+
+def _describe(paths: list[str]) -> str:
+    return ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else "")
+
+
+def check_structure(owner: str, name: str, tree: PyTree, params: PyTree) -> None:
+    """``tree`` must have exactly the tree structure of ``params`` (ValueError otherwise)."""
+    got = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    want = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+    if got != want or jax.tree.structure(tree) != jax.tree.structure(params):
+        missing, extra = sorted(want - got), sorted(got - want)
+        detail = []
+        if missing:
+            detail.append(f"missing {name}{_describe(missing)}")
+        if extra:
+            detail.append(f"unexpected {name}{_describe(extra)}")
+        if not detail:
+            detail.append(f"{jax.tree.structure(tree)} vs {jax.tree.structure(params)}")
+        raise ValueError(
+            f"{owner}: {name} does not match the structure of params ({'; '.join(detail)})"
+        )
+
+
+def broadcast_like(owner: str, name: str, value: PyTree, params: PyTree) -> PyTree:
+    """Expand a per-parameter meta-parameter to the structure of ``params``.
+
+    ``value`` is either one scalar (shared by every entry) or a pytree with the structure of
+    ``params`` whose leaves have the shape of the matching parameter or are scalars.
+    Mismatches raise ``ValueError`` naming the offending leaf.
+    """
+    leaves = jax.tree.leaves(value)
+    if len(leaves) == 1 and jnp.ndim(leaves[0]) == 0 and jax.tree.structure(value).num_nodes == 1:
+        scalar = leaves[0]
+        return tree_map(lambda p: jnp.asarray(scalar, dtype=jnp.result_type(p)), params)
+    check_structure(owner, name, value, params)
+
+    def expand(path, v, p):
+        if jnp.ndim(v) != 0 and jnp.shape(v) != jnp.shape(p):
+            key = jax.tree_util.keystr(path)
+            raise ValueError(
+                f"{owner}: {name}{key} has shape {jnp.shape(v)} but params{key} has shape "
+                f"{jnp.shape(p)}; expected {jnp.shape(p)} or a scalar"
+            )
+        return jnp.asarray(v, dtype=jnp.result_type(p))
+
+    return jax.tree_util.tree_map_with_path(expand, value, params)
+
+
+def check_grads(owner: str, grads: PyTree, params: PyTree) -> None:
+    """Gradients must match the parameters leaf by leaf (structure and shapes)."""
+    if params is None:
+        raise ValueError(
+            f"{owner}: update() needs params (the QP is centred at the current iterate); "
+            "call tx.update(grads, state, params)"
+        )
+    check_structure(owner, "grads", grads, params)
+    for (path, g), p in zip(jax.tree_util.tree_flatten_with_path(grads)[0], jax.tree.leaves(params)):
+        if jnp.shape(g) != jnp.shape(p):
+            key = jax.tree_util.keystr(path)
+            raise ValueError(f"{owner}: grads{key} has shape {jnp.shape(g)} but params{key} has shape {jnp.shape(p)}")
+
+
+def global_norm(tree: PyTree) -> Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+def normalize_gradient(grads: PyTree, eps: float = 1e-12) -> PyTree:
+    r"""``g / max(||g||_2, eps)`` over the whole pytree (DCO paper VI-A: inner gradients are
+    normalised before the QP so early, ill-scaled meta-parameters stay well-posed)."""
+    norm = jnp.maximum(global_norm(grads), eps)
+    return tree_map(lambda g: g / norm, grads)
+
+
+def guard_nonfinite(tx: optax.GradientTransformation, max_consecutive: int | None) -> optax.GradientTransformation:
+    """Skip steps whose gradients hold NaN/Inf (``optax.apply_if_finite``).
+
+    A skipped step returns a zero update and leaves the inner state unchanged; the state
+    counts it (``notfinite_count``, ``total_notfinite``). After ``max_consecutive`` bad steps
+    in a row the update passes through, so a run that has truly diverged shows up as NaN
+    parameters instead of stalling silently. ``None`` disables the guard.
+    """
+    if max_consecutive is None:
+        return tx
+    if max_consecutive < 0:
+        raise ValueError(f"max_consecutive_nonfinite must be >= 0 or None, got {max_consecutive}")
+    return optax.apply_if_finite(tx, max_consecutive_errors=max_consecutive)
+
+
+def ravel_size(params: PyTree) -> int:
+    return int(sum(np.prod(jnp.shape(p), dtype=int) for p in jax.tree.leaves(params)))

@@ -1,0 +1,365 @@
+r"""DCO update rules: each step is a differentiable convex QP.
+
+Gautam, Pfrommer & Sojoudi, "Meta-Learning Parameterized First-Order Optimizers using
+Differentiable Convex Optimization", section IV. With the step :math:`d = \theta - \theta_t`
+and the (optionally normalised, section VI-A) gradient :math:`g`:
+
+* **DCOG** (13): :math:`d = \arg\min_d g^\top d + \tfrac12\|\Lambda \odot d\|^2
+  = -g / \Lambda^2` -- a learned per-weight step size.
+* **DCOGD** (14): :math:`d = \arg\min_d (Bg)^\top d + \tfrac12\|d\|^2 = -Bg` -- a learned
+  linear map of the ravelled gradient.
+* **DCOM** (15-16): :math:`s^+ = M \odot g + (1 - M) \odot s` (``s`` starts at zeros),
+  :math:`d = \arg\min_d (s^+)^\top d + \tfrac12\|\Lambda\odot d\|^2 = -s^+/\Lambda^2`.
+
+**Trust region.** The paper's general DCO (5) allows convex constraints but never
+instantiates them; every rule here takes ``radius=r`` to add the box
+:math:`|\theta - \theta_t| \le r` (elementwise), which turns the closed forms into
+:math:`\Pi_{[-r, r]}(\cdot)`, and the learned optimizers can learn ``r``.
+
+The QPs are solved by :func:`learned_dco.qp.solve_qp` (implicit differentiation through
+jaxopt); the closed forms above are the test oracle, not the implementation. Every builder
+returns an ``optax.GradientTransformation`` whose ``update`` requires ``params``.
+
+Non-finite gradients: a step whose gradient holds NaN/Inf is skipped (zero update, state
+unchanged, counted in the state) via ``optax.apply_if_finite``; after
+``max_consecutive_nonfinite`` consecutive bad steps updates pass through so divergence is
+visible. ``max_consecutive_nonfinite=None`` removes the guard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+from learned_dco import qp
+from learned_dco.optimizers.base import (
+    broadcast_like,
+    check_grads,
+    check_values,
+    guard_nonfinite,
+    normalize_gradient,
+    ravel_size,
+)
+from learned_dco.types import Array, MetaParams, Params, PRNGKey, PyTree
+
+tree_map = jax.tree.map
+
+# Unconstrained meta-parameters pass through exp(clip(raw, -LOG_CLIP, LOG_CLIP)): positive
+# for every real raw value and far from float32 over/underflow once squared.
+LOG_CLIP = 20.0
+
+
+class DCOState(NamedTuple):
+    """State of :func:`dcog` and :func:`dcogd`."""
+
+    qp_residual: Array  # () float: fixed-point residual of the last QP (0 at the optimum)
+
+
+class DCOMState(NamedTuple):
+    """State of :func:`dcom`."""
+
+    momentum: Params  # like params: s, starts at zeros
+    qp_residual: Array  # () float: fixed-point residual of the last QP
+
+
+def _dtype(params: Params):
+    leaves = jax.tree.leaves(params)
+    return jnp.result_type(*leaves) if leaves else jnp.float32
+
+
+def _box(owner: str, radius: PyTree | None, params: Params):
+    if radius is None:
+        return None, None
+    r = broadcast_like(owner, "radius", radius, params)
+    return tree_map(jnp.negative, r), r
+
+
+def _solve_step(owner, linear, curvature, radius, params, options) -> qp.QPSolution:
+    lo, hi = _box(owner, radius, params)
+    return qp.solve_qp(curvature, linear, lo, hi, **options)
+
+
+def _check_radius(owner: str, radius: PyTree | None) -> None:
+    if radius is not None:
+        check_values(owner, "radius", radius, lambda r: r > 0, "> 0 (a trust-region radius)")
+
+
+def _transform(init_fn, update_fn, max_consecutive_nonfinite) -> optax.GradientTransformation:
+    return guard_nonfinite(optax.GradientTransformation(init_fn, update_fn), max_consecutive_nonfinite)
+
+
+def dcog(
+    lam: PyTree,
+    *,
+    radius: PyTree | None = None,
+    normalize: bool = False,
+    solver: str = "exact",
+    tol: float | None = None,
+    maxiter: int | None = None,
+    max_consecutive_nonfinite: int | None = 10,
+) -> optax.GradientTransformation:
+    r"""DCO Gradient: :math:`\theta^+ = \arg\min_\theta g^\top\theta + \tfrac12
+    \|\Lambda\odot(\theta-\theta_t)\|^2 \;[\,|\theta-\theta_t|\le r\,]`.
+
+    Closed form :math:`\theta^+ = \theta_t - \Pi_{[-r,r]}(g/\Lambda^2)`: per-weight step
+    sizes :math:`1/\Lambda^2` (paper eq. 13).
+
+    Args:
+      lam: :math:`\Lambda`, a scalar or a pytree shaped like params (leaves may be scalars);
+        nonzero (the QP is unbounded where :math:`\Lambda = 0`).
+      radius: optional trust-region radius ``r > 0`` (scalar or pytree like params).
+      normalize: divide the gradient by its global L2 norm first (paper VI-A).
+      solver: QP backend, see :func:`learned_dco.qp.solve_qp`.
+      tol, maxiter: for the iterative backends.
+      max_consecutive_nonfinite: non-finite gradient guard (module docstring); ``None``
+        disables it.
+
+    Returns:
+      An ``optax.GradientTransformation``; ``update(grads, state, params)``.
+
+    Example:
+      >>> tx = optax.chain(optax.clip_by_global_norm(1.0), dcog(10.0))
+    """
+    owner = "dcog"
+    check_values(owner, "lam", lam, lambda v: v != 0, "nonzero (the QP is unbounded where lam = 0)")
+    _check_radius(owner, radius)
+    options = dict(solver=solver, tol=tol, maxiter=maxiter)
+
+    def init_fn(params):
+        broadcast_like(owner, "lam", lam, params)
+        _box(owner, radius, params)
+        return DCOState(qp_residual=jnp.zeros((), _dtype(params)))
+
+    def update_fn(grads, state, params=None):
+        del state
+        check_grads(owner, grads, params)
+        g = normalize_gradient(grads) if normalize else grads
+        curvature = qp.Diagonal(tree_map(jnp.square, broadcast_like(owner, "lam", lam, params)))
+        sol = _solve_step(owner, g, curvature, radius, params, options)
+        return sol.x, DCOState(qp_residual=sol.residual.astype(_dtype(params)))
+
+    return _transform(init_fn, update_fn, max_consecutive_nonfinite)
+
+
+def dcogd(
+    B: Array,
+    *,
+    radius: PyTree | None = None,
+    normalize: bool = False,
+    solver: str = "exact",
+    tol: float | None = None,
+    maxiter: int | None = None,
+    max_consecutive_nonfinite: int | None = 10,
+) -> optax.GradientTransformation:
+    r"""DCO General Descent: :math:`\theta^+ = \arg\min_\theta (Bg)^\top\theta +
+    \tfrac12\|\theta-\theta_t\|^2 \;[\,|\theta-\theta_t|\le r\,]`, i.e.
+    :math:`\theta^+ = \theta_t - \Pi_{[-r,r]}(Bg)` (paper eq. 14).
+
+    Args:
+      B: a ``(p, p)`` matrix acting on the ravelled gradient
+        (``jax.flatten_util.ravel_pytree`` order), ``p`` the number of parameters.
+      radius, normalize, solver, tol, maxiter, max_consecutive_nonfinite: as in :func:`dcog`.
+    """
+    owner = "dcogd"
+    check_values(owner, "B", B, lambda v: np.ones_like(v, bool), "finite")
+    _check_radius(owner, radius)
+    options = dict(solver=solver, tol=tol, maxiter=maxiter)
+
+    def check_B(params):
+        p = ravel_size(params)
+        if jnp.shape(B) != (p, p):
+            raise ValueError(
+                f"dcogd: B has shape {jnp.shape(B)} but the ravelled params have size {p}; "
+                f"expected ({p}, {p})"
+            )
+
+    def init_fn(params):
+        check_B(params)
+        _box(owner, radius, params)
+        return DCOState(qp_residual=jnp.zeros((), _dtype(params)))
+
+    def update_fn(grads, state, params=None):
+        del state
+        check_grads(owner, grads, params)
+        check_B(params)
+        g = normalize_gradient(grads) if normalize else grads
+        flat_g, unravel = ravel_pytree(g)
+        linear = unravel(jnp.asarray(B, flat_g.dtype) @ flat_g)
+        sol = _solve_step(owner, linear, qp.ScaledIdentity(jnp.ones((), flat_g.dtype)), radius, params, options)
+        return sol.x, DCOState(qp_residual=sol.residual.astype(_dtype(params)))
+
+    return _transform(init_fn, update_fn, max_consecutive_nonfinite)
+
+
+def dcom(
+    lam: PyTree,
+    m: PyTree,
+    *,
+    radius: PyTree | None = None,
+    normalize: bool = False,
+    solver: str = "exact",
+    tol: float | None = None,
+    maxiter: int | None = None,
+    max_consecutive_nonfinite: int | None = 10,
+) -> optax.GradientTransformation:
+    r"""DCO Momentum (paper eqs. 15-16):
+
+    .. math::
+        s^+ = M\odot g + (1-M)\odot s, \qquad
+        \theta^+ = \arg\min_\theta (s^+)^\top\theta + \tfrac12\|\Lambda\odot(\theta-\theta_t)\|^2,
+
+    so :math:`\theta^+ = \theta_t - \Pi_{[-r,r]}(s^+/\Lambda^2)`; the momentum ``s`` starts
+    at zeros. ``M = 1`` recovers :func:`dcog`.
+
+    Args:
+      lam: :math:`\Lambda` as in :func:`dcog`.
+      m: :math:`M \in [0, 1]`, a scalar or pytree like params (weight on the new gradient).
+      radius, normalize, solver, tol, maxiter, max_consecutive_nonfinite: as in :func:`dcog`.
+    """
+    owner = "dcom"
+    check_values(owner, "lam", lam, lambda v: v != 0, "nonzero (the QP is unbounded where lam = 0)")
+    check_values(owner, "m", m, lambda v: (v >= 0) & (v <= 1), "in [0, 1]")
+    _check_radius(owner, radius)
+    options = dict(solver=solver, tol=tol, maxiter=maxiter)
+
+    def init_fn(params):
+        broadcast_like(owner, "lam", lam, params)
+        broadcast_like(owner, "m", m, params)
+        _box(owner, radius, params)
+        return DCOMState(momentum=tree_map(jnp.zeros_like, params), qp_residual=jnp.zeros((), _dtype(params)))
+
+    def update_fn(grads, state, params=None):
+        check_grads(owner, grads, params)
+        g = normalize_gradient(grads) if normalize else grads
+        mm = broadcast_like(owner, "m", m, params)
+        momentum = tree_map(lambda w, gi, s: w * gi + (1 - w) * s, mm, g, state.momentum)
+        curvature = qp.Diagonal(tree_map(jnp.square, broadcast_like(owner, "lam", lam, params)))
+        sol = _solve_step(owner, momentum, curvature, radius, params, options)
+        return sol.x, DCOMState(momentum=momentum, qp_residual=sol.residual.astype(_dtype(params)))
+
+    return _transform(init_fn, update_fn, max_consecutive_nonfinite)
+
+
+# ------------------------------------------------------------------------------------------
+# Learned optimizers: unconstrained meta-parameters -> well-posed DCO builders
+# ------------------------------------------------------------------------------------------
+
+
+def positive(raw: PyTree) -> PyTree:
+    """``exp(clip(raw, -LOG_CLIP, LOG_CLIP))``: positive for every real ``raw``."""
+    return tree_map(lambda r: jnp.exp(jnp.clip(r, -LOG_CLIP, LOG_CLIP)), raw)
+
+
+def _full_like(params: Params, value: float) -> PyTree:
+    return tree_map(lambda p: jnp.full(jnp.shape(p), value, _dtype(p)), params)
+
+
+@dataclasses.dataclass(frozen=True)
+class _DCOOptions:
+    """Options shared by the learned DCO optimizers (not meta-learned).
+
+    Attributes:
+      learning_rate: the GD step size the initial meta-parameters mimic (paper VI-A).
+      normalize: normalise inner gradients (paper VI-A).
+      trust_region: learn a per-weight box radius ``r = exp(log_radius)``.
+      init_radius: initial radius when ``trust_region``.
+      solver, tol, maxiter: QP backend, see :func:`learned_dco.qp.solve_qp`.
+      max_consecutive_nonfinite: non-finite gradient guard; ``None`` disables it.
+    """
+
+    learning_rate: float = 0.1
+    normalize: bool = False
+    trust_region: bool = False
+    init_radius: float = 1.0
+    solver: str = "exact"
+    tol: float | None = None
+    maxiter: int | None = None
+    max_consecutive_nonfinite: int | None = 10
+
+    def __post_init__(self):
+        name = type(self).__name__
+        if not self.learning_rate > 0:
+            raise ValueError(f"{name}.learning_rate must be > 0, got {self.learning_rate!r}")
+        if not self.init_radius > 0:
+            raise ValueError(f"{name}.init_radius must be > 0, got {self.init_radius!r}")
+        if self.solver not in qp.SOLVERS:
+            raise ValueError(f"{name}.solver must be one of {qp.SOLVERS}, got {self.solver!r}")
+
+    def _radius_meta(self, params: Params) -> dict[str, Any]:
+        return {"log_radius": _full_like(params, math.log(self.init_radius))} if self.trust_region else {}
+
+    def _builder_kwargs(self, meta: MetaParams) -> dict[str, Any]:
+        return dict(
+            radius=positive(meta["log_radius"]) if self.trust_region else None,
+            normalize=self.normalize,
+            solver=self.solver,
+            tol=self.tol,
+            maxiter=self.maxiter,
+            max_consecutive_nonfinite=self.max_consecutive_nonfinite,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class DCOG(_DCOOptions):
+    r"""Learned :func:`dcog`. Meta-parameters ``{"log_lam": like params}`` (plus
+    ``"log_radius"`` with ``trust_region``), :math:`\Lambda = \exp(\text{log\_lam})`;
+    initialised to :math:`\Lambda^2 = 1/\eta` so the first steps are GD with step ``η``."""
+
+    def init(self, key: PRNGKey, params: Params) -> MetaParams:
+        del key
+        return {"log_lam": _full_like(params, -0.5 * math.log(self.learning_rate)), **self._radius_meta(params)}
+
+    def opt_fn(self, meta: MetaParams) -> optax.GradientTransformation:
+        return dcog(positive(meta["log_lam"]), **self._builder_kwargs(meta))
+
+
+@dataclasses.dataclass(frozen=True)
+class DCOGD(_DCOOptions):
+    r"""Learned :func:`dcogd`. Meta-parameters ``{"B": (p, p)}`` (plus ``"log_radius"``),
+    unconstrained (every real ``B`` gives a strongly convex QP); initialised to
+    :math:`B = \eta I` (GD with step ``η``; the paper's identity is ``η = 1``)."""
+
+    def init(self, key: PRNGKey, params: Params) -> MetaParams:
+        del key
+        p = ravel_size(params)
+        return {"B": self.learning_rate * jnp.eye(p, dtype=_dtype(params)), **self._radius_meta(params)}
+
+    def opt_fn(self, meta: MetaParams) -> optax.GradientTransformation:
+        return dcogd(meta["B"], **self._builder_kwargs(meta))
+
+
+@dataclasses.dataclass(frozen=True)
+class DCOM(_DCOOptions):
+    r"""Learned :func:`dcom`. Meta-parameters ``{"log_lam", "logit_m"}`` like params (plus
+    ``"log_radius"``): :math:`\Lambda = \exp(\cdot)`, :math:`M = \mathrm{sigmoid}(\cdot)
+    \in (0, 1)`; initialised to heavy-ball-style averaging ``M = 1 - momentum`` with
+    :math:`\Lambda^2 = 1/\eta`, i.e. an exponential moving average of gradients taken with
+    step ``η``."""
+
+    momentum: float = 0.9
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"DCOM.momentum must be in [0, 1), got {self.momentum!r}")
+
+    def init(self, key: PRNGKey, params: Params) -> MetaParams:
+        del key
+        m = 1.0 - self.momentum
+        logit = math.log(m / (1 - m)) if m < 1 else LOG_CLIP
+        return {
+            "log_lam": _full_like(params, -0.5 * math.log(self.learning_rate)),
+            "logit_m": _full_like(params, logit),
+            **self._radius_meta(params),
+        }
+
+    def opt_fn(self, meta: MetaParams) -> optax.GradientTransformation:
+        m = tree_map(jax.nn.sigmoid, meta["logit_m"])
+        return dcom(positive(meta["log_lam"]), m, **self._builder_kwargs(meta))

@@ -1,0 +1,127 @@
+"""The contract every learned optimizer in the library passes.
+
+For each entry of ``learned_dco.LEARNED_OPTIMIZERS`` (default constructor):
+init/opt_fn on nested pytree params; jit; state shapes/dtypes stable across steps and
+through ``jax.lax.cond``; ``jax.vmap`` over a batch of meta-parameters equals a Python
+loop; ``optax.chain`` with gradient clipping trains a small flax MLP; the meta-gradient is
+finite and matches central differences; mismatched params raise ``ValueError``.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import learned_dco as ldco
+
+NAMES = sorted(ldco.LEARNED_OPTIMIZERS)
+
+
+class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.tanh(nn.Dense(8)(x))
+        return nn.Dense(1)(x)
+
+
+def _problem():
+    kx, kp = jax.random.split(jax.random.PRNGKey(0))
+    x = jax.random.uniform(kx, (64, 2), minval=-1.0, maxval=1.0)
+    y = jnp.sin(2.0 * x[:, :1]) * jnp.cos(x[:, 1:])
+    model = MLP()
+    params = model.init(kp, x)
+
+    def loss(p):
+        return jnp.mean((model.apply(p, x) - y) ** 2)
+
+    return params, loss
+
+
+def _signature(tree):
+    return jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), tree)
+
+
+def _unroll(lopt, meta, params, loss, steps):
+    tx = optax.chain(optax.clip_by_global_norm(1.0), lopt.opt_fn(meta))
+
+    def step(carry, _):
+        p, s = carry
+        value, g = jax.value_and_grad(loss)(p)
+        u, s = tx.update(g, s, p)
+        return (optax.apply_updates(p, u), s), value
+
+    (p, s), values = jax.lax.scan(step, (params, tx.init(params)), length=steps)
+    return p, s, values
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_learned_optimizer_contract(name):
+    lopt = ldco.LEARNED_OPTIMIZERS[name]()
+    assert isinstance(lopt, ldco.LearnedOptimizer)
+    params, loss = _problem()
+    meta = lopt.init(jax.random.PRNGKey(1), params)
+    tx = lopt.opt_fn(meta)
+    assert isinstance(tx, optax.GradientTransformation)
+
+    # jit, and state shapes/dtypes stable across steps.
+    state = jax.jit(tx.init)(params)
+    update = jax.jit(tx.update)
+    grads = jax.grad(loss)(params)
+    updates, new_state = update(grads, state, params)
+    assert _signature(new_state) == _signature(state)
+    assert _signature(updates) == _signature(params)
+
+    # The state survives lax.cond (both branches must agree on structure and dtype).
+    def maybe_step(pred, state):
+        return jax.lax.cond(pred, lambda s: update(grads, s, params)[1], lambda s: s, state)
+
+    kept = jax.jit(maybe_step)(False, new_state)
+    stepped = jax.jit(maybe_step)(True, new_state)
+    assert _signature(kept) == _signature(stepped) == _signature(state)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(kept), jax.tree.leaves(new_state)))
+
+    # Composes with optax.chain and trains a flax MLP.
+    _, _, values = jax.jit(lambda m: _unroll(lopt, m, params, loss, 60))(meta)
+    assert float(values[-1]) < 0.7 * float(values[0])
+
+    # vmap over a batch of meta-parameters equals a Python loop.
+    flat, unravel = ravel_pytree(meta)
+    metas = [unravel(flat + 0.05 * i * jnp.sign(flat + 1e-3)) for i in range(3)]
+    batch = jax.tree.map(lambda *xs: jnp.stack(xs), *metas)
+    run = jax.jit(lambda m: _unroll(lopt, m, params, loss, 5)[2][-1])
+    batched = jax.jit(jax.vmap(lambda m: _unroll(lopt, m, params, loss, 5)[2][-1]))(batch)
+    looped = jnp.stack([run(m) for m in metas])
+    np.testing.assert_allclose(batched, looped, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_learned_optimizer_meta_gradient(name, x64):
+    lopt = ldco.LEARNED_OPTIMIZERS[name]()
+    params, loss = _problem()
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    meta = lopt.init(jax.random.PRNGKey(1), params)
+    flat, unravel = ravel_pytree(meta)
+
+    def meta_loss(flat_meta):
+        p, _, _ = _unroll(lopt, unravel(flat_meta), params, loss, 3)
+        return loss(p)
+
+    grad = jax.jit(jax.grad(meta_loss))(flat)
+    assert jnp.all(jnp.isfinite(grad)) and float(jnp.linalg.norm(grad)) > 0
+    eps = 1e-6
+    directions = jax.random.normal(jax.random.PRNGKey(2), (3, flat.size), jnp.float64)
+    central = jax.jit(jax.vmap(lambda v: (meta_loss(flat + eps * v) - meta_loss(flat - eps * v)) / (2 * eps)))
+    np.testing.assert_allclose(directions @ grad, central(directions), rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_learned_optimizer_rejects_other_models(name):
+    lopt = ldco.LEARNED_OPTIMIZERS[name]()
+    params, _ = _problem()
+    meta = lopt.init(jax.random.PRNGKey(1), params)
+    other = {"w": jnp.ones((3, 3))}
+    with pytest.raises(ValueError):
+        lopt.opt_fn(meta).init(other)
