@@ -17,6 +17,16 @@ name (``FAMILIES`` key)     class                       source
 ==========================  ==========================  ===========================================
 
 ``make_family(name, **fields)`` builds one from a config (e.g. a YAML mapping).
+
+Example::
+
+    import jax
+    from learned_dco import tasks
+
+    family = tasks.make_family("beverton_holt", noise_var=0.1)
+    batch_of_tasks = tasks.sample_tasks(family, jax.random.PRNGKey(0), 100)
+    params = jax.vmap(family.init_params)(jax.random.split(jax.random.PRNGKey(1), 100), batch_of_tasks)
+    losses = jax.vmap(family.val_loss)(params, batch_of_tasks)   # (100,)
 """
 
 from __future__ import annotations

@@ -14,6 +14,11 @@ hyperparameters (sizes, noise levels, shift knobs) and pure, array-only function
   otherwise);
 * ``info``: static metadata (parameter count, paper source, whether an optimum is known).
 
+Families whose objective is the same for every task (``ShiftedLeastSquares``,
+``NoisyQuadratic``, ``Rosenbrock``) keep the starting point in the task itself, so that
+"a task" is a (problem, start) pair as in DCO's Theorem 1; their ``init_params`` returns it
+and ignores its key.
+
 The split follows learned_optimization's ``TaskFamily.sample`` / ``Task`` with the task
 state kept as plain arrays so that every function is jit- and vmap-compatible.
 """
