@@ -392,6 +392,12 @@ def test_lasso_optimum_matches_ista_and_kkt(x64):
     assert np.all(np.asarray(iters) < 400_000), "ISTA reference did not converge"
     opt = jax.jit(jax.vmap(fam.optimum))(tasks)
     losses = jax.vmap(fam.loss)(opt, tasks)
+    # autodiff through the l1 term gives sign(x): nothing from the penalty at x = 0
+    g_zero = jax.vmap(jax.grad(fam.loss))(jnp.zeros((4, 40)), tasks)
+    np.testing.assert_allclose(g_zero, -jnp.einsum("tij,ti->tj", tasks.A, tasks.b), rtol=1e-12, atol=1e-15)
+    g_pos = jax.vmap(jax.grad(fam.loss))(jnp.full((4, 40), 1e-3), tasks)
+    smooth = jnp.einsum("tij,ti->tj", tasks.A, jnp.einsum("tij,j->ti", tasks.A, jnp.full(40, 1e-3)) - tasks.b)
+    np.testing.assert_allclose(g_pos, smooth + fam.lam, rtol=1e-12, atol=1e-15)
     for i in range(4):
         A, b = np.asarray(tasks.A[i]), np.asarray(tasks.b[i])
         x_ref, x = np.asarray(ref[i]), np.asarray(opt[i])

@@ -36,9 +36,19 @@ def soft_threshold(z: Array, threshold: Array) -> Array:
     return jnp.sign(z) * jnp.maximum(jnp.abs(z) - threshold, 0.0)
 
 
+def l1_norm(x: Array) -> Array:
+    """``||x||_1`` written as ``sum(x * sign(x))`` so that autodiff returns ``sign(x)``.
+
+    ``jax.grad(jnp.abs)(0.0)`` is 1; here the derivative at 0 is 0, the minimum-norm
+    element of the subdifferential ``[-1, 1]``, so a zero coordinate is not pushed off zero
+    by the penalty alone. The value is the same.
+    """
+    return jnp.sum(x * jnp.sign(x))
+
+
 def lasso_objective(x: Array, A: Array, b: Array, lam: float) -> Array:
     """``1/2 ||A x - b||_2^2 + lam ||x||_1``."""
-    return 0.5 * jnp.sum(jnp.square(A @ x - b)) + lam * jnp.sum(jnp.abs(x))
+    return 0.5 * jnp.sum(jnp.square(A @ x - b)) + lam * l1_norm(x)
 
 
 def lasso_solve(A: Array, b: Array, lam: float, max_iters: int = 20_000, tol: float = 1e-12) -> Array:
@@ -92,7 +102,8 @@ class Lasso(TaskFamilyBase):
       the compressed-sensing/LISTA convention), a sparse ground truth
       ``x_true_j = m_j z_j`` with ``m_j ~ Bernoulli(sparsity)``, ``z_j ~ N(0, 1)``, and
       ``b = A x_true + noise_std * eps``. ``lam = 0.005`` as in M-L2O. The loss is the full
-      non-smooth objective (``jax.grad`` of ``|x|`` at 0 is 0, a valid subgradient). There is
+      non-smooth objective; its autodiff gradient uses ``sign(x)`` for the l1 term (0 at
+      ``x_i = 0``, see ``l1_norm``), a valid subgradient. There is
       no closed-form minimiser: ``optimum`` runs ``lasso_solve`` (FISTA with restart) for up
       to ``solver_iters`` iterations, so it is numerical (tight under x64).
 
