@@ -1,5 +1,126 @@
-"""Task families from the papers (see ``learned_dco.tasks.base`` for the protocol)."""
+"""Task families from the papers (see ``learned_dco.tasks.base`` for the protocol).
 
-from learned_dco.tasks.base import TaskFamilyBase, TaskInfo, check_fields, sample_tasks
+==========================  ==========================  ===========================================
+name (``FAMILIES`` key)     class                       source
+==========================  ==========================  ===========================================
+``least_squares``           ``LeastSquares``            DCO Sec. VI-B
+``shifted_least_squares``   ``ShiftedLeastSquares``     DCO Sec. V (Theorem 1)
+``beverton_holt``           ``BevertonHolt``            DCO Sec. VI-C
+``smooth_interpolation``    ``SmoothInterpolation``     DCO Sec. VI-D
+``noisy_quadratic``         ``NoisyQuadratic``          STAR Sec. 4 / App. B.1 (2-D ``H``)
+``spectral_noisy_quadratic`` ``SpectralNoisyQuadratic`` STAR Sec. 4 (``d``-dim, chosen spectrum)
+``lasso``                   ``Lasso``                   M-L2O LASSO
+``quadratic``               ``Quadratic``               M-L2O / Andrychowicz et al. 2016
+``rosenbrock``              ``Rosenbrock``              M-L2O Rosenbrock
+``digits_mlp``              ``DigitsMLP``               STAR App. B.2 MLP (on UCI digits)
+``digits_convnet``          ``DigitsConvNet``           STAR App. B.2 ConvNet (on UCI digits)
+==========================  ==========================  ===========================================
 
-__all__ = ["TaskFamilyBase", "TaskInfo", "check_fields", "sample_tasks"]
+``make_family(name, **fields)`` builds one from a config (e.g. a YAML mapping).
+
+Example::
+
+    import jax
+    from learned_dco import tasks
+
+    family = tasks.make_family("beverton_holt", noise_var=0.1)
+    batch_of_tasks = tasks.sample_tasks(family, jax.random.PRNGKey(0), 100)
+    params = jax.vmap(family.init_params)(jax.random.split(jax.random.PRNGKey(1), 100), batch_of_tasks)
+    losses = jax.vmap(family.val_loss)(params, batch_of_tasks)   # (100,)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from learned_dco.tasks.base import (
+    TaskFamilyBase,
+    TaskInfo,
+    check_choice,
+    check_fields,
+    check_range,
+    sample_tasks,
+)
+from learned_dco.tasks.digits import DigitsConvNet, DigitsMLP, DigitsTask, load_digits
+from learned_dco.tasks.interpolation import SmoothInterpolation, SmoothInterpolationTask
+from learned_dco.tasks.l2o import (
+    Lasso,
+    LassoTask,
+    Quadratic,
+    QuadraticTask,
+    Rosenbrock,
+    RosenbrockTask,
+    lasso_solve,
+)
+from learned_dco.tasks.least_squares import (
+    LeastSquares,
+    LeastSquaresTask,
+    ShiftedLeastSquares,
+    ShiftedLeastSquaresTask,
+)
+from learned_dco.tasks.population import BevertonHolt, BevertonHoltTask
+from learned_dco.tasks.quadratic import (
+    STAR_HESSIAN,
+    NoisyQuadratic,
+    NoisyQuadraticTask,
+    SpectralNoisyQuadratic,
+)
+
+FAMILIES: dict[str, type[TaskFamilyBase]] = {
+    "least_squares": LeastSquares,
+    "shifted_least_squares": ShiftedLeastSquares,
+    "beverton_holt": BevertonHolt,
+    "smooth_interpolation": SmoothInterpolation,
+    "noisy_quadratic": NoisyQuadratic,
+    "spectral_noisy_quadratic": SpectralNoisyQuadratic,
+    "lasso": Lasso,
+    "quadratic": Quadratic,
+    "rosenbrock": Rosenbrock,
+    "digits_mlp": DigitsMLP,
+    "digits_convnet": DigitsConvNet,
+}
+"""Task-family classes by config name."""
+
+
+def make_family(name: str, **fields: Any) -> TaskFamilyBase:
+    """``FAMILIES[name](**fields)``, with a ``ValueError`` listing the names if unknown."""
+    try:
+        cls = FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown task family {name!r}; known: {sorted(FAMILIES)}") from None
+    return cls(**fields)
+
+
+__all__ = [
+    "FAMILIES",
+    "STAR_HESSIAN",
+    "BevertonHolt",
+    "BevertonHoltTask",
+    "DigitsConvNet",
+    "DigitsMLP",
+    "DigitsTask",
+    "Lasso",
+    "LassoTask",
+    "LeastSquares",
+    "LeastSquaresTask",
+    "NoisyQuadratic",
+    "NoisyQuadraticTask",
+    "Quadratic",
+    "QuadraticTask",
+    "Rosenbrock",
+    "RosenbrockTask",
+    "ShiftedLeastSquares",
+    "ShiftedLeastSquaresTask",
+    "SmoothInterpolation",
+    "SmoothInterpolationTask",
+    "SpectralNoisyQuadratic",
+    "TaskFamilyBase",
+    "TaskInfo",
+    "check_choice",
+    "check_fields",
+    "check_range",
+    "lasso_solve",
+    "load_digits",
+    "make_family",
+    "sample_tasks",
+]

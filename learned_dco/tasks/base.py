@@ -14,6 +14,11 @@ hyperparameters (sizes, noise levels, shift knobs) and pure, array-only function
   otherwise);
 * ``info``: static metadata (parameter count, paper source, whether an optimum is known).
 
+Families whose objective is the same for every task (``ShiftedLeastSquares``,
+``NoisyQuadratic``, ``Rosenbrock``) keep the starting point in the task itself, so that
+"a task" is a (problem, start) pair as in DCO's Theorem 1; their ``init_params`` returns it
+and ignores its key.
+
 The split follows learned_optimization's ``TaskFamily.sample`` / ``Task`` with the task
 state kept as plain arrays so that every function is jit- and vmap-compatible.
 """
@@ -99,9 +104,22 @@ def sample_tasks(family: Any, key: PRNGKey, num_tasks: int) -> Task:
     return jax.vmap(family.sample)(jax.random.split(key, num_tasks))
 
 
-def check_fields(obj: Any, positive: tuple[str, ...] = (), nonnegative: tuple[str, ...] = ()) -> None:
-    """Raise ``ValueError`` naming the first field of a dataclass that breaks its sign rule."""
+def check_fields(
+    obj: Any,
+    positive: tuple[str, ...] = (),
+    nonnegative: tuple[str, ...] = (),
+    integer: tuple[str, ...] = (),
+) -> None:
+    """Raise ``ValueError`` naming the first field of a dataclass that breaks its rule.
+
+    ``integer`` fields must be Python/NumPy integers (not bools, not floats): they are
+    array sizes, and a float would only fail later, deep inside ``jax.random``.
+    """
     name = type(obj).__name__
+    for field in integer:
+        value = getattr(obj, field)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{name}.{field} must be an integer, got {value!r}")
     for field in positive:
         value = getattr(obj, field)
         if not value > 0:
@@ -110,3 +128,31 @@ def check_fields(obj: Any, positive: tuple[str, ...] = (), nonnegative: tuple[st
         value = getattr(obj, field)
         if not value >= 0:
             raise ValueError(f"{name}.{field} must be >= 0, got {value!r}")
+
+
+def check_range(obj: Any, field: str, lower: float | None = None) -> None:
+    """Validate a ``(low, high)`` field and store it back as a tuple of floats.
+
+    YAML configs give lists; frozen dataclasses must hold hashable values (families are
+    passed to ``jax.jit`` as static arguments), so the field is normalised in place.
+    Raises ``ValueError`` naming the field unless it is two numbers with
+    ``lower <= low <= high``.
+    """
+    name = type(obj).__name__
+    value = getattr(obj, field)
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}.{field} must be a pair (low, high), got {value!r}") from None
+    if not low <= high:
+        raise ValueError(f"{name}.{field} must have low <= high, got {value!r}")
+    if lower is not None and not low >= lower:
+        raise ValueError(f"{name}.{field} must lie in [{lower}, inf), got {value!r}")
+    object.__setattr__(obj, field, (low, high))
+
+
+def check_choice(obj: Any, field: str, choices: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` naming ``field`` unless its value is one of ``choices``."""
+    value = getattr(obj, field)
+    if value not in choices:
+        raise ValueError(f"{type(obj).__name__}.{field} must be one of {choices}, got {value!r}")
