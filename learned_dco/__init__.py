@@ -13,11 +13,13 @@ from learned_dco.optimizers import (
     DCOGD,
     DCOM,
     LEARNED_OPTIMIZERS,
+    LearnedStepSize,
     DCOMState,
     DCOState,
     dcog,
     dcogd,
     dcom,
+    step_size_gd,
 )
 
 __version__ = "0.1.0"
@@ -30,9 +32,11 @@ __all__ = [
     "DCOState",
     "LEARNED_OPTIMIZERS",
     "LearnedOptimizer",
+    "LearnedStepSize",
     "__version__",
     "dcog",
     "dcogd",
     "dcom",
     "qp",
+    "step_size_gd",
 ]

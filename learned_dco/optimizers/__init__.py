@@ -1,6 +1,7 @@
 """Update rules (pure builders) and learned optimizers (init / opt_fn pairs)."""
 
 from learned_dco.optimizers.dco import DCOG, DCOGD, DCOM, DCOMState, DCOState, dcog, dcogd, dcom
+from learned_dco.optimizers.stepsize import LearnedStepSize, step_size_gd
 
 # Name -> learned-optimizer class; configs and the CLI look optimizers up here, and the
 # contract test (tests/test_contract.py) runs every entry.
@@ -8,6 +9,7 @@ LEARNED_OPTIMIZERS = {
     "dcog": DCOG,
     "dcogd": DCOGD,
     "dcom": DCOM,
+    "step_size": LearnedStepSize,
 }
 
-__all__ = ["DCOG", "DCOGD", "DCOM", "DCOMState", "DCOState", "LEARNED_OPTIMIZERS", "dcog", "dcogd", "dcom"]
+__all__ = ["DCOG", "DCOGD", "DCOM", "DCOMState", "DCOState", "LEARNED_OPTIMIZERS", "LearnedStepSize", "dcog", "dcogd", "dcom", "step_size_gd"]

@@ -1,0 +1,83 @@
+"""Timing helpers shared by the benchmarks: interleaved repeats, medians, JSON output.
+
+Machines here are shared and noisy, so every figure is reported as a ratio against a
+reference measured in the same run, with candidate and reference runs interleaved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def block(x):
+    return jax.tree.map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, x)
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], repeats: int = 20, number: int = 1, budget_s: float = 20.0
+) -> dict[str, float]:
+    """Median seconds per call of each zero-argument function, runs interleaved.
+
+    Each function is called once first (compilation), then up to ``repeats`` rounds (at
+    least 3, fewer when a round is slow enough to overrun ``budget_s``) run every function
+    ``number`` times in turn, so slow phases of a shared machine hit all alike.
+    """
+    for fn in fns.values():
+        block(fn())
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    start_all = time.perf_counter()
+    for i in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(number):
+                out = fn()
+            block(out)
+            samples[name].append((time.perf_counter() - start) / number)
+        if i >= 2 and (time.perf_counter() - start_all) * (i + 2) / (i + 1) > budget_s:
+            break
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def environment() -> dict[str, object]:
+    import jaxlib
+    import optax
+
+    return {
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "optax": optax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
+
+
+def write_json(name: str, data: dict, out_dir: str | os.PathLike | None = None) -> Path:
+    out = Path(out_dir) if out_dir else RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    payload = {"benchmark": name, "environment": environment(), **data}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    """A plain markdown table."""
+    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,28 @@
+"""Meta-training: the inner unroll, gradient estimators and the trainer."""
+
+from learned_dco.meta.checkpoint import load_meta, save_meta
+from learned_dco.meta.estimators import ES, ESTIMATORS, PES, ESState, FullUnroll, TaskEstimate, TruncatedBPTT
+from learned_dco.meta.trainer import MetaTrainer, Metrics, TrainState, rmsprop_pytorch
+from learned_dco.meta.unroll import META_LOSSES, InnerState, fresh_state, inner_step, sample_task, unroll
+
+__all__ = [
+    "ES",
+    "ESTIMATORS",
+    "META_LOSSES",
+    "PES",
+    "ESState",
+    "FullUnroll",
+    "InnerState",
+    "MetaTrainer",
+    "Metrics",
+    "TaskEstimate",
+    "TrainState",
+    "TruncatedBPTT",
+    "fresh_state",
+    "inner_step",
+    "load_meta",
+    "rmsprop_pytorch",
+    "sample_task",
+    "save_meta",
+    "unroll",
+]

@@ -1,0 +1,287 @@
+r"""The meta-training loop: one jitted meta-step over a sharded batch of tasks.
+
+A meta-step is one jitted function of the :class:`TrainState` (meta-parameters, the
+meta-optimizer state, the estimator's per-task state and a key):
+
+1. the estimator returns per-task estimates for a batch of tasks (``jax.vmap``; the task
+   axis is sharded over every device of a 1-D ``jax.sharding.Mesh``, so the same code runs
+   on one CPU, several GPUs or a TPU host);
+2. tasks whose meta-loss or gradient is non-finite are dropped from the average, counted,
+   and their persistent inner states restarted;
+3. the meta-optimizer (any optax transformation; RMSProp with PyTorch's defaults, as in the
+   DCO paper, by default) updates the meta-parameters -- unless the averaged gradient is
+   non-finite or no task was finite, in which case the update is skipped, the last good
+   meta-parameters are kept and the skip is counted.
+
+Meta-step ``k`` uses the key ``fold_in(key, k)``, so a run restored from a checkpoint at
+step ``k`` continues exactly as the uninterrupted run would (:meth:`MetaTrainer.run`).
+:meth:`MetaTrainer.train` is the same loop as a pure ``lax.scan``, so a grid of seeds can
+be meta-trained in one ``jax.vmap``-ed call.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from learned_dco.meta import checkpoint
+from learned_dco.meta.unroll import sample_task
+from learned_dco.types import Array, MetaParams, PRNGKey, Task
+
+tree_map = jax.tree.map
+
+
+def rmsprop_pytorch(learning_rate: float = 1e-2) -> optax.GradientTransformation:
+    """RMSProp with PyTorch's defaults (alpha 0.99, eps 1e-8 outside the square root): the
+    DCO paper's meta-optimizer (section VI-A)."""
+    return optax.rmsprop(learning_rate, decay=0.99, eps=1e-8, eps_in_sqrt=False)
+
+
+class TrainState(NamedTuple):
+    step: Array  # int32 meta-steps taken
+    meta: MetaParams
+    opt_state: Any  # meta-optimizer state
+    estimator_state: Any  # per-task persistent state (leading task axis), or ()
+    key: PRNGKey  # base key; meta-step k uses fold_in(key, k)
+    skipped: Array  # int32 meta-updates skipped (non-finite meta-gradient)
+
+
+class Metrics(NamedTuple):
+    meta_loss: Array  # mean per-task meta-loss estimate over finite tasks
+    train_loss: Array  # mean inner training loss
+    grad_norm: Array  # global norm of the averaged meta-gradient
+    nonfinite_tasks: Array  # int32 tasks dropped this step
+    skipped: Array  # bool: this meta-update was skipped
+
+
+def _task_mask(leaf: Array, ok: Array) -> Array:
+    return ok.reshape(ok.shape + (1,) * (leaf.ndim - 1))
+
+
+class MetaTrainer:
+    """Meta-train a learned optimizer on a task family with a gradient estimator.
+
+    Args:
+      lopt: a learned optimizer (``init(key, params)``, ``opt_fn(meta)``).
+      family: a task family (``learned_dco.tasks``).
+      estimator: ``FullUnroll``, ``TruncatedBPTT``, ``ES`` or ``PES``.
+      meta_optimizer: an optax transformation for the meta-parameters (default
+        :func:`rmsprop_pytorch`).
+      pool: optional fixed training tasks (leading axis), e.g. the DCO paper's 100
+        meta-training tasks; otherwise tasks are sampled fresh from the family.
+      devices: devices to shard the task batch over (default: all of ``jax.devices()``);
+        the estimator's ``num_tasks`` must be a multiple of their number.
+    """
+
+    def __init__(
+        self,
+        lopt,
+        family,
+        estimator,
+        meta_optimizer: optax.GradientTransformation | None = None,
+        *,
+        pool: Task | None = None,
+        devices: list | None = None,
+    ):
+        self.lopt, self.family, self.estimator = lopt, family, estimator
+        self.meta_optimizer = meta_optimizer if meta_optimizer is not None else rmsprop_pytorch()
+        self.pool = pool
+        devices = list(jax.devices()) if devices is None else list(devices)
+        if estimator.num_tasks % len(devices):
+            raise ValueError(
+                f"num_tasks ({estimator.num_tasks}) must be a multiple of the number of devices "
+                f"({len(devices)}) to shard the task batch"
+            )
+        self.mesh = Mesh(np.array(devices), ("tasks",))
+        self._task_sharding = NamedSharding(self.mesh, PartitionSpec("tasks"))
+        self._replicated = NamedSharding(self.mesh, PartitionSpec())
+        if pool is not None:
+            self.pool = jax.device_put(pool, self._replicated)
+        self._step = jax.jit(self._meta_step)
+        self._init = jax.jit(self._init_state)
+
+    # --- sharding -------------------------------------------------------------------------
+    def _constrain(self, tree):
+        """Shard every per-task array along its leading (task) axis."""
+        def one(x):
+            if jnp.ndim(x) >= 1 and x.shape[0] == self.estimator.num_tasks:
+                return jax.lax.with_sharding_constraint(x, self._task_sharding)
+            return x
+
+        return tree_map(one, tree)
+
+    # --- state ------------------------------------------------------------------------------
+    def example_params(self, key: PRNGKey):
+        """Parameters of one task (shapes the learned optimizer's meta-parameters)."""
+        k_task, k_init = jax.random.split(key)
+        task = sample_task(self.family, self.pool, k_task)
+        return self.family.init_params(k_init, task)
+
+    def _init_state(self, key: PRNGKey, pool) -> TrainState:
+        k_params, k_meta, k_est, k_run = jax.random.split(key, 4)
+        meta = self.lopt.init(k_meta, self.example_params(k_params))
+        est_state = self.estimator.init(self.lopt, self.family, meta, k_est, pool)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            meta=meta,
+            opt_state=self.meta_optimizer.init(meta),
+            estimator_state=self._constrain(est_state),
+            key=k_run,
+            skipped=jnp.zeros((), jnp.int32),
+        )
+
+    def init(self, key: PRNGKey, meta: MetaParams | None = None) -> TrainState:
+        """A fresh training state (optionally starting from given meta-parameters)."""
+        state = self._init(key, self.pool)
+        if meta is not None:
+            meta = tree_map(jnp.asarray, meta)
+            state = state._replace(meta=meta, opt_state=self.meta_optimizer.init(meta))
+        return state
+
+    # --- one meta-step ----------------------------------------------------------------------
+    def _meta_step(self, state: TrainState, pool) -> tuple[TrainState, Metrics]:
+        key = jax.random.fold_in(state.key, state.step)
+        k_est, k_reset = jax.random.split(key)
+        est, est_state = self.estimator.estimate(
+            self.lopt, self.family, state.meta, state.estimator_state, k_est, pool, constrain=self._constrain
+        )
+        ok = jnp.isfinite(est.meta_loss)
+        for g in jax.tree.leaves(est.grad):
+            ok &= jnp.all(jnp.isfinite(g.reshape(g.shape[0], -1)), axis=1)
+        n_ok = jnp.sum(ok)
+        denom = jnp.maximum(n_ok, 1).astype(est.meta_loss.dtype)
+
+        def masked_mean(x):
+            return jnp.sum(jnp.where(_task_mask(x, ok), x, 0), axis=0) / denom.astype(x.dtype)
+
+        grad = tree_map(masked_mean, est.grad)
+        meta_loss = masked_mean(est.meta_loss)
+        train_loss = jnp.sum(jnp.where(jnp.isfinite(est.train_loss), est.train_loss, 0)) / jnp.maximum(
+            jnp.sum(jnp.isfinite(est.train_loss)), 1
+        )
+
+        # Restart the persistent inner states of tasks that went non-finite.
+        if jax.tree.leaves(est_state):
+            def restart(s):
+                fresh = self._constrain(self.estimator.init(self.lopt, self.family, state.meta, k_reset, pool))
+                return tree_map(lambda a, b: jnp.where(_task_mask(a, ok), a, b), s, fresh)
+
+            est_state = jax.lax.cond(jnp.all(ok), lambda s: s, restart, est_state)
+
+        grad_norm = optax.global_norm(grad)
+        good = (n_ok > 0) & jnp.isfinite(grad_norm)
+        updates, opt_state = self.meta_optimizer.update(grad, state.opt_state, state.meta)
+        meta = optax.apply_updates(state.meta, updates)
+        keep = lambda new, old: tree_map(lambda a, b: jnp.where(good, a, b), new, old)
+        new_state = TrainState(
+            step=state.step + 1,
+            meta=keep(meta, state.meta),
+            opt_state=keep(opt_state, state.opt_state),
+            estimator_state=est_state,
+            key=state.key,
+            skipped=state.skipped + (~good).astype(jnp.int32),
+        )
+        metrics = Metrics(meta_loss, train_loss, grad_norm, (ok.size - n_ok).astype(jnp.int32), ~good)
+        return new_state, metrics
+
+    def step(self, state: TrainState) -> tuple[TrainState, Metrics]:
+        """One jitted meta-step."""
+        return self._step(state, self.pool)
+
+    def meta_gradient(self, state: TrainState) -> MetaParams:
+        """The averaged meta-gradient the next step would apply (for tests and analysis)."""
+
+        def grad_of(state, pool):
+            key = jax.random.fold_in(state.key, state.step)
+            est, _ = self.estimator.estimate(
+                self.lopt, self.family, state.meta, state.estimator_state, jax.random.split(key)[0], pool,
+                constrain=self._constrain,
+            )
+            return tree_map(lambda g: jnp.mean(g, axis=0), est.grad)
+
+        return jax.jit(grad_of)(state, self.pool)
+
+    # --- pure training loop (vmappable over seeds) ------------------------------------------
+    def train(self, key: PRNGKey, num_steps: int) -> tuple[TrainState, Metrics]:
+        """``num_steps`` meta-steps from a fresh state as one ``lax.scan`` (pure; jit/vmap it)."""
+        state = self._init_state(key, self.pool)
+        return jax.lax.scan(lambda s, _: self._meta_step(s, self.pool), state, length=num_steps)
+
+    # --- the long-running loop with checkpoints ----------------------------------------------
+    def restore(self, run_dir: str | Path, key: PRNGKey) -> TrainState:
+        """The state saved in ``run_dir`` (the template comes from ``init(key)``)."""
+        template = self.init(key)
+        state = checkpoint.restore(Path(run_dir) / checkpoint.CHECKPOINT, jax.device_get(template))
+        shardings = tree_map(lambda x: x.sharding, template)
+        return jax.device_put(state, shardings)
+
+    def run(
+        self,
+        state: TrainState,
+        num_steps: int,
+        *,
+        run_dir: str | Path | None = None,
+        checkpoint_every: int = 0,
+        progress: bool = True,
+        on_step: Callable[[int, dict], None] | None = None,
+    ) -> TrainState:
+        """Meta-train until ``state.step == num_steps``.
+
+        With ``run_dir``: metrics go to ``metrics.jsonl`` (one JSON object per meta-step),
+        a checkpoint is written atomically every ``checkpoint_every`` steps and at the end,
+        and the final meta-parameters to ``meta.msgpack``. Restarting from a restored state
+        drops any metrics lines at or after its step, then appends.
+        """
+        start = int(state.step)
+        metrics_file = None
+        if run_dir is not None:
+            run_dir = Path(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            path = run_dir / "metrics.jsonl"
+            lines = path.read_text().splitlines() if path.exists() else []
+            kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] < start]
+            path.write_text("".join(ln + "\n" for ln in kept))
+            metrics_file = open(path, "a")
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=num_steps, initial=start, desc="meta-train", unit="step", dynamic_ncols=True)
+        try:
+            for k in range(start, num_steps):
+                t0 = time.perf_counter()
+                state, metrics = self.step(state)
+                record = {name: _to_python(v) for name, v in metrics._asdict().items()}
+                record.update(step=k, seconds=time.perf_counter() - t0)
+                if metrics_file is not None:
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
+                if bar is not None:
+                    bar.set_postfix(meta_loss=f"{record['meta_loss']:.4g}", refresh=False)
+                    bar.update(1)
+                if on_step is not None:
+                    on_step(k, record)
+                if run_dir is not None and checkpoint_every and (k + 1) % checkpoint_every == 0:
+                    checkpoint.save(run_dir / checkpoint.CHECKPOINT, state)
+        finally:
+            if bar is not None:
+                bar.close()
+            if metrics_file is not None:
+                metrics_file.close()
+        if run_dir is not None:
+            checkpoint.save(run_dir / checkpoint.CHECKPOINT, state)
+            checkpoint.save_meta(run_dir / checkpoint.META, state.meta)
+        return state
+
+
+def _to_python(x):
+    x = np.asarray(x)
+    return x.item() if x.ndim == 0 else x.tolist()

@@ -1,0 +1,62 @@
+r"""A learned scalar step size for gradient descent.
+
+Wang, Sun, Ge et al., "Guarantees for Tuning the Step Size using a Learning-to-Learn
+Approach" (ICML 2021) study the simplest learned optimizer: GD
+:math:`\theta_{t+1} = \theta_t - \eta\,g_t` whose only meta-parameter is the step size,
+log-parameterised here as :math:`\eta = \exp(\text{log\_lr})` so every real value is a
+valid (positive) step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from learned_dco.optimizers.base import check_grads
+from learned_dco.optimizers.dco import LOG_CLIP
+from learned_dco.types import MetaParams, Params, PRNGKey
+
+
+class StepSizeState(NamedTuple):
+    """Stateless (GD); kept as a NamedTuple for a uniform state contract."""
+
+
+def step_size_gd(learning_rate) -> optax.GradientTransformation:
+    r""":math:`u = -\eta g` with a (possibly traced) scalar ``learning_rate``."""
+
+    def init_fn(params):
+        del params
+        return StepSizeState()
+
+    def update_fn(grads, state, params=None):
+        if params is not None:
+            check_grads("step_size_gd", grads, params)
+        lr = jnp.asarray(learning_rate)
+        return jax.tree.map(lambda g: -lr.astype(g.dtype) * g, grads), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnedStepSize:
+    """GD with a learned step size: meta ``{"log_lr": ()}``, :math:`\\eta = e^{\\text{log\\_lr}}`."""
+
+    learning_rate: float = 0.1
+
+    def __post_init__(self):
+        if not self.learning_rate > 0:
+            raise ValueError(f"LearnedStepSize.learning_rate must be > 0, got {self.learning_rate!r}")
+
+    def init(self, key: PRNGKey, params: Params) -> MetaParams:
+        del key
+        leaves = jax.tree.leaves(params)
+        dtype = jnp.result_type(*leaves) if leaves else jnp.float32
+        return {"log_lr": jnp.asarray(math.log(self.learning_rate), dtype)}
+
+    def opt_fn(self, meta: MetaParams) -> optax.GradientTransformation:
+        return step_size_gd(jnp.exp(jnp.clip(meta["log_lr"], -LOG_CLIP, LOG_CLIP)))
