@@ -33,6 +33,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from learned_dco.meta import checkpoint
+from learned_dco.optimizers.base import global_norm
 from learned_dco.meta.unroll import sample_task
 from learned_dco.types import Array, MetaParams, PRNGKey, Task
 
@@ -176,7 +177,7 @@ class MetaTrainer:
 
             est_state = jax.lax.cond(jnp.all(ok), lambda s: s, restart, est_state)
 
-        grad_norm = optax.global_norm(grad)
+        grad_norm = global_norm(grad)
         good = (n_ok > 0) & jnp.isfinite(grad_norm)
         updates, opt_state = self.meta_optimizer.update(grad, state.opt_state, state.meta)
         meta = optax.apply_updates(state.meta, updates)
