@@ -1,7 +1,7 @@
 """Meta-training: the inner unroll, gradient estimators and the trainer."""
 
 from learned_dco.meta.checkpoint import load_meta, save_meta
-from learned_dco.meta.evaluate import BASELINES, Curves, Tuned, rollout, tune_learning_rate
+from learned_dco.meta.evaluate import BASELINES, Curves, Tuned, evaluate, rollout, tune_learning_rate
 from learned_dco.meta.estimators import ES, ESTIMATORS, PES, ESState, FullUnroll, TaskEstimate, TruncatedBPTT
 from learned_dco.meta.trainer import MetaTrainer, Metrics, TrainState, rmsprop_pytorch
 from learned_dco.meta.unroll import META_LOSSES, InnerState, fresh_state, inner_step, sample_task, unroll
@@ -10,6 +10,7 @@ __all__ = [
     "BASELINES",
     "Curves",
     "Tuned",
+    "evaluate",
     "rollout",
     "tune_learning_rate",
     "ES",

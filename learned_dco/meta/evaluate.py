@@ -13,6 +13,7 @@ experiments did: SGD without momentum, Adam (0.9, 0.999, eps 1e-8) and RMSProp
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -23,10 +24,10 @@ import optax
 from learned_dco.types import Array, PRNGKey, Task
 
 BASELINES: dict[str, Callable[[float], optax.GradientTransformation]] = {
-    "sgd": lambda lr: optax.sgd(lr),
-    "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
-    "adam": lambda lr: optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8),
-    "rmsprop": lambda lr: optax.rmsprop(lr, decay=0.99, eps=1e-8, eps_in_sqrt=False),
+    "sgd": optax.sgd,
+    "momentum": functools.partial(optax.sgd, momentum=0.9),
+    "adam": functools.partial(optax.adam, b1=0.9, b2=0.999, eps=1e-8),
+    "rmsprop": functools.partial(optax.rmsprop, decay=0.99, eps=1e-8, eps_in_sqrt=False),
 }
 
 DEFAULT_GRID = tuple(float(x) for x in np.logspace(-4, 0, 17))  # 1e-4 ... 1, 4 per decade
@@ -64,11 +65,27 @@ def rollout(tx: optax.GradientTransformation, family, tasks: Task, key: PRNGKey,
 
     Task ``i`` starts from ``family.init_params(fold_in(key, i), task_i)``-derived keys, so
     every optimizer evaluated with the same ``key`` starts from the same points and sees the
-    same minibatches.
+    same minibatches. (Traced as is; prefer :func:`evaluate`, which compiles once per
+    optimizer family.)
     """
     n = jax.tree.leaves(tasks)[0].shape[0]
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
     return jax.vmap(lambda t, k: _one_task(tx, family, t, k, num_steps))(tasks, keys)
+
+
+@functools.partial(jax.jit, static_argnames=("make_tx", "family", "num_steps"))
+def evaluate(make_tx: Callable, hparams, family, tasks: Task, key: PRNGKey, num_steps: int) -> Curves:
+    """:func:`rollout` of ``make_tx(hparams)``, jitted with ``make_tx`` static.
+
+    ``make_tx`` is e.g. ``lopt.opt_fn`` (``hparams`` = meta-parameters) or a baseline
+    constructor (``hparams`` = learning rate); equal ``make_tx`` reuse the compiled program.
+    """
+    return rollout(make_tx(hparams), family, tasks, key, num_steps)
+
+
+@functools.partial(jax.jit, static_argnames=("make_tx", "family", "num_steps"))
+def _sweep(make_tx, grid, family, tasks, key, num_steps):
+    return jax.vmap(lambda lr: final_score(rollout(make_tx(lr), family, tasks, key, num_steps)))(grid)
 
 
 def final_score(curves: Curves) -> Array:
@@ -100,8 +117,6 @@ def tune_learning_rate(
         make_tx = BASELINES[name]
     if not grid or any(not (lr > 0) for lr in grid):
         raise ValueError(f"learning-rate grid must be non-empty and positive, got {grid!r}")
-    lrs = jnp.asarray(grid, jnp.float32)
-    sweep = jax.jit(jax.vmap(lambda lr: final_score(rollout(make_tx(lr), family, tasks, key, num_steps))))
-    scores = np.asarray(sweep(lrs), dtype=np.float64)
+    scores = np.asarray(_sweep(make_tx, jnp.asarray(grid, jnp.float32), family, tasks, key, num_steps), np.float64)
     scores = np.where(np.isfinite(scores), scores, np.inf)
     return Tuned(name, float(grid[int(np.argmin(scores))]), tuple(grid), scores)

@@ -21,6 +21,7 @@ be meta-trained in one ``jax.vmap``-ed call.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -211,10 +212,36 @@ class MetaTrainer:
         return jax.jit(grad_of)(state, self.pool)
 
     # --- pure training loop (vmappable over seeds) ------------------------------------------
-    def train(self, key: PRNGKey, num_steps: int) -> tuple[TrainState, Metrics]:
-        """``num_steps`` meta-steps from a fresh state as one ``lax.scan`` (pure; jit/vmap it)."""
-        state = self._init_state(key, self.pool)
-        return jax.lax.scan(lambda s, _: self._meta_step(s, self.pool), state, length=num_steps)
+    def train(
+        self,
+        key: PRNGKey,
+        num_steps: int,
+        *,
+        meta: MetaParams | None = None,
+        record: Callable[[TrainState], Any] | None = None,
+    ) -> tuple[TrainState, Metrics] | tuple[TrainState, tuple[Metrics, Any]]:
+        """``num_steps`` meta-steps from a fresh state as one jitted ``lax.scan``.
+
+        Pure in ``key`` and ``meta``, so ``jax.vmap(lambda k: trainer.train(k, n))(keys)``
+        meta-trains a grid of seeds in one call. ``meta`` replaces the initial
+        meta-parameters; ``record(state)``, if given, is evaluated after every meta-step and
+        stacked (e.g. the meta-parameter trajectory), and the result is then
+        ``(state, (metrics, records))``. The task pool is passed to the compiled program as
+        an argument (not baked in as a constant).
+        """
+        return self._train_jit(key, self.pool, meta, num_steps=num_steps, record=record)
+
+    @functools.partial(jax.jit, static_argnums=0, static_argnames=("num_steps", "record"))
+    def _train_jit(self, key, pool, meta, *, num_steps, record):
+        state = self._init_state(key, pool)
+        if meta is not None:
+            state = state._replace(meta=meta, opt_state=self.meta_optimizer.init(meta))
+
+        def body(s, _):
+            s, metrics = self._meta_step(s, pool)
+            return s, (metrics if record is None else (metrics, record(s)))
+
+        return jax.lax.scan(body, state, length=num_steps)
 
     # --- the long-running loop with checkpoints ----------------------------------------------
     def restore(self, run_dir: str | Path, key: PRNGKey) -> TrainState:
