@@ -314,7 +314,7 @@ def _solve_eqqp(Q, c, tol, maxiter):
     return unravel(sol.primal), jnp.zeros((), jnp.int32)
 
 
-def _flat_bounds(c, lo, hi, flat_c):
+def _flat_bounds(c, lo, hi):
     lo = tree_map(lambda v: jnp.full_like(v, -jnp.inf), c) if lo is None else lo
     hi = tree_map(lambda v: jnp.full_like(v, jnp.inf), c) if hi is None else hi
     flat = lambda b: ravel_pytree(tree_map(lambda v, ref: jnp.broadcast_to(v, ref.shape).astype(ref.dtype), b, c))[0]
@@ -337,7 +337,7 @@ def _dense_solve(matvec, b):
 
 def _solve_osqp(Q, c, lo, hi, tol, maxiter):
     flat_c, unravel, matvec_Q = _flat_problem(Q, c)
-    flo, fhi = _flat_bounds(c, lo, hi, flat_c)
+    flo, fhi = _flat_bounds(c, lo, hi)
     tol = (1e-12 if flat_c.dtype == jnp.float64 else 1e-6) if tol is None else tol
     qp = jaxopt.BoxOSQP(
         matvec_Q=matvec_Q,
@@ -353,7 +353,7 @@ def _solve_osqp(Q, c, lo, hi, tol, maxiter):
 
 def _solve_cdqp(Q, c, lo, hi, tol, maxiter):
     flat_c, unravel, _ = _flat_problem(Q, c)
-    flo, fhi = _flat_bounds(c, lo, hi, flat_c)
+    flo, fhi = _flat_bounds(c, lo, hi)
     tol = _default_tol(flat_c.dtype) if tol is None else tol
     qp = jaxopt.BoxCDQP(tol=tol, maxiter=1000 if maxiter is None else maxiter)
     dense_q = Q.to_dense(c)
