@@ -116,7 +116,10 @@ def train(
     """
     run_dir = Path(run_dir)
     built = build(cfg)
-    trainer = make_trainer(built, devices)
+    try:
+        trainer = make_trainer(built, devices)
+    except ValueError as e:  # e.g. num_tasks not a multiple of the number of devices
+        raise C.ConfigError(f"estimator.num_tasks: {e}") from None
     key = C.stream_key(cfg.seed, "trainer")
     if resume:
         if not (run_dir / checkpoint.CHECKPOINT).exists():

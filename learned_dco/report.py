@@ -131,17 +131,18 @@ def evaluate(
         tuned[name] = E.tune_learning_rate(name, family, tuning, C.stream_key(cfg.seed, "tuning"), steps, grid)
 
     key = C.stream_key(eval_seed, "rollout")
-    learned = jax.jit(lambda m: E.rollout(trained.lopt.opt_fn(m), family, heldout, key, steps).val)
+    # tasks and key are arguments, not closed-over constants baked into the compiled program
+    learned = jax.jit(lambda m, tasks, k: E.rollout(trained.lopt.opt_fn(m), family, tasks, k, steps).val)
     curves: dict[str, np.ndarray] = {}
     lr_of: dict[str, float | None] = {}
     label = cfg.optimizer.name
     log(f"rolling out {label} (meta-trained and initial) on {n} held-out tasks for {steps} steps")
-    curves[f"{label} (meta-trained)"] = np.asarray(learned(trained.meta))
-    curves[f"{label} (initial)"] = np.asarray(learned(experiment.initial_meta(built)))
+    curves[f"{label} (meta-trained)"] = np.asarray(learned(trained.meta, heldout, key))
+    curves[f"{label} (initial)"] = np.asarray(learned(experiment.initial_meta(built), heldout, key))
     lr_of[f"{label} (meta-trained)"] = lr_of[f"{label} (initial)"] = None
-    baseline = jax.jit(lambda lr, make: E.rollout(make(lr), family, heldout, key, steps).val, static_argnums=1)
+    baseline = jax.jit(lambda lr, tasks, k, make: E.rollout(make(lr), family, tasks, k, steps).val, static_argnums=3)
     for name, t in tuned.items():
-        curves[name] = np.asarray(baseline(t.learning_rate, E.BASELINES[name]))
+        curves[name] = np.asarray(baseline(t.learning_rate, heldout, key, E.BASELINES[name]))
         lr_of[name] = t.learning_rate
 
     stats = {name: curve_stats(v) for name, v in curves.items()}
