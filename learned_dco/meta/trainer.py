@@ -120,6 +120,18 @@ class MetaTrainer:
 
         return tree_map(one, tree)
 
+    def _state_shardings(self, state: TrainState) -> TrainState:
+        """Where each leaf of a training state lives: per-task estimator arrays split along
+        the task axis, everything else replicated. ``init`` places states there and every
+        meta-step's output is constrained there, so the jitted step sees the same input
+        shardings on every call and compiles once."""
+        def est(x):
+            per_task = jnp.ndim(x) >= 1 and x.shape[0] == self.estimator.num_tasks
+            return self._task_sharding if per_task else self._replicated
+
+        replicated = tree_map(lambda _: self._replicated, state._replace(estimator_state=()))
+        return replicated._replace(estimator_state=tree_map(est, state.estimator_state))
+
     # --- state ------------------------------------------------------------------------------
     def example_params(self, key: PRNGKey):
         """Parameters of one task (shapes the learned optimizer's meta-parameters)."""
@@ -146,7 +158,7 @@ class MetaTrainer:
         if meta is not None:
             meta = tree_map(jnp.asarray, meta)
             state = state._replace(meta=meta, opt_state=self.meta_optimizer.init(meta))
-        return state
+        return jax.device_put(state, self._state_shardings(state))
 
     # --- one meta-step ----------------------------------------------------------------------
     def _meta_step(self, state: TrainState, pool) -> tuple[TrainState, Metrics]:
@@ -191,6 +203,7 @@ class MetaTrainer:
             key=state.key,
             skipped=state.skipped + (~good).astype(jnp.int32),
         )
+        new_state = jax.lax.with_sharding_constraint(new_state, self._state_shardings(new_state))
         metrics = Metrics(meta_loss, train_loss, grad_norm, (ok.size - n_ok).astype(jnp.int32), ~good)
         return new_state, metrics
 

@@ -1,0 +1,300 @@
+"""The ``learned-dco`` command line: train -> eval end to end, resume, errors, shipped configs."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import yaml
+from flax import serialization
+
+from learned_dco import cli, experiment
+from learned_dco import config as C
+from learned_dco.meta import load_meta
+from learned_dco.meta.trainer import MetaTrainer
+from learned_dco.tasks import sample_tasks
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+TINY = {
+    "seed": 0,
+    "optimizer": {"name": "dcog", "learning_rate": 0.02},
+    "task": {"name": "least_squares", "num_samples": 8, "dim": 4, "init_scale": 1.0},
+    "estimator": {"name": "truncated", "horizon": 4, "truncation": 2, "num_tasks": 2, "meta_loss": "mean_train"},
+    "meta_optimizer": {"name": "adam", "learning_rate": 0.05},
+    "train": {"num_steps": 4, "num_train_tasks": 5, "checkpoint_every": 2},
+    "eval": {"num_tasks": 5, "num_steps": 6, "baselines": ["sgd", "adam", "rmsprop"], "lr_grid": [0.003, 0.01, 0.03]},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """A persistent XLA compilation cache for this module only: the resume tests rebuild the
+    same trainer several times (as separate processes would), and each rebuild would
+    otherwise recompile the identical meta-step."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    saved = {n: getattr(jax.config, n) for n in names}
+    jax.config.update(names[0], str(tmp_path_factory.mktemp("xla-cache")))
+    jax.config.update(names[1], 0.0)
+    jax.config.update(names[2], 0)
+    cc.reset_cache()
+    yield
+    for n, v in saved.items():
+        jax.config.update(n, v)
+    cc.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_config, tmp_path_factory) -> Path:
+    """``learned-dco train tiny.yaml --out RUN`` then ``learned-dco eval RUN`` (shared)."""
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    assert cli.main(["train", str(tiny_config), "--out", str(run), "--no-progress"]) == 0
+    # the flags override the config's eval section (num_tasks 5, num_steps 6, seed + 1)
+    assert cli.main(["eval", str(run), "--num-tasks", "3", "--num-steps", "4", "--seed", "7"]) == 0
+    return run
+
+
+def _main(argv, capsys):
+    code = cli.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# --- help --------------------------------------------------------------------------------
+
+
+def test_help_texts(capsys):
+    for argv, needles in [
+        ([], ["train", "eval", "COMMAND --help"]),
+        (["train"], ["CONFIG.yaml", "--set", "--resume", "--out", "metrics.jsonl", "meta.msgpack", "load_trained"]),
+        (["eval"], ["RUN_DIR", "--num-tasks", "--num-steps", "--seed", "curves.png", "report.md", "results.json"]),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            cli.main([*argv, "--help"])
+        assert info.value.code == 0
+        text = capsys.readouterr().out
+        for needle in needles:
+            assert needle in text, (argv, needle)
+
+
+def test_module_entry_point_runs():
+    out = subprocess.run(
+        [sys.executable, "-m", "learned_dco.cli", "--help"], capture_output=True, text=True, cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120,
+    )
+    assert out.returncode == 0 and "learned-dco" in out.stdout
+
+
+def test_commands_are_a_registry_of_subparsers():
+    assert set(cli.COMMANDS) == {"train", "eval"}
+    parser = cli.build_parser()
+    args = parser.parse_args(["eval", "somewhere", "--num-tasks", "5"])
+    assert args.handler is cli.run_eval and args.num_tasks == 5 and args.num_steps is None
+
+
+# --- train -> eval ------------------------------------------------------------------------
+
+
+def test_train_writes_the_run_directory(trained_run, tiny_config):
+    assert C.load_config(trained_run / "config.yaml") == C.load_config(tiny_config)
+    lines = [json.loads(ln) for ln in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [0, 1, 2, 3]
+    assert {"meta_loss", "train_loss", "grad_norm", "nonfinite_tasks", "skipped", "seconds"} <= set(lines[0])
+    assert all(np.isfinite(r["meta_loss"]) for r in lines)
+    info = json.loads((trained_run / "meta.json").read_text())
+    assert info["meta_step"] == 4 and info["optimizer"] == TINY["optimizer"]
+
+
+def test_saved_meta_params_drive_opt_fn_in_another_program(trained_run):
+    """meta.msgpack loads into lopt.opt_fn; the update is DCOG's closed form theta - g / lam^2."""
+    import learned_dco as ldco
+
+    lopt = ldco.DCOG(learning_rate=0.02)
+    params = jnp.zeros(4)
+    meta = load_meta(trained_run / "meta.msgpack", template=lopt.init(jax.random.PRNGKey(0), params))
+    assert not np.allclose(meta["log_lam"], lopt.init(jax.random.PRNGKey(0), params)["log_lam"])  # it trained
+    tx = lopt.opt_fn(meta)
+    g = jnp.array([1.0, -2.0, 0.5, 3.0])
+    updates, _ = tx.update(g, tx.init(params), params)
+    np.testing.assert_allclose(updates, -g / np.exp(2 * np.asarray(meta["log_lam"])), rtol=1e-5)
+    # the same through experiment.load_trained
+    trained = experiment.load_trained(trained_run)
+    assert trained.lopt == lopt and trained.meta_step == 4
+    np.testing.assert_array_equal(trained.meta["log_lam"], meta["log_lam"])
+
+
+def test_eval_writes_plot_report_and_results(trained_run):
+    out = trained_run / "eval"
+    png = (out / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) >= {"steps", "curves", "tuned_lr", "grid", "tuning_scores", "summary", "num_tasks", "eval_seed"}
+    # --num-tasks 3 --num-steps 4 --seed 7 overrode the config's 5, 6 and seed + 1
+    assert results["num_tasks"] == 3 and results["eval_seed"] == 7
+    assert results["steps"] == [0, 1, 2, 3, 4] and results["grid"] == [0.003, 0.01, 0.03]
+    names = ["dcog (meta-trained)", "dcog (initial)", "sgd", "adam", "rmsprop"]
+    assert list(results["curves"]) == names
+    for name in names:
+        assert set(results["curves"][name]) == {"mean", "std", "median", "q25", "q75"}
+        assert len(results["curves"][name]["mean"]) == 5
+    # every optimizer starts from the same parameters on the same held-out tasks
+    assert len({round(results["curves"][n]["mean"][0], 4) for n in names}) == 1
+    # each tuned learning rate is the argmin of its sweep scores
+    for b in ("sgd", "adam", "rmsprop"):
+        scores = np.array([np.inf if s is None else s for s in results["tuning_scores"][b]])
+        assert results["tuned_lr"][b] == results["grid"][int(np.argmin(scores))]
+    report = (out / "report.md").read_text()
+    assert "| optimizer | tuned lr | loss at step 0 | final loss | best loss (step) | diverged |" in report
+    for name in names:
+        assert f"| {name} |" in report
+    assert "![validation loss curves](curves.png)" in report
+
+
+def test_eval_curves_match_a_python_loop_on_held_out_tasks(trained_run):
+    """The meta-trained curve, recomputed by hand from the documented protocol: held-out tasks
+    from the eval seed's stream (none of them a training task), starts from fold_in(key, i)."""
+    results = json.loads((trained_run / "eval" / "results.json").read_text())
+    trained = experiment.load_trained(trained_run)
+    cfg, family = trained.config, trained.family
+    assert results["eval_seed"] == 7
+    heldout = sample_tasks(family, C.stream_key(7, "heldout"), 3)
+    pool = sample_tasks(family, C.stream_key(cfg.seed, "pool"), 5)
+    for i in range(3):
+        assert not np.any([np.allclose(heldout.X[i], pool.X[j]) for j in range(5)])
+    key = C.stream_key(7, "rollout")
+    curves = []
+    for i in range(3):
+        task = jax.tree.map(lambda x: x[i], heldout)
+        k_init, _ = jax.random.split(jax.random.fold_in(key, i))
+        params = family.init_params(k_init, task)
+        tx = trained.lopt.opt_fn(trained.meta)
+        state, losses = tx.init(params), [family.val_loss(params, task)]
+        for _ in range(4):
+            updates, state = tx.update(jax.grad(family.loss)(params, task), state, params)
+            params = optax.apply_updates(params, updates)
+            losses.append(family.val_loss(params, task))
+        curves.append(np.array(losses))
+    np.testing.assert_allclose(results["curves"]["dcog (meta-trained)"]["mean"], np.mean(curves, 0), rtol=1e-4)
+    np.testing.assert_allclose(results["curves"]["dcog (meta-trained)"]["std"], np.std(curves, 0), rtol=1e-3, atol=1e-4)
+
+
+# --- resume ---------------------------------------------------------------------------------
+
+
+def _artifacts(run: Path) -> tuple[bytes, bytes, list]:
+    lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    return (run / "meta.msgpack").read_bytes(), (run / "checkpoint.msgpack").read_bytes(), [
+        (r["step"], r["meta_loss"], r["grad_norm"]) for r in lines
+    ]
+
+
+def test_resume_through_the_cli_equals_an_uninterrupted_run(trained_run, tiny_config, tmp_path, capsys, monkeypatch):
+    reference = _artifacts(trained_run)  # 4 uninterrupted meta-steps
+
+    # (a) a run stopped at 2 steps, extended to 4 with --resume
+    short = tmp_path / "short"
+    assert _main(["train", tiny_config, "--out", short, "--set", "train.num_steps=2", "--no-progress"], capsys)[0] == 0
+    code, out, _ = _main(["train", "--resume", short, "--set", "train.num_steps=4", "--no-progress"], capsys)
+    assert code == 0 and "resuming" in out
+    assert _artifacts(short) == reference
+    assert C.load_config(short / "config.yaml").train.num_steps == 4
+
+    # (b) a run killed during its 4th meta-step resumes from the step-2 checkpoint
+    killed = tmp_path / "killed"
+    real_step, calls = MetaTrainer.step, []
+
+    def dying_step(self, state):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_step(self, state)
+
+    monkeypatch.setattr(MetaTrainer, "step", dying_step)
+    code, _, err = _main(["train", tiny_config, "--out", killed, "--no-progress"], capsys)
+    assert code == 130 and f"learned-dco train --resume {killed}" in err
+    monkeypatch.setattr(MetaTrainer, "step", real_step)
+    assert not (killed / "meta.msgpack").exists()
+    assert int(serialization.msgpack_restore((killed / "checkpoint.msgpack").read_bytes())["step"]) == 2
+    # the saved config is used; giving the same CONFIG again is allowed too
+    assert _main(["train", tiny_config, "--resume", killed, "--no-progress"], capsys)[0] == 0
+    assert _artifacts(killed) == reference
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def test_errors_name_the_problem(trained_run, tiny_config, tmp_path, capsys):
+    cases = [
+        (["train", tiny_config, "--set", "estimator.horizon=ten", "--out", tmp_path / "a"], "estimator.horizon: expected int, got str 'ten'"),
+        (["train", tiny_config, "--set", "optimizer.lerning_rate=1", "--out", tmp_path / "a"], "optimizer.lerning_rate: unknown key"),
+        (["train", tmp_path / "nope.yaml"], "cannot read config"),
+        (["train"], "give a CONFIG.yaml (or --resume RUN_DIR)"),
+        (["train", tiny_config, "--out", trained_run], "already holds a run"),
+        (["train", "--resume", trained_run, "--set", "estimator.truncation=1"], "estimator.truncation: differs from the saved config"),
+        (["train", "--resume", trained_run, "--set", "train.num_steps=2"], "train.num_steps: the checkpoint is already at step 4 > 2"),
+        (["train", "--resume", tmp_path], "no saved config"),
+        (["eval", tmp_path], "no saved config"),
+        (["eval", trained_run, "--num-tasks", "0"], "--num-tasks: must be a positive integer"),
+    ]
+    for argv, message in cases:
+        code, _, err = _main(argv, capsys)
+        assert code == 2, argv
+        assert message in err, (argv, err)
+    assert not (tmp_path / "a").exists()  # nothing written for a bad config
+
+
+def test_default_run_dir_is_unique(tmp_path):
+    first = cli.default_run_dir("configs/quick_demo.yaml", tmp_path)
+    assert first.parent == tmp_path and first.name.startswith("quick_demo-")
+    first.mkdir()
+    second = cli.default_run_dir("configs/quick_demo.yaml", tmp_path)
+    assert second != first and not second.exists()
+
+
+# --- the shipped configs train --------------------------------------------------------------
+
+
+def _shrink(cfg: C.RunConfig) -> list[str]:
+    """Overrides that keep a config's structure but make two meta-steps cheap."""
+    sets = ["train.num_steps=2", "train.checkpoint_every=1", "estimator.num_tasks=2"]
+    if cfg.train.num_train_tasks is not None:
+        sets.append("train.num_train_tasks=3")
+    if "hidden" in {f.name for f in dataclasses.fields(C.build_family(cfg))}:
+        sets.append("task.hidden=[2]")  # the DCO step's compile time grows with the layers
+    est = C.build_estimator(cfg)
+    if hasattr(est, "truncation") and cfg.estimator.name != "full":
+        sets += ["estimator.horizon=4", "estimator.truncation=2"]
+    else:
+        sets.append("estimator.horizon=1")
+    return sets
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_shipped_config_trains(path, tmp_path, capsys):
+    sets = _shrink(C.load_config(path))
+    argv = ["train", path, "--out", tmp_path / "run", "--no-progress"]
+    for s in sets:
+        argv += ["--set", s]
+    code, out, err = _main(argv, capsys)
+    assert code == 0, err
+    lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(np.isfinite(r["meta_loss"]) for r in lines)
+    trained = experiment.load_trained(tmp_path / "run")
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(trained.meta))

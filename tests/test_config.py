@@ -1,0 +1,321 @@
+"""Run configs: strict schema (keys and types named in errors), overrides, builders, configs/."""
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import yaml
+
+import learned_dco as ldco
+from learned_dco import config as C
+from learned_dco import meta, tasks
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+BASE = {
+    "seed": 3,
+    "optimizer": {"name": "dcom", "learning_rate": 0.01, "momentum": 0.5},
+    "task": {"name": "beverton_holt", "hidden": [4, 3], "r0_range": [1, 2]},
+    "estimator": {"name": "truncated", "horizon": 6, "truncation": 2, "num_tasks": 4},
+    "meta_optimizer": {"name": "adamw", "learning_rate": 0.001, "weight_decay": 0.1, "clip": 1.0},
+    "train": {"num_steps": 5, "num_train_tasks": None, "checkpoint_every": 2},
+    "eval": {"num_tasks": 7, "num_steps": 9, "baselines": ["sgd", "adam"], "lr_grid": [0.01, 0.1]},
+}
+
+
+def _with(**sections):
+    """BASE with some sections replaced (a value of None removes the section)."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in BASE.items()}
+    for k, v in sections.items():
+        if v is None:
+            data.pop(k)
+        else:
+            data[k] = v
+    return data
+
+
+def _error(data) -> str:
+    with pytest.raises(C.ConfigError) as info:
+        C.from_dict(data)
+    return str(info.value)
+
+
+# --- parsing ---------------------------------------------------------------------------
+
+
+def test_a_valid_config_parses_into_typed_frozen_dataclasses():
+    cfg = C.from_dict(BASE)
+    assert cfg.seed == 3
+    assert cfg.optimizer == C.ComponentConfig("dcom", (("learning_rate", 0.01), ("momentum", 0.5)))
+    # lists became tuples, ints given for floats became floats
+    assert cfg.task.kwargs == {"hidden": (4, 3), "r0_range": (1.0, 2.0)}
+    assert all(type(v) is float for v in cfg.task.kwargs["r0_range"])
+    assert cfg.eval.baselines == ("sgd", "adam") and cfg.eval.lr_grid == (0.01, 0.1)
+    assert cfg.train.num_train_tasks is None
+    hash(cfg)  # hashable all the way down
+    with pytest.raises(AttributeError):
+        cfg.seed = 1  # frozen
+
+
+def test_defaults_fill_missing_sections():
+    cfg = C.from_dict({"optimizer": {"name": "dcog"}, "task": {"name": "quadratic"}})
+    assert cfg.estimator == C.ComponentConfig("full")
+    assert cfg.meta_optimizer == C.MetaOptimizerConfig("rmsprop", 0.01, None, None)
+    assert cfg.train == C.TrainConfig(20, 100, 0)
+    assert cfg.eval.baselines == ("sgd", "adam", "rmsprop") and cfg.eval.lr_grid is None
+    assert cfg.seed == 0 and cfg.eval_seed == 1
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (_with(sedd=1), "sedd: unknown key (known: optimizer, task, estimator, meta_optimizer, train, eval, seed)"),
+        (_with(train={"num_stepz": 3}), "train.num_stepz: unknown key (known: num_steps, num_train_tasks, checkpoint_every)"),
+        (_with(eval={"baseline": ["sgd"]}), "eval.baseline: unknown key"),
+        (_with(meta_optimizer={"name": "adam", "momentum": 0.9}), "meta_optimizer.momentum: unknown key"),
+        (_with(optimizer={"name": "dcom", "lerning_rate": 0.1}), "optimizer.lerning_rate: unknown key for learned optimizer 'dcom' (known: name, learning_rate,"),
+        (_with(task={"name": "beverton_holt", "dim": 3}), "task.dim: unknown key for task family 'beverton_holt'"),
+        (_with(estimator={"name": "full", "truncation": 2}), "estimator.truncation: unknown key for estimator 'full' (known: name, horizon, num_tasks, meta_loss, remat, init_seed)"),
+    ],
+)
+def test_unknown_keys_are_named(data, message):
+    assert message in _error(data)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (_with(estimator={"name": "pes", "horizon": "ten"}), "estimator.horizon: expected int, got str 'ten'"),
+        (_with(estimator={"name": "pes", "horizon": 10.0}), "estimator.horizon: expected int, got float 10.0"),
+        (_with(estimator={"name": "pes", "horizon": True}), "estimator.horizon: expected int, got bool True"),
+        (_with(optimizer={"name": "dcog", "normalize": 1}), "optimizer.normalize: expected bool, got int 1"),
+        (_with(optimizer={"name": "dcog", "normalize": "yes please"}), "optimizer.normalize: expected bool, got str"),
+        (_with(optimizer={"name": "dcog", "learning_rate": "fast"}), "optimizer.learning_rate: expected float, got str 'fast'"),
+        (_with(optimizer={"name": "dcog", "learning_rate": None}), "optimizer.learning_rate: expected float, got null"),
+        (_with(optimizer={"name": "dcog", "maxiter": 2.5}), "optimizer.maxiter: expected int, got float 2.5"),
+        (_with(optimizer={"name": "dcog", "solver": 3}), "optimizer.solver: expected str, got int 3"),
+        (_with(task={"name": "beverton_holt", "hidden": [5, "five"]}), "task.hidden[1]: expected int, got str 'five'"),
+        (_with(task={"name": "beverton_holt", "hidden": 5}), "task.hidden: expected list of int, got int 5"),
+        (_with(task={"name": "beverton_holt", "k_range": [1.0, 2.0, 3.0]}), "task.k_range: expected list of 2 (float, float), got 3 items"),
+        (_with(task={"name": "noisy_quadratic", "hessian": [[1.0, 0.0], [0.0, "x"]]}), "task.hessian[1][1]: expected float, got str 'x'"),
+        (_with(train={"num_train_tasks": "all"}), "train.num_train_tasks: expected int, got str 'all'"),
+        (_with(eval={"lr_grid": [0.1, None]}), "eval.lr_grid[1]: expected float, got null"),
+        (_with(eval={"baselines": "sgd"}), "eval.baselines: expected list of str, got str 'sgd'"),
+        (_with(seed="0"), "seed: expected int, got str '0'"),
+        (_with(train=[1, 2]), "train: expected a mapping, got list [1, 2]"),
+        (_with(optimizer="dcog"), "optimizer: expected a mapping, got str 'dcog'"),
+    ],
+)
+def test_wrong_types_are_named(data, message):
+    assert message in _error(data)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (_with(optimizer={"name": "dcx"}), "optimizer.name: unknown learned optimizer 'dcx' (known: dcog, dcogd, dcom"),
+        (_with(task={"name": "mnist"}), "task.name: unknown task family 'mnist' (known: least_squares,"),
+        (_with(estimator={"name": "reinforce"}), "estimator.name: unknown estimator 'reinforce' (known: full, truncated, es, pes)"),
+        (_with(meta_optimizer={"name": "lion"}), "meta_optimizer.name: unknown meta-optimizer 'lion' (known: rmsprop, adam, adamw, sgd)"),
+        (_with(eval={"baselines": ["sgd", "lbfgs"]}), "eval.baselines[1]: unknown baseline 'lbfgs' (known: sgd, momentum, adam, rmsprop)"),
+        (_with(optimizer={"learning_rate": 0.1}), "optimizer.name: missing required key"),
+        (_with(task=None), "task: missing required key"),
+    ],
+)
+def test_unknown_names_list_the_known_ones(data, message):
+    assert message in _error(data)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        # the target classes' own value checks, reported at the field
+        (_with(optimizer={"name": "dcog", "learning_rate": -1.0}), "optimizer.learning_rate: DCOG.learning_rate must be > 0"),
+        (_with(estimator={"name": "pes", "horizon": 4, "truncation": 8}), "estimator.truncation: PES.truncation (8) must be <= horizon (4)"),
+        (_with(task={"name": "beverton_holt", "activation": "swish"}), "task.activation: BevertonHolt.activation must be one of"),
+        # checks of the config's own sections
+        (_with(train={"num_steps": 0}), "train.num_steps: must be > 0, got 0"),
+        (_with(eval={"lr_grid": [0.1, -0.5]}), "eval.lr_grid[1]: must be > 0, got -0.5"),
+        (_with(eval={"lr_grid": []}), "eval.lr_grid: must be non-empty"),
+        (_with(eval={"baselines": ["sgd", "sgd"]}), "eval.baselines: duplicate names"),
+        (_with(meta_optimizer={"name": "adam", "weight_decay": 0.1}), "meta_optimizer.weight_decay: only used by adamw"),
+        (_with(meta_optimizer={"name": "sgd", "clip": 0.0}), "meta_optimizer.clip: must be > 0"),
+        # across sections: a full unroll cannot draw more distinct tasks than the pool holds
+        (
+            _with(estimator={"name": "full", "num_tasks": 8}, train={"num_train_tasks": 5}),
+            "estimator.num_tasks: a full unroll draws 8 distinct tasks per meta-step from the pool, but train.num_train_tasks is 5",
+        ),
+    ],
+)
+def test_invalid_values_are_named(data, message):
+    assert message in _error(data)
+
+
+def test_float_fields_accept_ints_and_yaml_exponents():
+    text = "optimizer: {name: dcog, learning_rate: 1e-3, tol: 1}\ntask: {name: quadratic, shift: -2}\n"
+    data = C.parse_yaml(text)
+    assert data["optimizer"]["learning_rate"] == 1e-3  # plain PyYAML would give the str '1e-3'
+    assert yaml.safe_load(text)["optimizer"]["learning_rate"] == "1e-3"
+    cfg = C.from_dict(data)
+    assert cfg.optimizer.kwargs == {"learning_rate": 0.001, "tol": 1.0}
+    assert type(cfg.optimizer.kwargs["tol"]) is float and type(cfg.task.kwargs["shift"]) is float
+
+
+def test_coerce_handles_annotation_forms():
+    from typing import Literal
+
+    assert C.coerce([1, 2], tuple[float, ...], "x") == (1.0, 2.0)
+    assert C.coerce([], tuple[int, ...], "x") == ()
+    assert C.coerce(None, float | None, "x") is None
+    assert C.coerce(3, int | str, "x") == 3 and C.coerce("a", int | str, "x") == "a"
+    assert C.coerce("b", Literal["a", "b"], "x") == "b"
+    with pytest.raises(C.ConfigError, match=r"^x: expected one of 'a', 'b', got str 'c'$"):
+        C.coerce("c", Literal["a", "b"], "x")
+    with pytest.raises(C.ConfigError, match=r"^x: expected int or str, got float 1.5$"):
+        C.coerce(1.5, int | str, "x")
+    with pytest.raises(C.ConfigError, match=r"^y\[0\]\[1\]: expected int, got bool True$"):
+        C.coerce([[1, True]], tuple[tuple[int, ...], ...], "y")
+
+
+# --- overrides, files, round trip -----------------------------------------------------
+
+
+def test_overrides_parse_yaml_values_and_are_validated(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    cfg = C.load_config(
+        path,
+        [
+            "estimator.horizon=10",
+            "optimizer.normalize=true",
+            "optimizer.learning_rate=3e-4",
+            "eval.baselines=[rmsprop]",
+            "train.num_train_tasks=null",
+            "task.hidden=[7]",
+            "seed=11",
+        ],
+    )
+    assert cfg.estimator.kwargs["horizon"] == 10 and cfg.seed == 11
+    assert cfg.optimizer.kwargs == {"learning_rate": 3e-4, "momentum": 0.5, "normalize": True}
+    assert cfg.eval.baselines == ("rmsprop",) and cfg.task.kwargs["hidden"] == (7,)
+    # a whole new section from overrides alone
+    minimal = tmp_path / "minimal.yaml"
+    minimal.write_text("optimizer: {name: dcog}\n")
+    assert C.load_config(minimal, ["task.name=lasso", "task.dim=4"]).task == C.ComponentConfig("lasso", (("dim", 4),))
+
+    for override, message in [
+        ("estimator.horizon=ten", "estimator.horizon: expected int, got str 'ten'"),
+        ("optimizer.lerning_rate=0.1", "optimizer.lerning_rate: unknown key"),
+        ("estimator.name=adam", "estimator.name: unknown estimator 'adam'"),
+        ("horizon", "--set 'horizon': expected KEY=VALUE"),
+        ("estimator..horizon=3", "malformed key"),
+        ("seed.value=3", "seed: holds int 3, cannot set seed.value"),
+        ("eval.lr_grid=[0.1, 0.2", "--set eval.lr_grid: invalid YAML"),
+    ]:
+        with pytest.raises(C.ConfigError) as info:
+            C.load_config(path, [override])
+        assert message in str(info.value), (override, str(info.value))
+
+
+def test_load_config_reports_bad_files(tmp_path):
+    with pytest.raises(C.ConfigError, match="cannot read config"):
+        C.load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optimizer: {name: dcog\n")
+    with pytest.raises(C.ConfigError, match="invalid YAML"):
+        C.load_config(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(C.ConfigError, match="expected a mapping at the top level"):
+        C.load_config(bad)
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = C.from_dict(BASE)
+    path = cfg.save(tmp_path / "config.yaml")
+    assert C.load_config(path) == cfg
+    assert yaml.safe_load(path.read_text()) == cfg.to_dict()  # plain YAML, lists not tuples
+    assert cfg.to_dict()["task"] == {"name": "beverton_holt", "hidden": [4, 3], "r0_range": [1.0, 2.0]}
+    changed = C.load_config(path, ["train.num_steps=50", "task.hidden=[4]"])
+    assert C.diff(cfg, changed) == ["task.hidden", "train.num_steps"]
+
+
+# --- builders -------------------------------------------------------------------------
+
+
+def test_builders_construct_the_registered_classes():
+    cfg = C.from_dict(BASE)
+    assert C.build_optimizer(cfg) == ldco.DCOM(learning_rate=0.01, momentum=0.5)
+    assert C.build_family(cfg) == tasks.BevertonHolt(hidden=(4, 3), r0_range=(1.0, 2.0))
+    assert C.build_estimator(cfg) == meta.TruncatedBPTT(horizon=6, truncation=2, num_tasks=4)
+
+
+def _updates(tx, grads, steps=3):
+    params = {"w": jnp.ones(3)}
+    state = tx.init(params)
+    out = []
+    for g in grads[:steps]:
+        u, state = tx.update({"w": g}, state, params)
+        params = optax.apply_updates(params, u)
+        out.append(params["w"])
+    return np.stack(out)
+
+
+@pytest.mark.parametrize(
+    "section, reference",
+    [
+        ({"name": "rmsprop", "learning_rate": 0.01}, lambda: meta.rmsprop_pytorch(0.01)),
+        ({"name": "adam", "learning_rate": 0.02}, lambda: optax.adam(0.02)),
+        ({"name": "adamw", "learning_rate": 0.02, "weight_decay": 0.3}, lambda: optax.adamw(0.02, weight_decay=0.3)),
+        ({"name": "adamw", "learning_rate": 0.02}, lambda: optax.adamw(0.02, weight_decay=1e-4)),
+        ({"name": "sgd", "learning_rate": 0.5}, lambda: optax.sgd(0.5)),
+        (
+            {"name": "sgd", "learning_rate": 0.5, "clip": 1.0},
+            lambda: optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.5)),
+        ),
+    ],
+)
+def test_meta_optimizer_matches_optax(section, reference):
+    cfg = C.from_dict(_with(meta_optimizer=section))
+    grads = [jnp.array([3.0, -4.0, 0.5]), jnp.array([0.1, 0.2, -0.3]), jnp.array([-2.0, 1.0, 1.0])]
+    np.testing.assert_allclose(_updates(C.build_meta_optimizer(cfg), grads), _updates(reference(), grads), rtol=1e-6)
+
+
+def test_clipping_bounds_the_step():
+    cfg = C.from_dict(_with(meta_optimizer={"name": "sgd", "learning_rate": 1.0, "clip": 0.5}))
+    step = _updates(C.build_meta_optimizer(cfg), [jnp.array([30.0, -40.0, 0.0])], steps=1)[0] - 1.0
+    np.testing.assert_allclose(step, [-0.3, 0.4, 0.0], rtol=1e-6)  # -0.5 * g / ||g||
+
+
+def test_stream_keys_are_distinct_and_deterministic():
+    keys = {s: tuple(np.asarray(jax.random.key_data(C.stream_key(0, s))).tolist()) for s in C.STREAMS}
+    assert len(set(keys.values())) == len(C.STREAMS)
+    assert np.array_equal(C.stream_key(4, "pool"), C.stream_key(4, "pool"))
+    assert not np.array_equal(C.stream_key(4, "pool"), C.stream_key(5, "pool"))
+
+
+# --- the shipped configs --------------------------------------------------------------
+
+
+def test_configs_directory_is_populated():
+    names = {p.name for p in CONFIGS}
+    assert {"quick_demo.yaml", "dcog_least_squares.yaml", "dcom_beverton_holt.yaml", "pes_noisy_quadratic.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_shipped_config_parses_and_builds(path):
+    cfg = C.load_config(path)
+    raw = C.parse_yaml(path.read_text())  # independent route: the classes built by hand
+    assert C.build_optimizer(cfg) == ldco.LEARNED_OPTIMIZERS[raw["optimizer"]["name"]](**_kwargs(raw["optimizer"]))
+    assert C.build_family(cfg) == tasks.FAMILIES[raw["task"]["name"]](**_kwargs(raw["task"]))
+    assert C.build_estimator(cfg) == meta.ESTIMATORS[raw["estimator"]["name"]](**_kwargs(raw["estimator"]))
+    assert isinstance(C.build_meta_optimizer(cfg), optax.GradientTransformation)
+    assert C.from_dict(C.parse_yaml(cfg.to_yaml())) == cfg
+
+
+def _kwargs(section: dict) -> dict:
+    """A YAML section as constructor keyword arguments (lists as tuples, name dropped)."""
+    tup = lambda v: tuple(tup(x) for x in v) if isinstance(v, list) else v
+    return {k: tup(v) for k, v in section.items() if k != "name"}
