@@ -1,6 +1,15 @@
 """Update rules (pure builders) and learned optimizers (init / opt_fn pairs)."""
 
 from learned_dco.optimizers.dco import DCOG, DCOGD, DCOM, DCOMState, DCOState, dcog, dcogd, dcom
+from learned_dco.optimizers.star import (
+    STAR,
+    AdafacState,
+    Blackbox,
+    Hyperparam,
+    adafac_mlp,
+    blackbox_weight_mask,
+    star_meta_optimizer,
+)
 from learned_dco.optimizers.stepsize import LearnedStepSize, step_size_gd
 
 # Name -> learned-optimizer class; configs and the CLI look optimizers up here, and the
@@ -10,6 +19,28 @@ LEARNED_OPTIMIZERS = {
     "dcogd": DCOGD,
     "dcom": DCOM,
     "step_size": LearnedStepSize,
+    "blackbox": Blackbox,
+    "hyperparam": Hyperparam,
+    "star": STAR,
 }
 
-__all__ = ["DCOG", "DCOGD", "DCOM", "DCOMState", "DCOState", "LEARNED_OPTIMIZERS", "LearnedStepSize", "dcog", "dcogd", "dcom", "step_size_gd"]
+__all__ = [
+    "DCOG",
+    "DCOGD",
+    "DCOM",
+    "STAR",
+    "AdafacState",
+    "Blackbox",
+    "DCOMState",
+    "DCOState",
+    "Hyperparam",
+    "LEARNED_OPTIMIZERS",
+    "LearnedStepSize",
+    "adafac_mlp",
+    "blackbox_weight_mask",
+    "dcog",
+    "dcogd",
+    "dcom",
+    "star_meta_optimizer",
+    "step_size_gd",
+]

@@ -1,0 +1,41 @@
+"""Analysis tools: stability of learned update rules on the noisy quadratic model (STAR Sec. 4)."""
+
+from learned_dco.analysis.stability import (
+    DEFAULT_HORIZONS,
+    PAPER_HORIZONS,
+    alpha_grid,
+    dynamics_matrix,
+    expected_meta_loss,
+    figure2a,
+    inverse_sqrt_psd,
+    is_stable,
+    lemma2_bounds,
+    lemma2_holds,
+    mean_losses,
+    meta_gradient_variance,
+    meta_gradients,
+    spectral_radius,
+    theorem1_bounds,
+    theorem1_holds,
+    trace_variance,
+)
+
+__all__ = [
+    "DEFAULT_HORIZONS",
+    "PAPER_HORIZONS",
+    "alpha_grid",
+    "dynamics_matrix",
+    "expected_meta_loss",
+    "figure2a",
+    "inverse_sqrt_psd",
+    "is_stable",
+    "lemma2_bounds",
+    "lemma2_holds",
+    "mean_losses",
+    "meta_gradient_variance",
+    "meta_gradients",
+    "spectral_radius",
+    "theorem1_bounds",
+    "theorem1_holds",
+    "trace_variance",
+]
