@@ -16,9 +16,12 @@ from learned_dco.optimizers import (
     LearnedStepSize,
     DCOMState,
     DCOState,
+    MetaMD,
+    MirrorState,
     dcog,
     dcogd,
     dcom,
+    metamd,
     step_size_gd,
 )
 
@@ -33,10 +36,13 @@ __all__ = [
     "LEARNED_OPTIMIZERS",
     "LearnedOptimizer",
     "LearnedStepSize",
+    "MetaMD",
+    "MirrorState",
     "__version__",
     "dcog",
     "dcogd",
     "dcom",
+    "metamd",
     "qp",
     "step_size_gd",
 ]

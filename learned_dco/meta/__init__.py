@@ -1,5 +1,6 @@
 """Meta-training: the inner unroll, gradient estimators and the trainer."""
 
+from learned_dco.meta.bound import RegretBound
 from learned_dco.meta.checkpoint import load_meta, save_meta
 from learned_dco.meta.evaluate import BASELINES, Curves, Tuned, evaluate, rollout, tune_learning_rate
 from learned_dco.meta.estimators import ES, ESTIMATORS, PES, ESState, FullUnroll, TaskEstimate, TruncatedBPTT
@@ -17,6 +18,7 @@ __all__ = [
     "ESTIMATORS",
     "META_LOSSES",
     "PES",
+    "RegretBound",
     "ESState",
     "FullUnroll",
     "InnerState",
