@@ -151,12 +151,13 @@ def plot(data: dict, path: Path) -> None:
     for ax, (dt, label) in zip(axes[:4], panels):
         row = data["gradients"]["by_dtype"][dt][label]
         for k, (name, color, ls) in styles.items():
-            ys = [np.nan if v is None else max(v, 1e-300) for v in row["abs_grad"][k]]
+            ys = [np.nan if v is None else max(v, 1e-40) for v in row["abs_grad"][k]]  # 0 drawn at 1e-40
             ax.loglog(hz, ys, ls, color=color, label=name, marker="o", ms=3)
         ax.axhline(row["derived_bound"], color="gray", lw=0.8)
+        ax.set_ylim(bottom=1e-41)
         ax.set_title(f"{dt}, {label}", fontsize=9)
         ax.set_xlabel("horizon t")
-    axes[0].set_ylabel("|d meta-objective / d log eta| (missing = inf/nan)")
+    axes[0].set_ylabel("|d meta-objective / d log eta|\n(missing: inf/nan; 0 drawn at 1e-40)")
     axes[0].legend(fontsize=7)
     tv = data["train_vs_validation"]
     ts = [r["t"] for r in tv["eta_vs_t"]]
