@@ -21,7 +21,7 @@
    fit still get a number), and interleaved median times of one inner step and of that
    meta-gradient where the dense B fits comfortably.
 
-    python -m benchmarks.metamd [--full] [--meta-steps N] [--out DIR]
+    python -m benchmarks.metamd [--full] [--meta-steps N] [--part all|convergence|cost] [--out DIR]
 """
 
 from __future__ import annotations
@@ -30,8 +30,11 @@ import os
 
 # OpenBLAS's threads (behind jax's CPU LAPACK calls: the Kronecker/Cholesky solves) spin
 # against each other on a small shared CPU: a 64x64 triangular solve took ~12 ms instead of
-# ~20 us here. One thread per call; set before numpy/scipy load OpenBLAS.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# ~20 us here, so the cost part runs with one OpenBLAS thread (set before numpy/scipy load
+# OpenBLAS). The convergence part keeps the default: with one OpenBLAS thread, meta-training
+# MetaMD on the regret bound for the digits MLP hung (no CPU use) twice on this machine.
+if "--part=cost" in os.sys.argv or ("--part" in os.sys.argv and "cost" in os.sys.argv):
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import functools
@@ -201,6 +204,9 @@ def plot(data: dict, path: Path) -> None:
     panels = [("least_squares", "excess_train", "least squares: f(theta_t) - f*"),
               ("digits_mlp", "train", "digits MLP: training loss"), ("digits_mlp", "val", "digits MLP: validation loss")]
     for ax, (exp, key, title) in zip(axes[:3], panels):
+        if exp not in data:
+            ax.set_visible(False)
+            continue
         res = data[exp]
         for name, (label, color, ls) in styles.items():
             if name in res["curves"]:
@@ -210,7 +216,13 @@ def plot(data: dict, path: Path) -> None:
         ax.set_yscale("log")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("inner step (held-out tasks; grey: meta-training horizon T)")
-    axes[0].legend(fontsize=7)
+    if "least_squares" in data:
+        axes[0].legend(fontsize=7)
+    if "cost" not in data:
+        axes[3].set_visible(False)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        return
     rows = data["cost"]
     for name, color in (("metamd", "C0"), ("dcogd", "C3")):
         rs = [r for r in rows if r["optimizer"] == name]
@@ -230,27 +242,31 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="digits MLP 64-128-128-10 and more meta-steps")
     parser.add_argument("--meta-steps", type=int, default=None)
-    parser.add_argument("--skip-cost", action="store_true")
+    parser.add_argument("--part", choices=("all", "convergence", "cost"), default="all",
+                        help="run one part (the cost part in its own process uses one OpenBLAS thread)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     steps_ls = args.meta_steps or (600 if args.full else 300)
     steps_dg = args.meta_steps or (300 if args.full else 100)
-    data = {"least_squares": convergence(
-        "least_squares", tasks.MatrixLeastSquares(num_samples=64, dim_in=16, dim_out=8, condition=1000.0),
-        T=20, eval_steps=40, num_train=32, num_test=32, meta_steps=steps_ls, num_tasks=8, meta_lr=0.005, seed=0,
-        optimum=True)}
-    hidden = (128, 128) if args.full else (32,)
-    data["digits_mlp"] = convergence(
-        "digits_mlp", tasks.DigitsMLP(hidden=hidden), T=20, eval_steps=60, num_train=16, num_test=16,
-        meta_steps=steps_dg, num_tasks=4, meta_lr=0.005, seed=1)
-    if not args.skip_cost:
+    data = {}
+    if args.part in ("all", "convergence"):
+        data["least_squares"] = convergence(
+            "least_squares", tasks.MatrixLeastSquares(num_samples=64, dim_in=16, dim_out=8, condition=1000.0),
+            T=20, eval_steps=40, num_train=32, num_test=32, meta_steps=steps_ls, num_tasks=8, meta_lr=0.005, seed=0,
+            optimum=True)
+        hidden = (128, 128) if args.full else (32,)
+        data["digits_mlp"] = convergence(
+            "digits_mlp", tasks.DigitsMLP(hidden=hidden), T=20, eval_steps=60, num_train=16, num_test=16,
+            meta_steps=steps_dg, num_tasks=4, meta_lr=0.005, seed=1)
+    if args.part in ("all", "cost"):
         data["cost"] = cost([(16,), (32,), (64,), (128, 128)])
     data["seconds"] = time.perf_counter() - start
     out = Path(args.out) if args.out else RESULTS
-    path = write_json("metamd", data, out)
+    name = "metamd" if args.part == "all" else f"metamd_{args.part}"
+    path = write_json(name, data, out)
+    plot(data, out / f"{name}.png")
     if "cost" in data:
-        plot(data, out / "metamd.png")
         print(table(data["cost"], ["hidden", "params", "optimizer", "meta_params", "meta_grad_argument_MB",
                                    "meta_grad_temp_MB", "step_ms", "meta_grad_ms"]))
     print(f"wrote {path} in {data['seconds']:.0f} s")
