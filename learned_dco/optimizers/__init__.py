@@ -1,6 +1,8 @@
 """Update rules (pure builders) and learned optimizers (init / opt_fn pairs)."""
 
 from learned_dco.optimizers.dco import DCOG, DCOGD, DCOM, DCOMState, DCOState, dcog, dcogd, dcom
+from learned_dco.optimizers.l2o import L2OState, LSTMOptimizer, lstm_optimizer
+from learned_dco.optimizers.mirror import MetaMD, MirrorState, metamd
 from learned_dco.optimizers.star import (
     STAR,
     AdafacState,
@@ -22,6 +24,8 @@ LEARNED_OPTIMIZERS = {
     "blackbox": Blackbox,
     "hyperparam": Hyperparam,
     "star": STAR,
+    "metamd": MetaMD,
+    "l2o": LSTMOptimizer,
 }
 
 __all__ = [
@@ -34,13 +38,19 @@ __all__ = [
     "DCOMState",
     "DCOState",
     "Hyperparam",
+    "L2OState",
     "LEARNED_OPTIMIZERS",
+    "LSTMOptimizer",
     "LearnedStepSize",
+    "MetaMD",
+    "MirrorState",
     "adafac_mlp",
     "blackbox_weight_mask",
     "dcog",
     "dcogd",
     "dcom",
+    "lstm_optimizer",
+    "metamd",
     "star_meta_optimizer",
     "step_size_gd",
 ]

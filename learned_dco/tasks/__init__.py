@@ -18,6 +18,10 @@ name (``FAMILIES`` key)     class                       source
 
 ``make_family(name, **fields)`` builds one from a config (e.g. a YAML mapping).
 
+Also exported (not in ``FAMILIES``): ``MatrixLeastSquares``, multi-output least squares
+with a shared rotated ill-conditioned feature covariance (Kronecker curvature), built for
+MetaMD's benchmark.
+
 Example::
 
     import jax
@@ -52,6 +56,7 @@ from learned_dco.tasks.l2o import (
     RosenbrockTask,
     lasso_solve,
 )
+from learned_dco.tasks.matrix_least_squares import MatrixLeastSquares, MatrixLeastSquaresTask
 from learned_dco.tasks.least_squares import (
     LeastSquares,
     LeastSquaresTask,
@@ -103,6 +108,8 @@ __all__ = [
     "LassoTask",
     "LeastSquares",
     "LeastSquaresTask",
+    "MatrixLeastSquares",
+    "MatrixLeastSquaresTask",
     "NoisyQuadratic",
     "NoisyQuadraticTask",
     "Quadratic",

@@ -1,0 +1,190 @@
+r"""M-L2O: meta-training a learned optimizer for fast test-time self-adaptation.
+
+Yang et al., "M-L2O: Towards generalizable learning-to-optimize by test-time fast
+self-adaptation" (ICLR 2023). For an L2O optimizer with weights :math:`\phi` (e.g.
+:class:`learned_dco.optimizers.l2o.LSTMOptimizer`) and a task :math:`\tau`, let
+
+.. math::
+    \mathcal L(\phi; \tau, \xi) = \frac1T \sum_{t=1}^{T} \ell\big(f_\tau(\theta_t)\big),
+    \qquad \theta_{t} = \theta_{t-1} + u_\phi(\nabla f_\tau(\theta_{t-1}), \ldots),
+    \quad \theta_0 \sim \text{init}(\tau, \xi),
+
+the optimizee's mean loss along a ``horizon``-step unroll (Andrychowicz et al.'s
+meta-objective; ``loss="mean_log"`` uses :math:`\ell = \log`, our default, so that tasks
+whose losses differ by orders of magnitude -- Rosenbrock starts, shifted scales -- weigh
+alike; ``loss="mean"`` uses :math:`\ell(x) = x`).
+
+* **Adaptation** (MAML-style, :func:`adapt`): ``k`` gradient steps on one task,
+  :math:`\phi_{j} = \phi_{j-1} - \alpha\, \mathrm{clip}(\nabla_\phi \mathcal L(\phi_{j-1};
+  \tau, \xi_j))` (optional global-norm clip, off by default).
+* **Vanilla L2O** meta-trains :math:`\min_\phi \mathbb E_\tau \mathcal L(\phi; \tau)`
+  (:class:`MetaAdaptation` with ``adapt_steps=0``).
+* **M-L2O** meta-trains :math:`\min_\phi \mathbb E_\tau \mathcal L(\phi_k(\phi, \tau); \tau,
+  \xi')`: the outer loss of the *adapted* weights, with the gradient taken through the
+  ``k`` adaptation steps (second order; ``first_order=True`` drops the second-order terms,
+  FOMAML-style). Adaptation and evaluation use the same task with independent optimizee
+  starts :math:`\xi_j`, :math:`\xi'` (for families whose start is part of the task, the
+  same start).
+* **Test-time adaptation**: :func:`adapt` with ``steps=5`` on the out-of-distribution task,
+  then run the adapted optimizer; fine-tuning a vanilla L2O the same way is the
+  transfer-learning baseline of the paper.
+
+:class:`MetaAdaptation` is an estimator for :class:`learned_dco.meta.MetaTrainer`
+(``init``/``estimate``, per-task gradients on fresh tasks), so M-L2O gets the trainer's
+vmapped task batches, sharding, non-finite guards and checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from learned_dco.meta.estimators import FullUnroll, TaskEstimate, _identity
+from learned_dco.optimizers.base import is_concrete
+from learned_dco.types import Array, MetaParams, PRNGKey, Task
+
+UNROLL_LOSSES = ("mean_log", "mean")
+tree_map = jax.tree.map
+
+
+def _check_positive_int(owner: str, name: str, value, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{owner}.{name} must be an integer >= {low}, got {value!r}")
+
+
+def unroll_loss(lopt, family, meta: MetaParams, task: Task, key: PRNGKey, *, horizon: int,
+                loss: str = "mean_log", eps: float = 1e-12) -> Array:
+    r""":math:`\mathcal L(\phi; \tau, \xi)`: the mean (log) training loss over ``horizon``
+    steps of ``lopt.opt_fn(meta)`` from ``family.init_params(k, task)``; ``eps`` guards the
+    log at an exact zero loss."""
+    if loss not in UNROLL_LOSSES:
+        raise ValueError(f"unknown unroll loss {loss!r}; expected one of {UNROLL_LOSSES}")
+    k_init, k_run = jax.random.split(key)
+    params = family.init_params(k_init, task)
+    tx = lopt.opt_fn(meta)
+
+    def body(carry, k):
+        p, s = carry
+        k_batch, k_eval = jax.random.split(k)
+        g = jax.grad(family.loss)(p, task, family.sample_batch(k_batch, task))
+        u, s = tx.update(g, s, p)
+        p = optax.apply_updates(p, u)
+        value = family.loss(p, task, family.sample_batch(k_eval, task))
+        return (p, s), (jnp.log(value + eps) if loss == "mean_log" else value)
+
+    _, terms = jax.lax.scan(body, (params, tx.init(params)), jax.random.split(k_run, horizon))
+    return jnp.mean(terms)
+
+
+def adapt(lopt, family, meta: MetaParams, task: Task, key: PRNGKey, *, steps: int, lr: float, horizon: int,
+          loss: str = "mean_log", clip: float | None = None, first_order: bool = False) -> MetaParams:
+    r"""``steps`` gradient steps on :math:`\mathcal L(\cdot; \tau)` from ``meta`` (module
+    docstring); differentiable in ``meta`` (``first_order`` stops the gradient through the
+    inner gradients)."""
+    _check_positive_int("adapt", "steps", steps, allow_zero=True)
+    if is_concrete(lr) and not float(lr) > 0:
+        raise ValueError(f"adapt: lr must be > 0, got {lr!r}")
+    grad_fn = jax.grad(lambda m, k: unroll_loss(lopt, family, m, task, k, horizon=horizon, loss=loss))
+    for k in jax.random.split(key, steps) if steps else []:
+        g = grad_fn(meta, k)
+        if first_order:
+            g = jax.lax.stop_gradient(g)
+        if clip is not None:
+            norm = jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(g)))
+            g = tree_map(lambda x: x * jnp.minimum(1.0, clip / jnp.maximum(norm, 1e-30)), g)
+        meta = tree_map(lambda m, gi: m - lr * gi, meta, g)
+    return meta
+
+
+def adapted_loss(lopt, family, meta, task, key, *, steps, lr, horizon, loss="mean_log", clip=None,
+                 first_order=False) -> Array:
+    r""":math:`\mathcal L(\phi_k(\phi, \tau); \tau, \xi')`, the M-L2O outer loss of one task."""
+    k_adapt, k_outer = jax.random.split(key)
+    adapted = adapt(lopt, family, meta, task, k_adapt, steps=steps, lr=lr, horizon=horizon, loss=loss, clip=clip,
+                    first_order=first_order)
+    return unroll_loss(lopt, family, adapted, task, k_outer, horizon=horizon, loss=loss)
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaAdaptation:
+    """M-L2O's nested meta-adaptation as an estimator (``adapt_steps=0``: vanilla L2O).
+
+    Attributes:
+      horizon: optimizee steps per unroll ``T``.
+      num_tasks: tasks per meta-step.
+      adapt_steps: inner adaptation steps ``k`` (0: vanilla L2O).
+      adapt_lr: inner step :math:`\\alpha`.
+      adapt_clip: optional global-norm clip of each inner gradient.
+      first_order: drop second-order terms (FOMAML-style).
+      loss: ``"mean_log"`` (default) or ``"mean"`` (see :func:`unroll_loss`).
+      init_seed: initial-parameter seed for pool tasks (as :class:`FullUnroll`).
+    """
+
+    horizon: int = 20
+    num_tasks: int = 8
+    adapt_steps: int = 1
+    adapt_lr: float = 1e-3
+    adapt_clip: float | None = None
+    first_order: bool = False
+    loss: str = "mean_log"
+    init_seed: int = 0
+
+    def __post_init__(self):
+        _check_positive_int("MetaAdaptation", "horizon", self.horizon)
+        _check_positive_int("MetaAdaptation", "num_tasks", self.num_tasks)
+        _check_positive_int("MetaAdaptation", "adapt_steps", self.adapt_steps, allow_zero=True)
+        if not (self.adapt_lr > 0 and math.isfinite(self.adapt_lr)):
+            raise ValueError(f"MetaAdaptation.adapt_lr must be a positive number, got {self.adapt_lr!r}")
+        if self.adapt_clip is not None and not self.adapt_clip > 0:
+            raise ValueError(f"MetaAdaptation.adapt_clip must be > 0 or None, got {self.adapt_clip!r}")
+        if self.loss not in UNROLL_LOSSES:
+            raise ValueError(f"MetaAdaptation.loss must be one of {UNROLL_LOSSES}, got {self.loss!r}")
+
+    @property
+    def truncation(self) -> int:
+        return self.horizon
+
+    def init(self, lopt, family, meta, key, pool=None) -> tuple:
+        del lopt, family, meta, key, pool
+        return ()
+
+    def task_loss(self, lopt, family, meta, task, key) -> Array:
+        """The per-task meta-objective (outer loss of the adapted weights)."""
+        return adapted_loss(lopt, family, meta, task, key, steps=self.adapt_steps, lr=self.adapt_lr,
+                            horizon=self.horizon, loss=self.loss, clip=self.adapt_clip, first_order=self.first_order)
+
+    def estimate(self, lopt, family, meta, state, key, pool=None, constrain=_identity):
+        """Per-task gradients on fresh tasks (or a random subset of ``pool``)."""
+        del state
+        k_tasks, k_run = jax.random.split(key)
+        sampler = FullUnroll(horizon=self.horizon, num_tasks=self.num_tasks, init_seed=self.init_seed)
+        states = constrain(sampler.tasks(lopt, family, meta, k_tasks, pool))
+        keys = jax.random.split(k_run, self.num_tasks)
+
+        def one(task, k):
+            value, grad = jax.value_and_grad(lambda m: self.task_loss(lopt, family, m, task, k))(meta)
+            return TaskEstimate(grad, value, value)
+
+        return jax.vmap(one)(states.task, keys), ()
+
+
+def loss_curve(lopt, family, meta, task, key, *, steps: int) -> Array:
+    """The optimizee's full training loss at every iterate ``theta_0 .. theta_steps``."""
+    k_init, k_run = jax.random.split(key)
+    params = family.init_params(k_init, task)
+    tx = lopt.opt_fn(meta)
+
+    def body(carry, k):
+        p, s = carry
+        g = jax.grad(family.loss)(p, task, family.sample_batch(k, task))
+        u, s = tx.update(g, s, p)
+        p = optax.apply_updates(p, u)
+        return (p, s), family.loss(p, task, None)
+
+    _, values = jax.lax.scan(body, (params, tx.init(params)), jax.random.split(k_run, steps))
+    return jnp.concatenate([family.loss(params, task, None)[None], values])
