@@ -3,6 +3,7 @@
     learned-dco train CONFIG.yaml [--set KEY=VALUE ...] [--out DIR] [--no-progress]
     learned-dco train --resume RUN_DIR [--set train.num_steps=N]
     learned-dco eval RUN_DIR [--num-tasks N] [--num-steps T] [--seed S]
+    learned-dco reproduce [--quick] [--out DIR] [--seed S]
 
 Subcommands live in :data:`COMMANDS`, a mapping from name to a *registrar*: a function
 that receives the ``argparse`` subparsers object, adds its parser (with help texts) and
@@ -168,12 +169,39 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------
+# reproduce
+# --------------------------------------------------------------------------------------
+
+
+def add_reproduce(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "reproduce",
+        help="reproduce the DCO paper (Figures 1-3, Theorem 1) with tuned baselines",
+        description="Run the DCO paper's experiments (least squares, Beverton-Holt, interpolation) "
+        "and the Theorem 1 check; write figures, report.md and results.json to --out.",
+    )
+    p.add_argument("--quick", action="store_true", help="reduced sizes (under 3 minutes on a 2-core CPU)")
+    p.add_argument("--out", default="results/reproduce", help="output directory (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.set_defaults(handler=run_reproduce)
+    return p
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    from learned_dco.reproduce import reproduce
+
+    reproduce(quick=args.quick, out=args.out, seed=args.seed)
+    return 0
+
+
+# --------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------
 
 COMMANDS: dict[str, Registrar] = {
     "train": add_train,
     "eval": add_eval,
+    "reproduce": add_reproduce,
 }
 """Subcommand name -> registrar (see the module docstring)."""
 

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -63,19 +62,4 @@ def reproduce(quick: bool = False, out: str | Path = "results/reproduce", seed: 
     return results
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``reproduce`` on the ``learned-dco`` command line."""
-    p = subparsers.add_parser(
-        "reproduce",
-        help="reproduce the DCO paper (Figures 1-3, Theorem 1) with tuned baselines",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--quick", action="store_true", help="reduced sizes (under 3 minutes on a 2-core CPU)")
-    p.add_argument("--out", default="results/reproduce", help="output directory (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.set_defaults(func=lambda args: reproduce(quick=args.quick, out=args.out, seed=args.seed) and 0)
-    return p
-
-
-__all__ = ["Experiment", "add_parser", "paper_experiments", "reproduce", "run_experiment", "run_theorem1"]
+__all__ = ["Experiment", "paper_experiments", "reproduce", "run_experiment", "run_theorem1"]
