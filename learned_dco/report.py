@@ -44,7 +44,7 @@ import numpy as np
 
 from learned_dco import config as C
 from learned_dco import experiment
-from learned_dco.meta import evaluate as E
+from learned_dco.meta.evaluate import BASELINES, DEFAULT_GRID, rollout, tune_learning_rate
 from learned_dco.meta.checkpoint import atomic_write
 from learned_dco.tasks import sample_tasks
 
@@ -115,7 +115,7 @@ def evaluate(
             raise C.ConfigError(f"{flag}: must be a positive integer, got {value!r}")
     built = experiment.build(cfg)
     family = built.family
-    grid = tuple(ev.lr_grid) if ev.lr_grid is not None else E.DEFAULT_GRID
+    grid = tuple(ev.lr_grid) if ev.lr_grid is not None else DEFAULT_GRID
 
     heldout = sample_tasks(family, C.stream_key(eval_seed, "heldout"), n)
     if built.pool is not None:
@@ -128,11 +128,11 @@ def evaluate(
     tuned = {}
     for name in ev.baselines:
         log(f"tuning {name} over {len(grid)} learning rates on {tuning_desc}")
-        tuned[name] = E.tune_learning_rate(name, family, tuning, C.stream_key(cfg.seed, "tuning"), steps, grid)
+        tuned[name] = tune_learning_rate(name, family, tuning, C.stream_key(cfg.seed, "tuning"), steps, grid)
 
     key = C.stream_key(eval_seed, "rollout")
     # tasks and key are arguments, not closed-over constants baked into the compiled program
-    learned = jax.jit(lambda m, tasks, k: E.rollout(trained.lopt.opt_fn(m), family, tasks, k, steps).val)
+    learned = jax.jit(lambda m, tasks, k: rollout(trained.lopt.opt_fn(m), family, tasks, k, steps).val)
     curves: dict[str, np.ndarray] = {}
     lr_of: dict[str, float | None] = {}
     label = cfg.optimizer.name
@@ -140,9 +140,9 @@ def evaluate(
     curves[f"{label} (meta-trained)"] = np.asarray(learned(trained.meta, heldout, key))
     curves[f"{label} (initial)"] = np.asarray(learned(experiment.initial_meta(built), heldout, key))
     lr_of[f"{label} (meta-trained)"] = lr_of[f"{label} (initial)"] = None
-    baseline = jax.jit(lambda lr, tasks, k, make: E.rollout(make(lr), family, tasks, k, steps).val, static_argnums=3)
+    baseline = jax.jit(lambda lr, tasks, k, make: rollout(make(lr), family, tasks, k, steps).val, static_argnums=3)
     for name, t in tuned.items():
-        curves[name] = np.asarray(baseline(t.learning_rate, heldout, key, E.BASELINES[name]))
+        curves[name] = np.asarray(baseline(t.learning_rate, heldout, key, BASELINES[name]))
         lr_of[name] = t.learning_rate
 
     stats = {name: curve_stats(v) for name, v in curves.items()}

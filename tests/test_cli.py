@@ -103,10 +103,12 @@ def test_module_entry_point_runs():
 
 
 def test_commands_are_a_registry_of_subparsers():
-    assert set(cli.COMMANDS) == {"train", "eval"}
+    assert set(cli.COMMANDS) == {"train", "eval", "reproduce"}
     parser = cli.build_parser()
     args = parser.parse_args(["eval", "somewhere", "--num-tasks", "5"])
     assert args.handler is cli.run_eval and args.num_tasks == 5 and args.num_steps is None
+    args = parser.parse_args(["reproduce", "--quick", "--out", "elsewhere"])
+    assert args.handler is cli.run_reproduce and args.quick and args.out == "elsewhere" and args.seed == 0
 
 
 # --- train -> eval ------------------------------------------------------------------------
