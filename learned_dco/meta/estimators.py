@@ -298,8 +298,9 @@ def _antithetic_estimate(est, lopt, family, meta, state: ESState, key, pool):
 
 
 @dataclasses.dataclass(frozen=True)
-class ES:
-    """Antithetic ES with a perturbation held for each whole episode (unbiased)."""
+class _Antithetic:
+    """Fields, checks and methods shared by :class:`ES` and :class:`PES`; the two differ
+    in how ``_antithetic_init`` / ``_antithetic_estimate`` treat the perturbation."""
 
     horizon: int = 100
     truncation: int = 10
@@ -312,7 +313,7 @@ class ES:
         _check_common(self)
         _check_truncation(self)
         if not (isinstance(self.sigma, (int, float)) and self.sigma > 0 and math.isfinite(self.sigma)):
-            raise ValueError(f"ES.sigma must be a positive number, got {self.sigma!r}")
+            raise ValueError(f"{type(self).__name__}.sigma must be a positive number, got {self.sigma!r}")
 
     def init(self, lopt, family, meta, key, pool=None) -> ESState:
         return _antithetic_init(self, lopt, family, meta, key, pool)
@@ -322,27 +323,13 @@ class ES:
 
 
 @dataclasses.dataclass(frozen=True)
-class PES:
+class ES(_Antithetic):
+    """Antithetic ES with a perturbation held for each whole episode (unbiased)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PES(_Antithetic):
     """Persistent evolution strategies (antithetic, unbiased; module docstring)."""
-
-    horizon: int = 100
-    truncation: int = 10
-    num_tasks: int = 8
-    sigma: float = 0.01
-    meta_loss: str = "mean_train"
-    stagger: bool = True
-
-    def __post_init__(self):
-        _check_common(self)
-        _check_truncation(self)
-        if not (isinstance(self.sigma, (int, float)) and self.sigma > 0 and math.isfinite(self.sigma)):
-            raise ValueError(f"PES.sigma must be a positive number, got {self.sigma!r}")
-
-    def init(self, lopt, family, meta, key, pool=None) -> ESState:
-        return _antithetic_init(self, lopt, family, meta, key, pool)
-
-    def estimate(self, lopt, family, meta, state: ESState, key, pool=None, constrain=_identity):
-        return _antithetic_estimate(self, lopt, family, meta, constrain(state), key, pool)
 
 
 ESTIMATORS = {"full": FullUnroll, "truncated": TruncatedBPTT, "es": ES, "pes": PES}
