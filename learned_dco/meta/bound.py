@@ -34,7 +34,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from learned_dco.meta.estimators import FullUnroll, TaskEstimate, _check_common, _identity
+from learned_dco.meta.estimators import FullUnroll, Stateless, TaskEstimate, _check_common, _identity
 from learned_dco.meta.unroll import InnerState
 
 
@@ -46,7 +46,7 @@ def _vdot(a, b):
 
 
 @dataclasses.dataclass(frozen=True)
-class RegretBound:
+class RegretBound(Stateless):
     """Per-task gradients of the mirror-descent regret bound :math:`B_T` (module docstring)
     over ``horizon`` steps of ``num_tasks`` fresh tasks per meta-step (or tasks from a
     ``pool``, as in :class:`~learned_dco.meta.FullUnroll`). Plugs into
@@ -63,13 +63,6 @@ class RegretBound:
         if self.target not in TARGETS:
             raise ValueError(f"RegretBound.target must be one of {TARGETS}, got {self.target!r}")
 
-    @property
-    def truncation(self) -> int:
-        return self.horizon
-
-    def init(self, lopt, family, meta, key, pool=None) -> tuple:
-        del lopt, family, meta, key, pool
-        return ()
 
     def _check(self, lopt) -> None:
         if not callable(getattr(lopt, "divergence", None)):

@@ -121,8 +121,21 @@ def _scale(tree, s):
 # ------------------------------------------------------------------------------------------
 
 
+class Stateless:
+    """For estimators that unroll a whole episode per meta-step: the truncation is the
+    horizon and nothing persists between meta-steps (the state is ``()``)."""
+
+    @property
+    def truncation(self) -> int:
+        return self.horizon
+
+    def init(self, lopt, family, meta, key, pool=None) -> tuple:
+        del lopt, family, meta, key, pool
+        return ()
+
+
 @dataclasses.dataclass(frozen=True)
-class FullUnroll:
+class FullUnroll(Stateless):
     """Backpropagate through ``horizon`` steps of ``num_tasks`` fresh tasks per meta-step.
 
     With a task ``pool`` of size ``N``: ``num_tasks == N`` uses every pool task each
@@ -143,13 +156,6 @@ class FullUnroll:
     def __post_init__(self):
         _check_common(self)
 
-    @property
-    def truncation(self) -> int:
-        return self.horizon
-
-    def init(self, lopt, family, meta, key, pool=None) -> tuple:
-        del lopt, family, meta, key, pool
-        return ()  # nothing persists between meta-steps
 
     def tasks(self, lopt, family, meta, key, pool=None) -> InnerState:
         """The starting states of one meta-step's tasks."""

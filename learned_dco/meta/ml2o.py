@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from learned_dco.meta.estimators import FullUnroll, TaskEstimate, _identity
+from learned_dco.meta.estimators import FullUnroll, Stateless, TaskEstimate, _identity
 from learned_dco.optimizers.base import is_concrete
 from learned_dco.types import Array, MetaParams, PRNGKey, Task
 
@@ -111,7 +111,7 @@ def adapted_loss(lopt, family, meta, task, key, *, steps, lr, horizon, loss="mea
 
 
 @dataclasses.dataclass(frozen=True)
-class MetaAdaptation:
+class MetaAdaptation(Stateless):
     """M-L2O's nested meta-adaptation as an estimator (``adapt_steps=0``: vanilla L2O).
 
     Attributes:
@@ -145,13 +145,6 @@ class MetaAdaptation:
         if self.loss not in UNROLL_LOSSES:
             raise ValueError(f"MetaAdaptation.loss must be one of {UNROLL_LOSSES}, got {self.loss!r}")
 
-    @property
-    def truncation(self) -> int:
-        return self.horizon
-
-    def init(self, lopt, family, meta, key, pool=None) -> tuple:
-        del lopt, family, meta, key, pool
-        return ()
 
     def task_loss(self, lopt, family, meta, task, key) -> Array:
         """The per-task meta-objective (outer loss of the adapted weights)."""
