@@ -15,21 +15,27 @@ parameters), ``c`` the (transformed) gradient and ``Q`` a positive-definite curv
 ``matvec`` and ``solve``, so the forward solve and the linear system of the implicit
 function theorem are exact and cheap.
 
-Backends (``solver=``), all through jaxopt, all jit- and vmap-compatible:
+Backends are small frozen values that carry their own options and say which constraint
+kinds they handle (``solver=`` takes a value or its YAML name; :func:`as_solver`), all
+through jaxopt, all jit- and vmap-compatible:
 
-* ``"exact"`` (default): the operator's own solve, wrapped in
+* :class:`Exact` (``"exact"``, default): the operator's own solve, wrapped in
   :func:`jaxopt.implicit_diff.custom_root`. The optimality condition is written in
   *preconditioned* form :math:`F(x) = Q^{-1}(Qx + c) = x + Q^{-1}c` (for box constraints
   with a separable ``Q``: :math:`F(x) = x - \Pi_{[l,u]}(-Q^{-1}c)`), whose Jacobian in ``x``
   is the identity. The implicit-differentiation linear system is therefore solved exactly at
   no cost, and the derivative with respect to ``(Q, c, l, u)`` flows through the operator's
   exact solve. Box constraints need a separable (diagonal) ``Q`` here.
-* ``"eqqp"``: :class:`jaxopt.EqualityConstrainedQP` (unconstrained problems, i.e. no
-  equality rows), with a tight Krylov solve forward and backward.
-* ``"osqp"``: :class:`jaxopt.BoxOSQP` (box constraints, any ``Q``), with an exact dense
-  ``implicit_diff_solve``: jaxopt's default iterative solve is loose at active constraints.
-* ``"cdqp"``: :class:`jaxopt.BoxCDQP` (box constraints; materialises ``Q`` as a dense
-  matrix, so for moderate sizes only).
+* :class:`EqQP` (``"eqqp"``): :class:`jaxopt.EqualityConstrainedQP` (unconstrained
+  problems), with a tight Krylov solve forward and backward.
+* :class:`OSQP` (``"osqp"``): :class:`jaxopt.BoxOSQP` (box constraints, any ``Q``), with an
+  exact dense ``implicit_diff_solve``: jaxopt's default iterative solve is loose at active
+  constraints.
+* :class:`CDQP` (``"cdqp"``): :class:`jaxopt.BoxCDQP` (box constraints; materialises ``Q``
+  as a dense matrix, so for moderate sizes only).
+
+An optimizer checks its constraints against its solver when it is built
+(:meth:`QPSolver.require`), so an impossible combination fails there, naming both.
 
 Failures are reported, not raised: :class:`QPSolution` carries the fixed-point residual
 :math:`\|x - \Pi_{[l,u]}(x - (Qx + c))\|_\infty` (zero exactly at the optimum) and the
@@ -38,9 +44,10 @@ iteration count, so a caller can inspect them inside ``jit``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -57,8 +64,6 @@ with warnings.catch_warnings():
     from jaxopt.implicit_diff import custom_root
 
 from learned_dco.types import Array, PyTree
-
-SOLVERS = ("exact", "eqqp", "osqp", "cdqp")
 
 tree_map = jax.tree.map
 
@@ -185,6 +190,153 @@ class BlockDiagonal(NamedTuple):
 
 
 # ------------------------------------------------------------------------------------------
+# Solvers as values
+# ------------------------------------------------------------------------------------------
+
+#: Constraint kinds a problem may carry: ``"box"`` (``lo <= x <= hi``).
+CONSTRAINT_KINDS = ("box",)
+
+
+@dataclasses.dataclass(frozen=True)
+class QPSolver:
+    """Base of the QP backends: a small frozen value that carries its own options and says
+    which constraint kinds it handles (``handles``). Every problem without constraints is
+    handled by every backend."""
+
+    name: ClassVar[str] = ""
+    handles: ClassVar[frozenset[str]] = frozenset()
+
+    def __post_init__(self):
+        for field in ("tol", "maxiter"):
+            value = getattr(self, field, None)
+            if value is None:
+                continue
+            if field == "maxiter" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"qp.{type(self).__name__}.maxiter must be an int >= 1 or None, got {value!r}")
+            if field == "tol" and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+                raise ValueError(f"qp.{type(self).__name__}.tol must be a float > 0 or None, got {value!r}")
+
+    def supports(self, *kinds: str) -> bool:
+        return set(kinds) <= self.handles
+
+    def require(self, kinds, *, owner: str, setting: str) -> None:
+        """Raise ``ValueError`` naming ``setting`` and this solver if a constraint kind in
+        ``kinds`` is not handled (called when an optimizer is built)."""
+        missing = sorted(set(kinds) - self.handles)
+        if missing:
+            able = [n for n, cls in SOLVERS.items() if set(kinds) <= cls.handles]
+            raise ValueError(
+                f"{owner}: {setting} needs {'/'.join(missing)} constraints, which solver={self.name!r} "
+                f"(qp.{type(self).__name__}) does not support; use one of {tuple(able)}"
+            )
+
+    def with_options(self, **options) -> "QPSolver":
+        """A copy with the given options replaced (``None`` values are ignored)."""
+        options = {k: v for k, v in options.items() if v is not None}
+        if not options:
+            return self
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise ValueError(f"qp.{type(self).__name__} has no option {', '.join(unknown)} (options: {sorted(names) or 'none'})")
+        return dataclasses.replace(self, **options)
+
+    def solve(self, Q, c, lo, hi) -> tuple[PyTree, Array]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class Exact(QPSolver):
+    r"""The operator's own exact solve inside ``custom_root`` (module docstring). Boxes
+    only for a separable (diagonal) curvature: :math:`x = \Pi_{[l,u]}(-Q^{-1}c)`."""
+
+    name: ClassVar[str] = "exact"
+    handles: ClassVar[frozenset[str]] = frozenset({"box"})
+
+    def solve(self, Q, c, lo, hi):
+        if (lo is not None or hi is not None) and not Q.separable:
+            raise ValueError(
+                "the 'exact' QP backend handles box constraints only for a separable "
+                f"(diagonal) curvature, got {type(Q).__name__}; use solver='osqp' or 'cdqp'"
+            )
+        return _exact_root(c, Q, c, lo, hi), jnp.zeros((), jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class EqQP(QPSolver):
+    """:class:`jaxopt.EqualityConstrainedQP` with a tight GMRES solve forward and backward.
+
+    Attributes:
+      tol: GMRES tolerance (default 1e-12 in float64, 1e-7 in float32).
+      maxiter: GMRES iterations (default 10 x the number of unknowns).
+    """
+
+    name: ClassVar[str] = "eqqp"
+    tol: float | None = None
+    maxiter: int | None = None
+
+    def solve(self, Q, c, lo, hi):
+        del lo, hi
+        return _solve_eqqp(Q, c, self.tol, self.maxiter)
+
+
+@dataclasses.dataclass(frozen=True)
+class OSQP(QPSolver):
+    """:class:`jaxopt.BoxOSQP` (any curvature) with an exact dense implicit-differentiation
+    solve (jaxopt's default iterative one is loose at active constraints).
+
+    Attributes:
+      tol: stopping tolerance (default 1e-12 in float64, 1e-6 in float32).
+      maxiter: ADMM iterations (default 20000).
+    """
+
+    name: ClassVar[str] = "osqp"
+    handles: ClassVar[frozenset[str]] = frozenset({"box"})
+    tol: float | None = None
+    maxiter: int | None = None
+
+    def solve(self, Q, c, lo, hi):
+        return _solve_osqp(Q, c, lo, hi, self.tol, self.maxiter)
+
+
+@dataclasses.dataclass(frozen=True)
+class CDQP(QPSolver):
+    """:class:`jaxopt.BoxCDQP`: coordinate descent on the materialised dense ``Q`` (moderate
+    sizes only).
+
+    Attributes:
+      tol: stopping tolerance (default 1e-12 in float64, 1e-7 in float32).
+      maxiter: sweeps (default 1000).
+    """
+
+    name: ClassVar[str] = "cdqp"
+    handles: ClassVar[frozenset[str]] = frozenset({"box"})
+    tol: float | None = None
+    maxiter: int | None = None
+
+    def solve(self, Q, c, lo, hi):
+        return _solve_cdqp(Q, c, lo, hi, self.tol, self.maxiter)
+
+
+#: YAML/CLI name -> solver class (``as_solver`` maps names to default-option values).
+SOLVERS: dict[str, type[QPSolver]] = {cls.name: cls for cls in (Exact, EqQP, OSQP, CDQP)}
+
+SolverLike = Union[str, QPSolver]
+
+
+def as_solver(solver: SolverLike) -> QPSolver:
+    """A solver value from a name (``"exact"``, ``"eqqp"``, ``"osqp"``, ``"cdqp"``: default
+    options) or a :class:`QPSolver` value (returned as is)."""
+    if isinstance(solver, QPSolver):
+        return solver
+    if isinstance(solver, str):
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown QP solver {solver!r}; expected one of {tuple(SOLVERS)} or a qp.QPSolver value")
+        return SOLVERS[solver]()
+    raise TypeError(f"solver must be a name {tuple(SOLVERS)} or a qp.QPSolver value, got {type(solver).__name__}")
+
+
+# ------------------------------------------------------------------------------------------
 # Solutions and the public entry point
 # ------------------------------------------------------------------------------------------
 
@@ -216,12 +368,10 @@ def fixed_point_residual(Q: Any, c: PyTree, x: PyTree, lo=None, hi=None) -> Arra
 def solve_qp(
     Q: Any,
     c: PyTree,
+    *,
     lo: PyTree | None = None,
     hi: PyTree | None = None,
-    *,
-    solver: str = "exact",
-    tol: float | None = None,
-    maxiter: int | None = None,
+    solver: SolverLike = "exact",
 ) -> QPSolution:
     r"""Solve :math:`\min_x \tfrac12 x^\top Q x + c^\top x` s.t. ``lo <= x <= hi``.
 
@@ -229,31 +379,17 @@ def solve_qp(
       Q: a structured operator (positive definite).
       c: the linear term, any pytree of float arrays.
       lo, hi: optional bounds shaped like ``c`` (``-inf``/``inf`` allowed); give both or one.
-      solver: one of ``"exact"``, ``"eqqp"``, ``"osqp"``, ``"cdqp"`` (see module docstring).
-      tol, maxiter: stopping rule of the iterative backends (dtype-aware defaults).
+      solver: a :class:`QPSolver` value (``Exact()``, ``EqQP(tol, maxiter)``, ``OSQP(...)``,
+        ``CDQP(...)``) or its name; the value carries its own options.
 
     Returns:
       A :class:`QPSolution`. Gradients with respect to ``Q``'s arrays, ``c``, ``lo`` and
       ``hi`` come from the implicit function theorem.
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown QP solver {solver!r}; expected one of {SOLVERS}")
-    boxed = lo is not None or hi is not None
-    if solver == "exact":
-        if boxed and not Q.separable:
-            raise ValueError(
-                "the 'exact' QP backend handles box constraints only for a separable "
-                f"(diagonal) curvature, got {type(Q).__name__}; use solver='osqp' or 'cdqp'"
-            )
-        x, iters = _solve_exact(Q, c, lo, hi), jnp.zeros((), jnp.int32)
-    elif solver == "eqqp":
-        if boxed:
-            raise ValueError("solver='eqqp' solves unconstrained/equality QPs; use 'osqp' or 'cdqp' for boxes")
-        x, iters = _solve_eqqp(Q, c, tol, maxiter)
-    elif solver == "osqp":
-        x, iters = _solve_osqp(Q, c, lo, hi, tol, maxiter)
-    else:
-        x, iters = _solve_cdqp(Q, c, lo, hi, tol, maxiter)
+    solver = as_solver(solver)
+    if lo is not None or hi is not None:
+        solver.require(("box",), owner="solve_qp", setting="lo/hi")
+    x, iters = solver.solve(Q, c, lo, hi)
     return QPSolution(x, fixed_point_residual(Q, c, x, lo, hi), iters)
 
 
@@ -278,10 +414,6 @@ def _exact_optimality(x, Q, c, lo, hi):
 def _exact_root(init, Q, c, lo, hi):
     del init
     return jax.lax.stop_gradient(_project(tree_map(jnp.negative, Q.solve(c)), lo, hi))
-
-
-def _solve_exact(Q, c, lo, hi):
-    return _exact_root(c, Q, c, lo, hi)
 
 
 def _default_tol(dtype) -> float:

@@ -259,3 +259,35 @@ def test_nonfinite_gradients_are_skipped_then_surface():
     raw = ldco.dcog(2.0, max_consecutive_nonfinite=None)
     updates, _ = raw.update(bad, raw.init(params), params)
     assert not all(jnp.all(jnp.isfinite(u)) for u in jax.tree.leaves(updates))
+
+
+def test_solver_values_and_impossible_combinations_fail_at_construction():
+    """A name and the value it maps to build the same optimizer; a solver that cannot handle
+    the step's constraints fails when the optimizer is built, naming both settings."""
+    assert ldco.DCOG(solver="osqp", maxiter=50).solver == ldco.DCOG(solver=ldco.qp.OSQP(maxiter=50)).solver == ldco.qp.OSQP(maxiter=50)
+    assert ldco.DCOG(solver="eqqp") == ldco.DCOG(solver=ldco.qp.EqQP())
+    assert ldco.DCOGD(solver="eqqp").solver == ldco.qp.EqQP()
+    for cls in (ldco.DCOG, ldco.DCOGD, ldco.DCOM):
+        with pytest.raises(ValueError, match=r"trust_region=True.*solver='eqqp' \(qp.EqQP\)"):
+            cls(trust_region=True, solver="eqqp")
+        with pytest.raises(ValueError, match=r"trust_region=True.*solver='eqqp'"):
+            cls(trust_region=True, solver=ldco.qp.EqQP(tol=1e-8))
+        cls(trust_region=True, solver=ldco.qp.CDQP(maxiter=10))  # boxes: fine
+    with pytest.raises(ValueError, match=r"dcog: radius.*solver='eqqp'"):
+        ldco.dcog(1.0, radius=0.1, solver="eqqp")
+    with pytest.raises(ValueError, match=r"maxiter=5 conflicts with solver=OSQP\(tol=None, maxiter=7\)"):
+        ldco.DCOG(solver=ldco.qp.OSQP(maxiter=7), maxiter=5)
+    with pytest.raises(ValueError, match=r"DCOGD: tol=1e-06 with solver='exact'.*no option tol"):
+        ldco.DCOGD(tol=1e-6)
+    # The value's options reach the solve: a one-iteration OSQP gives a visibly worse step.
+    params = _params(jnp.float32)
+    grads = jax.grad(_loss)(params)
+    meta = ldco.DCOG().init(None, params)
+    meta["log_radius"] = jax.tree.map(lambda p: jnp.full(p.shape, -3.0), params)
+    steps = {}
+    for name, solver in [("exact", "exact"), ("early", ldco.qp.OSQP(maxiter=1))]:
+        lopt = ldco.DCOG(trust_region=True, solver=solver)
+        tx = lopt.opt_fn(meta)
+        steps[name], state = tx.update(grads, tx.init(params), params)
+        steps[name + "_residual"] = float(state.inner_state.qp_residual)
+    assert steps["early_residual"] > 1e-3 > steps["exact_residual"]

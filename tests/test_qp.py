@@ -50,7 +50,7 @@ def test_diagonal_box_matches_clipped_closed_form(solver, precision):
         ref = jax.tree.map(lambda c, d: jnp.clip(-c / d, -0.4, 0.4), c, d)
         n_active = sum(int(jnp.sum(jnp.abs(x) >= 0.4)) for x in jax.tree.leaves(ref))
         assert 0 < n_active < sum(x.size for x in jax.tree.leaves(ref))  # both kinds of entries
-        sol = jax.jit(lambda d, c: qp.solve_qp(qp.Diagonal(d), c, lo, r, solver=solver))(d, c)
+        sol = jax.jit(lambda d, c: qp.solve_qp(qp.Diagonal(d), c, lo=lo, hi=r, solver=solver))(d, c)
         tol = 1e-5 if precision == "float32" else 1e-10
         assert _max_rel(sol.x, ref) < tol
 
@@ -81,9 +81,9 @@ def test_dense_box_gradients_match_finite_differences(x64):
 
     def f(c, r, solver):
         box = r * jnp.ones(5)
-        return jnp.sum(jnp.cos(jnp.arange(1.0, 6.0) * qp.solve_qp(qp.Dense(m), c, -box, box, solver=solver).x))
+        return jnp.sum(jnp.cos(jnp.arange(1.0, 6.0) * qp.solve_qp(qp.Dense(m), c, lo=-box, hi=box, solver=solver).x))
 
-    x = qp.solve_qp(qp.Dense(m), c, -r * jnp.ones(5), r * jnp.ones(5), solver="cdqp").x
+    x = qp.solve_qp(qp.Dense(m), c, lo=-r * jnp.ones(5), hi=r * jnp.ones(5), solver="cdqp").x
     assert 0 < int(jnp.sum(jnp.isclose(jnp.abs(x), r))) < 5  # some constraints active
     eps = 1e-6
     # Central differences of the (tightly solved) forward map, all directions in one vmap.
@@ -106,7 +106,7 @@ def test_exact_box_gradients_at_active_constraints(x64):
 
     def f(d, c, r, solver):
         box = jax.tree.map(lambda v: r * jnp.ones_like(v), c)
-        x = qp.solve_qp(qp.Diagonal(d), c, jax.tree.map(jnp.negative, box), box, solver=solver).x
+        x = qp.solve_qp(qp.Diagonal(d), c, lo=jax.tree.map(jnp.negative, box), hi=box, solver=solver).x
         return sum(jnp.sum(jnp.cos(1.0 + v)) for v in jax.tree.leaves(x))
 
     def f_ref(d, c, r):
@@ -147,8 +147,8 @@ def test_status_is_reported_not_raised():
     m = _spd(jax.random.PRNGKey(8), 8, jnp.float32)
     c = jax.random.normal(jax.random.PRNGKey(9), (8,))
     box = jnp.full(8, 0.2)
-    sol = jax.jit(lambda c: qp.solve_qp(qp.Dense(m), c, -box, box, solver="osqp", maxiter=1))(c)
-    good = qp.solve_qp(qp.Dense(m), c, -box, box, solver="osqp")
+    sol = jax.jit(lambda c: qp.solve_qp(qp.Dense(m), c, lo=-box, hi=box, solver=qp.OSQP(maxiter=1)))(c)
+    good = qp.solve_qp(qp.Dense(m), c, lo=-box, hi=box, solver="osqp")
     assert float(sol.residual) > 100 * float(good.residual)
     assert int(sol.iterations) <= int(good.iterations)
 
@@ -158,6 +158,35 @@ def test_bad_solver_arguments():
     with pytest.raises(ValueError, match="unknown QP solver"):
         qp.solve_qp(d, jnp.ones(2), solver="newton")
     with pytest.raises(ValueError, match="separable"):
-        qp.solve_qp(d, jnp.ones(2), -jnp.ones(2), jnp.ones(2), solver="exact")
-    with pytest.raises(ValueError, match="eqqp"):
-        qp.solve_qp(d, jnp.ones(2), -jnp.ones(2), jnp.ones(2), solver="eqqp")
+        qp.solve_qp(d, jnp.ones(2), lo=-jnp.ones(2), hi=jnp.ones(2), solver="exact")
+    with pytest.raises(ValueError, match=r"lo/hi needs box constraints, which solver='eqqp' \(qp.EqQP\)"):
+        qp.solve_qp(d, jnp.ones(2), lo=-jnp.ones(2), hi=jnp.ones(2), solver=qp.EqQP(tol=1e-6))
+    with pytest.raises(TypeError, match="QPSolver value"):
+        qp.solve_qp(d, jnp.ones(2), solver=3)
+    with pytest.raises(ValueError, match="maxiter"):
+        qp.OSQP(maxiter=0)
+    with pytest.raises(ValueError, match="tol"):
+        qp.EqQP(tol=-1.0)
+    with pytest.raises(ValueError, match="no option tol"):
+        qp.Exact().with_options(tol=1e-3)
+
+
+def test_solvers_are_values_and_names_map_to_them():
+    """Names give default-option values; values carry options, compare and hash by value,
+    and say which constraints they handle."""
+    assert qp.as_solver("exact") == qp.Exact() and qp.as_solver("eqqp") == qp.EqQP()
+    assert qp.as_solver("osqp") == qp.OSQP() and qp.as_solver("cdqp") == qp.CDQP()
+    value = qp.OSQP(tol=1e-5, maxiter=50)
+    assert qp.as_solver(value) is value
+    assert hash(value) == hash(qp.OSQP(tol=1e-5, maxiter=50)) and value != qp.OSQP()
+    assert value.with_options(maxiter=10) == qp.OSQP(tol=1e-5, maxiter=10)
+    assert {n for n, cls in qp.SOLVERS.items() if qp.as_solver(n).supports("box")} == {"exact", "osqp", "cdqp"}
+    assert qp.EqQP().supports() and not qp.EqQP().supports("box")
+    with pytest.raises(Exception):  # frozen
+        value.tol = 1.0
+    # The options really reach the backend: one OSQP iteration is a different answer.
+    m = _spd(jax.random.PRNGKey(8), 4, jnp.float32)
+    c, box = jnp.arange(1.0, 5.0), jnp.full(4, 0.3)
+    early = qp.solve_qp(qp.Dense(m), c, lo=-box, hi=box, solver=qp.OSQP(maxiter=1))
+    full = qp.solve_qp(qp.Dense(m), c, lo=-box, hi=box, solver="osqp")
+    assert int(early.iterations) == 1 < int(full.iterations)

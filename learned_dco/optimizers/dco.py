@@ -81,9 +81,17 @@ def _box(owner: str, radius: PyTree | None, params: Params):
     return tree_map(jnp.negative, r), r
 
 
-def _solve_step(owner, linear, curvature, radius, params, options) -> qp.QPSolution:
+def _solve_step(owner, linear, curvature, radius, params, solver) -> qp.QPSolution:
     lo, hi = _box(owner, radius, params)
-    return qp.solve_qp(curvature, linear, lo, hi, **options)
+    return qp.solve_qp(curvature, linear, lo=lo, hi=hi, solver=solver)
+
+
+def _step_solver(owner: str, solver: qp.SolverLike, radius: PyTree | None) -> qp.QPSolver:
+    """The solver value, checked against the step's constraints when the rule is built."""
+    solver = qp.as_solver(solver)
+    if radius is not None:
+        solver.require(("box",), owner=owner, setting="radius (a trust-region box)")
+    return solver
 
 
 def _check_radius(owner: str, radius: PyTree | None) -> None:
@@ -100,9 +108,7 @@ def dcog(
     *,
     radius: PyTree | None = None,
     normalize: bool = False,
-    solver: str = "exact",
-    tol: float | None = None,
-    maxiter: int | None = None,
+    solver: qp.SolverLike = "exact",
     max_consecutive_nonfinite: int | None = 10,
 ) -> optax.GradientTransformation:
     r"""DCO Gradient: :math:`\theta^+ = \arg\min_\theta g^\top\theta + \tfrac12
@@ -116,8 +122,9 @@ def dcog(
         nonzero (the QP is unbounded where :math:`\Lambda = 0`).
       radius: optional trust-region radius ``r > 0`` (scalar or pytree like params).
       normalize: divide the gradient by its global L2 norm first (paper VI-A).
-      solver: QP backend, see :func:`learned_dco.qp.solve_qp`.
-      tol, maxiter: for the iterative backends.
+      solver: QP backend, a :class:`learned_dco.qp.QPSolver` value carrying its options
+        (``qp.OSQP(tol=1e-8)``) or its name (``"exact"``, ``"eqqp"``, ``"osqp"``,
+        ``"cdqp"``); it must handle box constraints when ``radius`` is given.
       max_consecutive_nonfinite: non-finite gradient guard (module docstring); ``None``
         disables it.
 
@@ -130,7 +137,7 @@ def dcog(
     owner = "dcog"
     check_values(owner, "lam", lam, lambda v: v != 0, "nonzero (the QP is unbounded where lam = 0)")
     _check_radius(owner, radius)
-    options = dict(solver=solver, tol=tol, maxiter=maxiter)
+    solver = _step_solver(owner, solver, radius)
 
     def init_fn(params):
         broadcast_like(owner, "lam", lam, params)
@@ -142,7 +149,7 @@ def dcog(
         check_grads(owner, grads, params)
         g = normalize_gradient(grads) if normalize else grads
         curvature = qp.Diagonal(tree_map(jnp.square, broadcast_like(owner, "lam", lam, params)))
-        sol = _solve_step(owner, g, curvature, radius, params, options)
+        sol = _solve_step(owner, g, curvature, radius, params, solver)
         return sol.x, DCOState(qp_residual=sol.residual.astype(_dtype(params)))
 
     return _transform(init_fn, update_fn, max_consecutive_nonfinite)
@@ -153,9 +160,7 @@ def dcogd(
     *,
     radius: PyTree | None = None,
     normalize: bool = False,
-    solver: str = "exact",
-    tol: float | None = None,
-    maxiter: int | None = None,
+    solver: qp.SolverLike = "exact",
     max_consecutive_nonfinite: int | None = 10,
 ) -> optax.GradientTransformation:
     r"""DCO General Descent: :math:`\theta^+ = \arg\min_\theta (Bg)^\top\theta +
@@ -165,12 +170,12 @@ def dcogd(
     Args:
       B: a ``(p, p)`` matrix acting on the ravelled gradient
         (``jax.flatten_util.ravel_pytree`` order), ``p`` the number of parameters.
-      radius, normalize, solver, tol, maxiter, max_consecutive_nonfinite: as in :func:`dcog`.
+      radius, normalize, solver, max_consecutive_nonfinite: as in :func:`dcog`.
     """
     owner = "dcogd"
     check_values(owner, "B", B, lambda v: np.ones_like(v, bool), "finite")
     _check_radius(owner, radius)
-    options = dict(solver=solver, tol=tol, maxiter=maxiter)
+    solver = _step_solver(owner, solver, radius)
 
     def check_B(params):
         p = ravel_size(params)
@@ -192,7 +197,7 @@ def dcogd(
         g = normalize_gradient(grads) if normalize else grads
         flat_g, unravel = ravel_pytree(g)
         linear = unravel(jnp.asarray(B, flat_g.dtype) @ flat_g)
-        sol = _solve_step(owner, linear, qp.ScaledIdentity(jnp.ones((), flat_g.dtype)), radius, params, options)
+        sol = _solve_step(owner, linear, qp.ScaledIdentity(jnp.ones((), flat_g.dtype)), radius, params, solver)
         return sol.x, DCOState(qp_residual=sol.residual.astype(_dtype(params)))
 
     return _transform(init_fn, update_fn, max_consecutive_nonfinite)
@@ -204,9 +209,7 @@ def dcom(
     *,
     radius: PyTree | None = None,
     normalize: bool = False,
-    solver: str = "exact",
-    tol: float | None = None,
-    maxiter: int | None = None,
+    solver: qp.SolverLike = "exact",
     max_consecutive_nonfinite: int | None = 10,
 ) -> optax.GradientTransformation:
     r"""DCO Momentum (paper eqs. 15-16):
@@ -221,13 +224,13 @@ def dcom(
     Args:
       lam: :math:`\Lambda` as in :func:`dcog`.
       m: :math:`M \in [0, 1]`, a scalar or pytree like params (weight on the new gradient).
-      radius, normalize, solver, tol, maxiter, max_consecutive_nonfinite: as in :func:`dcog`.
+      radius, normalize, solver, max_consecutive_nonfinite: as in :func:`dcog`.
     """
     owner = "dcom"
     check_values(owner, "lam", lam, lambda v: v != 0, "nonzero (the QP is unbounded where lam = 0)")
     check_values(owner, "m", m, lambda v: (v >= 0) & (v <= 1), "in [0, 1]")
     _check_radius(owner, radius)
-    options = dict(solver=solver, tol=tol, maxiter=maxiter)
+    solver = _step_solver(owner, solver, radius)
 
     def init_fn(params):
         broadcast_like(owner, "lam", lam, params)
@@ -241,7 +244,7 @@ def dcom(
         mm = broadcast_like(owner, "m", m, params)
         momentum = tree_map(lambda w, gi, s: w * gi + (1 - w) * s, mm, g, state.momentum)
         curvature = qp.Diagonal(tree_map(jnp.square, broadcast_like(owner, "lam", lam, params)))
-        sol = _solve_step(owner, momentum, curvature, radius, params, options)
+        sol = _solve_step(owner, momentum, curvature, radius, params, solver)
         return sol.x, DCOMState(momentum=momentum, qp_residual=sol.residual.astype(_dtype(params)))
 
     return _transform(init_fn, update_fn, max_consecutive_nonfinite)
@@ -261,6 +264,28 @@ def _full_like(params: Params, value: float) -> PyTree:
     return tree_map(lambda p: jnp.full(jnp.shape(p), value, _dtype(p)), params)
 
 
+def resolve_solver(owner: str, solver: qp.SolverLike, tol: float | None, maxiter: int | None, constraints=(), setting: str = "") -> qp.QPSolver:
+    """The solver value of a learned optimizer: a name or value, with the YAML shorthands
+    ``tol``/``maxiter`` folded into it (once, here), checked against the constraints the
+    optimizer's steps carry (``setting`` names the option that adds them)."""
+    try:
+        value = qp.as_solver(solver)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{owner}.solver: {err}") from None
+    shorthand = {k: v for k, v in (("tol", tol), ("maxiter", maxiter)) if v is not None}
+    for key, v in shorthand.items():
+        given = getattr(value, key, None)
+        if isinstance(solver, qp.QPSolver) and given is not None and given != v:
+            raise ValueError(f"{owner}: {key}={v!r} conflicts with solver={solver!r}; set it in the solver value only")
+    try:
+        value = value.with_options(**shorthand)
+    except ValueError as err:
+        raise ValueError(f"{owner}: {', '.join(f'{k}={v!r}' for k, v in shorthand.items())} with solver={value.name!r}: {err}") from None
+    if constraints:
+        value.require(constraints, owner=owner, setting=setting)
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class _DCOOptions:
     """Options shared by the learned DCO optimizers (not meta-learned).
@@ -270,7 +295,10 @@ class _DCOOptions:
       normalize: normalise inner gradients (paper VI-A).
       trust_region: learn a per-weight box radius ``r = exp(log_radius)``.
       init_radius: initial radius when ``trust_region``.
-      solver, tol, maxiter: QP backend, see :func:`learned_dco.qp.solve_qp`.
+      solver: QP backend, a :class:`learned_dco.qp.QPSolver` value or its name; stored as
+        the value. It must handle boxes when ``trust_region`` (checked here, at construction).
+      tol, maxiter: YAML shorthands folded into the solver value at construction (``None``:
+        the value's own options).
       max_consecutive_nonfinite: non-finite gradient guard; ``None`` disables it.
     """
 
@@ -278,7 +306,7 @@ class _DCOOptions:
     normalize: bool = False
     trust_region: bool = False
     init_radius: float = 1.0
-    solver: str = "exact"
+    solver: str | qp.QPSolver = "exact"
     tol: float | None = None
     maxiter: int | None = None
     max_consecutive_nonfinite: int | None = 10
@@ -289,8 +317,11 @@ class _DCOOptions:
             raise ValueError(f"{name}.learning_rate must be > 0, got {self.learning_rate!r}")
         if not self.init_radius > 0:
             raise ValueError(f"{name}.init_radius must be > 0, got {self.init_radius!r}")
-        if self.solver not in qp.SOLVERS:
-            raise ValueError(f"{name}.solver must be one of {qp.SOLVERS}, got {self.solver!r}")
+        solver = resolve_solver(
+            name, self.solver, self.tol, self.maxiter,
+            ("box",) if self.trust_region else (), "trust_region=True (a box per step)",
+        )
+        object.__setattr__(self, "solver", solver)
 
     def _radius_meta(self, params: Params) -> dict[str, Any]:
         return {"log_radius": _full_like(params, math.log(self.init_radius))} if self.trust_region else {}
@@ -300,8 +331,6 @@ class _DCOOptions:
             radius=positive(meta["log_radius"]) if self.trust_region else None,
             normalize=self.normalize,
             solver=self.solver,
-            tol=self.tol,
-            maxiter=self.maxiter,
             max_consecutive_nonfinite=self.max_consecutive_nonfinite,
         )
 

@@ -48,7 +48,7 @@ import optax
 
 from learned_dco import qp
 from learned_dco.optimizers.base import check_grads, check_values, guard_nonfinite, is_concrete, normalize_gradient
-from learned_dco.optimizers.dco import LOG_CLIP
+from learned_dco.optimizers.dco import LOG_CLIP, resolve_solver
 from learned_dco.types import Array, MetaParams, Params, PRNGKey, PyTree
 
 tree_map = jax.tree.map
@@ -161,9 +161,7 @@ def metamd(
     eta: Array,
     *,
     normalize: bool = False,
-    solver: str = "exact",
-    tol: float | None = None,
-    maxiter: int | None = None,
+    solver: qp.SolverLike = "exact",
     max_consecutive_nonfinite: int | None = 10,
 ) -> optax.GradientTransformation:
     r"""Mirror descent with :math:`\psi(\theta) = \tfrac12\theta^\top M\theta`, one QP per step:
@@ -183,9 +181,9 @@ def metamd(
         ``d > 0`` (shape of the tensor, or a scalar).
       eta: the step size :math:`\eta > 0` (scalar).
       normalize: divide the gradient by its global norm first (DCO paper VI-A).
-      solver: QP backend (:func:`learned_dco.qp.solve_qp`); ``"exact"`` uses the
-        Kronecker/diagonal solves. ``"eqqp"`` also works (Krylov); box backends do not apply.
-      tol, maxiter: for the iterative backend.
+      solver: QP backend, a :class:`learned_dco.qp.QPSolver` value or its name;
+        ``"exact"`` uses the Kronecker/diagonal solves, ``qp.EqQP(...)`` a Krylov solve. The
+        step is unconstrained, so the box backends (OSQP, CDQP) work too but are slower.
       max_consecutive_nonfinite: non-finite-gradient guard (see :mod:`learned_dco.optimizers.dco`).
 
     Returns:
@@ -197,10 +195,8 @@ def metamd(
     """
     owner = "metamd"
     check_values(owner, "eta", eta, lambda v: (v > 0) & (np.ndim(v) == 0), "a positive scalar")
-    if solver not in ("exact", "eqqp"):
-        raise ValueError(f"{owner}: solver must be 'exact' or 'eqqp' (no box constraints), got {solver!r}")
+    solver = qp.as_solver(solver)
     _check_spd(owner, factors)
-    options = dict(solver=solver, tol=tol, maxiter=maxiter)
 
     def init_fn(params):
         _check_factors(owner, factors, params)
@@ -214,7 +210,7 @@ def metamd(
         f = _check_factors(owner, factors, params)
         g = normalize_gradient(grads) if normalize else grads
         dtype = jnp.result_type(*jax.tree.leaves(params))
-        sol = qp.solve_qp(_scaled_operator(f, eta, dtype), _to_blocks(g, f), **options)
+        sol = qp.solve_qp(_scaled_operator(f, eta, dtype), _to_blocks(g, f), solver=solver)
         return _from_blocks(sol.x, params), MirrorState(qp_residual=sol.residual.astype(dtype))
 
     return guard_nonfinite(optax.GradientTransformation(init_fn, update_fn), max_consecutive_nonfinite)
@@ -261,12 +257,13 @@ class MetaMD:
 
     Attributes:
       learning_rate: the initial step :math:`\eta` (MetaMD starts as GD with this step).
-      normalize, solver, tol, maxiter, max_consecutive_nonfinite: as in :func:`metamd`.
+      normalize, solver, max_consecutive_nonfinite: as in :func:`metamd`.
+      tol, maxiter: YAML shorthands folded into the solver value at construction.
     """
 
     learning_rate: float = 0.1
     normalize: bool = False
-    solver: str = "exact"
+    solver: str | qp.QPSolver = "exact"
     tol: float | None = None
     maxiter: int | None = None
     max_consecutive_nonfinite: int | None = 10
@@ -274,8 +271,7 @@ class MetaMD:
     def __post_init__(self):
         if not self.learning_rate > 0:
             raise ValueError(f"MetaMD.learning_rate must be > 0, got {self.learning_rate!r}")
-        if self.solver not in ("exact", "eqqp"):
-            raise ValueError(f"MetaMD.solver must be 'exact' or 'eqqp', got {self.solver!r}")
+        object.__setattr__(self, "solver", resolve_solver("MetaMD", self.solver, self.tol, self.maxiter))
 
     def init(self, key: PRNGKey, params: Params) -> MetaParams:
         del key
@@ -306,8 +302,8 @@ class MetaMD:
 
     def opt_fn(self, meta: MetaParams) -> optax.GradientTransformation:
         return metamd(
-            self.factors(meta), self.eta(meta), normalize=self.normalize, solver=self.solver, tol=self.tol,
-            maxiter=self.maxiter, max_consecutive_nonfinite=self.max_consecutive_nonfinite,
+            self.factors(meta), self.eta(meta), normalize=self.normalize, solver=self.solver,
+            max_consecutive_nonfinite=self.max_consecutive_nonfinite,
         )
 
     def divergence(self, meta: MetaParams, delta: Params) -> Array:
