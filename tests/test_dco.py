@@ -277,8 +277,8 @@ def test_solver_values_and_impossible_combinations_fail_at_construction():
         ldco.dcog(1.0, radius=0.1, solver="eqqp")
     with pytest.raises(ValueError, match=r"maxiter=5 conflicts with solver=OSQP\(tol=None, maxiter=7\)"):
         ldco.DCOG(solver=ldco.qp.OSQP(maxiter=7), maxiter=5)
-    with pytest.raises(ValueError, match=r"DCOGD: tol=1e-06 with solver='exact'.*no option tol"):
-        ldco.DCOGD(tol=1e-6)
+    assert ldco.DCOGD(tol=1e-6).solver == ldco.qp.Exact()  # YAML shorthand: no such option, ignored
+    assert ldco.DCOGD(solver="cdqp", tol=1e-6).solver == ldco.qp.CDQP(tol=1e-6)
     # The value's options reach the solve: a one-iteration OSQP gives a visibly worse step.
     params = _params(jnp.float32)
     grads = jax.grad(_loss)(params)

@@ -210,8 +210,8 @@ def test_bad_input_raises():
         ldco.metamd(dict(factors, b=-jnp.ones(4)), 0.1)
     with pytest.raises(ValueError, match="unknown QP solver"):
         ldco.metamd(factors, 0.1, solver="newton")
-    with pytest.raises(ValueError, match="MetaMD: tol=0.001 with solver='exact'"):
-        ldco.MetaMD(tol=1e-3)
+    with pytest.raises(ValueError, match=r"MetaMD: maxiter=3 conflicts with solver=EqQP\(tol=None, maxiter=4\)"):
+        ldco.MetaMD(solver=qp.EqQP(maxiter=4), maxiter=3)
     with pytest.raises(ValueError, match=r"Kronecker\(A \(3, 3\), B \(4, 4\)\)"):
         ldco.metamd(dict(factors, w=qp.Kronecker(jnp.eye(4), jnp.eye(4))), 0.1).init(params)
     with pytest.raises(ValueError, match="ndim >= 2"):

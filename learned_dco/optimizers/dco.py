@@ -277,10 +277,10 @@ def resolve_solver(owner: str, solver: qp.SolverLike, tol: float | None, maxiter
         given = getattr(value, key, None)
         if isinstance(solver, qp.QPSolver) and given is not None and given != v:
             raise ValueError(f"{owner}: {key}={v!r} conflicts with solver={solver!r}; set it in the solver value only")
-    try:
-        value = value.with_options(**shorthand)
-    except ValueError as err:
-        raise ValueError(f"{owner}: {', '.join(f'{k}={v!r}' for k, v in shorthand.items())} with solver={value.name!r}: {err}") from None
+    # The shorthands set the options the solver has; an option it lacks (``tol`` for Exact)
+    # is ignored, as YAML configs written before solvers were values expect.
+    own = {f.name for f in dataclasses.fields(value)}
+    value = value.with_options(**{k: v for k, v in shorthand.items() if k in own})
     if constraints:
         value.require(constraints, owner=owner, setting=setting)
     return value
@@ -298,7 +298,7 @@ class _DCOOptions:
       solver: QP backend, a :class:`learned_dco.qp.QPSolver` value or its name; stored as
         the value. It must handle boxes when ``trust_region`` (checked here, at construction).
       tol, maxiter: YAML shorthands folded into the solver value at construction (``None``:
-        the value's own options).
+        the value's own options; ignored by a solver without that option, e.g. Exact).
       max_consecutive_nonfinite: non-finite gradient guard; ``None`` disables it.
     """
 
