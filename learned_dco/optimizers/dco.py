@@ -21,9 +21,11 @@ jaxopt); the closed forms above are the test oracle, not the implementation. Eve
 returns an ``optax.GradientTransformation`` whose ``update`` requires ``params``.
 
 Non-finite gradients: a step whose gradient holds NaN/Inf is skipped (zero update, state
-unchanged, counted in the state) via ``optax.apply_if_finite``; after
-``max_consecutive_nonfinite`` consecutive bad steps updates pass through so divergence is
-visible. ``max_consecutive_nonfinite=None`` removes the guard.
+unchanged, counted in an ``optax.ApplyIfFiniteState``) by
+:func:`learned_dco.optimizers.general.skip_nonfinite` (``optax.apply_if_finite``'s
+behaviour, written with selects instead of a ``lax.cond`` so a batch of tasks sharing ``B``
+keeps sharing it); after ``max_consecutive_nonfinite`` consecutive bad steps updates pass
+through so divergence is visible. ``max_consecutive_nonfinite=None`` removes the guard.
 """
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ from learned_dco.optimizers.base import (
     broadcast_like,
     check_grads,
     check_values,
-    guard_nonfinite,
     normalize_gradient,
     ravel_size,
 )
+from learned_dco.optimizers.general import skip_nonfinite
 from learned_dco.types import Array, MetaParams, Params, PRNGKey, PyTree
 
 tree_map = jax.tree.map
@@ -100,7 +102,7 @@ def _check_radius(owner: str, radius: PyTree | None) -> None:
 
 
 def _transform(init_fn, update_fn, max_consecutive_nonfinite) -> optax.GradientTransformation:
-    return guard_nonfinite(optax.GradientTransformation(init_fn, update_fn), max_consecutive_nonfinite)
+    return skip_nonfinite(optax.GradientTransformation(init_fn, update_fn), max_consecutive_nonfinite)
 
 
 def dcog(

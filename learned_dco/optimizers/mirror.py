@@ -47,8 +47,9 @@ import numpy as np
 import optax
 
 from learned_dco import qp
-from learned_dco.optimizers.base import check_grads, check_values, guard_nonfinite, is_concrete, normalize_gradient
+from learned_dco.optimizers.base import check_grads, check_values, is_concrete, normalize_gradient
 from learned_dco.optimizers.dco import LOG_CLIP, resolve_solver
+from learned_dco.optimizers.general import skip_nonfinite
 from learned_dco.types import Array, MetaParams, Params, PRNGKey, PyTree
 
 tree_map = jax.tree.map
@@ -213,7 +214,7 @@ def metamd(
         sol = qp.solve_qp(_scaled_operator(f, eta, dtype), _to_blocks(g, f), solver=solver)
         return _from_blocks(sol.x, params), MirrorState(qp_residual=sol.residual.astype(dtype))
 
-    return guard_nonfinite(optax.GradientTransformation(init_fn, update_fn), max_consecutive_nonfinite)
+    return skip_nonfinite(optax.GradientTransformation(init_fn, update_fn), max_consecutive_nonfinite)
 
 
 # ------------------------------------------------------------------------------------------
