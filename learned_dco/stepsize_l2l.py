@@ -81,6 +81,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from learned_dco.meta.inner import InnerState, inner_loop
 from learned_dco.optimizers.stepsize import step_size_gd
 from learned_dco.types import Array, PRNGKey
 
@@ -144,18 +145,26 @@ def _check_horizon(t: int) -> None:
         raise ValueError(f"horizon t must be a positive integer, got {t!r}")
 
 
+class _Problems:
+    """Least-squares problems as a deterministic task family for the inner loop."""
+
+    @staticmethod
+    def sample_batch(key, problem):
+        return None
+
+    @staticmethod
+    def loss(w, problem, batch=None):
+        return loss(w, problem)
+
+
 def gd(log_eta: Array, w0: Array, train: LSProblem, t: int) -> Array:
     """``t`` steps of GD with step ``exp(log_eta)`` on ``train`` (the library's
-    :func:`~learned_dco.optimizers.step_size_gd` in a ``lax.scan``); returns :math:`w_t`."""
+    :func:`~learned_dco.optimizers.step_size_gd` in :func:`learned_dco.meta.inner_loop`);
+    returns :math:`w_t`."""
     _check_horizon(t)
     tx = step_size_gd(jnp.exp(log_eta))
-
-    def step(carry, _):
-        w, state = carry
-        u, state = tx.update(jax.grad(loss)(w, train), state, w)
-        return (w + u, state), None
-
-    return jax.lax.scan(step, (w0, tx.init(w0)), length=t)[0][0]
+    start = InnerState(w0, tx.init(w0), train, jnp.zeros((), jnp.int32), None)
+    return inner_loop(tx, _Problems, start, t)[0].params
 
 
 def last_iterate_loss(log_eta: Array, w0: Array, train: LSProblem, t: int, val: LSProblem | None = None) -> Array:

@@ -1,43 +1,65 @@
-"""Meta-training: the inner unroll, gradient estimators and the trainer."""
+"""Meta-training: the inner loop, meta-losses, gradient estimators, the trainer and evaluation.
 
+Layout: ``inner`` (THE inner loop, :func:`inner_loop`), ``starts`` (where tasks start),
+``losses`` (meta-losses as values), ``unroll`` (truncations with episode resets),
+``estimators`` (bound once: ``est.bind(lopt, family, pool)``), ``bound`` (MetaMD's regret
+bound), ``adaptation`` (M-L2O), ``trainer`` and ``evaluation``.
+"""
+
+from learned_dco.meta.adaptation import MetaAdaptation, adapt, adapted_loss, loss_curve, unroll_loss
 from learned_dco.meta.bound import RegretBound
 from learned_dco.meta.checkpoint import load_meta, save_meta
-from learned_dco.meta.evaluate import BASELINES, Curves, Tuned, evaluate, rollout, tune_learning_rate
-from learned_dco.meta.estimators import ES, ESTIMATORS, PES, ESState, FullUnroll, TaskEstimate, TruncatedBPTT
-from learned_dco.meta.ml2o import MetaAdaptation, adapt, adapted_loss, loss_curve, unroll_loss
-from learned_dco.meta.trainer import MetaTrainer, Metrics, TrainState, rmsprop_pytorch
-from learned_dco.meta.unroll import META_LOSSES, InnerState, fresh_state, inner_step, sample_task, unroll
+from learned_dco.meta.estimators import ES, ESTIMATORS, PES, Bound, ESState, FullUnroll, TaskEstimate, TruncatedBPTT
+from learned_dco.meta.evaluation import BASELINES, DEFAULT_GRID, Curves, Tuned, evaluate, rollout, tune_learning_rate
+from learned_dco.meta.inner import InnerState, Step, inner_loop, inner_step
+from learned_dco.meta.losses import META_LOSSES, FinalTrain, FinalVal, LogFinalTrain, MeanTrain, as_meta_loss
+from learned_dco.meta.starts import episode_starts, fresh_state, initial_states, sample_task
+from learned_dco.meta.trainer import MetaTrainer, Metrics, TrainState, finite_average, rmsprop_pytorch
+from learned_dco.meta.unroll import TruncationOutput, Unroll
 
 __all__ = [
     "BASELINES",
+    "DEFAULT_GRID",
+    "Bound",
     "Curves",
-    "Tuned",
-    "evaluate",
-    "rollout",
-    "tune_learning_rate",
     "ES",
-    "ESTIMATORS",
-    "META_LOSSES",
-    "PES",
-    "RegretBound",
     "ESState",
+    "ESTIMATORS",
+    "FinalTrain",
+    "FinalVal",
     "FullUnroll",
     "InnerState",
+    "LogFinalTrain",
+    "META_LOSSES",
+    "MeanTrain",
     "MetaAdaptation",
     "MetaTrainer",
     "Metrics",
+    "PES",
+    "RegretBound",
+    "Step",
     "TaskEstimate",
     "TrainState",
     "TruncatedBPTT",
+    "TruncationOutput",
+    "Tuned",
+    "Unroll",
     "adapt",
     "adapted_loss",
+    "as_meta_loss",
+    "episode_starts",
+    "evaluate",
+    "finite_average",
     "fresh_state",
+    "initial_states",
+    "inner_loop",
     "inner_step",
     "load_meta",
     "loss_curve",
     "rmsprop_pytorch",
+    "rollout",
     "sample_task",
     "save_meta",
-    "unroll",
+    "tune_learning_rate",
     "unroll_loss",
 ]

@@ -34,9 +34,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from learned_dco.meta.estimators import FullUnroll, Stateless, TaskEstimate, _check_common, _identity
-from learned_dco.meta.unroll import InnerState
-
+from learned_dco.meta.estimators import Stateless, TaskEstimate, _check_common, _Episodes
+from learned_dco.meta.inner import InnerState, inner_loop
 
 TARGETS = ("last", "optimum")
 
@@ -63,8 +62,7 @@ class RegretBound(Stateless):
         if self.target not in TARGETS:
             raise ValueError(f"RegretBound.target must be one of {TARGETS}, got {self.target!r}")
 
-
-    def _check(self, lopt) -> None:
+    def bind(self, lopt, family, pool=None) -> "_RegretBound":
         if not callable(getattr(lopt, "divergence", None)):
             raise ValueError(
                 f"RegretBound needs a mirror-descent optimizer with divergence(meta, delta); "
@@ -72,41 +70,29 @@ class RegretBound(Stateless):
             )
         if getattr(lopt, "normalize", False):
             raise ValueError("RegretBound: the bound is stated for raw gradients; use normalize=False")
+        return _RegretBound(self, lopt, family, pool)
 
     def bound(self, lopt, family, meta, state: InnerState):
         """``(B_T, mean training loss)`` for one task from its starting state."""
-        self._check(lopt)
-        tx = lopt.opt_fn(meta)
-        theta0 = state.params
+        return self.bind(lopt, family).bound(meta, state)
 
-        def body(carry, _):
-            params, opt_state, key = carry
-            key, k_batch = jax.random.split(key)
-            batch = family.sample_batch(k_batch, state.task)
-            value, g = jax.value_and_grad(family.loss)(params, state.task, batch)
-            u, opt_state = tx.update(g, opt_state, params)
-            params = jax.tree.map(jnp.add, params, u)
-            return (params, opt_state, key), (-_vdot(g, u), value)
 
-        (theta_T, _, _), (dual, losses) = jax.lax.scan(
-            body, (theta0, state.opt_state, state.key), length=self.horizon
-        )
-        target = theta_T if self.target == "last" else family.optimum(state.task)
-        delta = jax.tree.map(lambda a, b: jax.lax.stop_gradient(a) - b, target, theta0)
-        value = (lopt.divergence(meta, delta) + 0.5 * jnp.sum(dual)) / self.horizon
+class _RegretBound(_Episodes):
+    def bound(self, meta, state: InnerState):
+        """``(B_T, mean training loss)`` for one task from its starting state."""
+        est = self.estimator
+        record = lambda step: (-_vdot(step.grads, step.updates), step.loss)
+        end, (dual, losses) = inner_loop(self.lopt.opt_fn(meta), self.family, state, est.horizon, record=record)
+        target = end.params if est.target == "last" else self.family.optimum(state.task)
+        delta = jax.tree.map(lambda a, b: jax.lax.stop_gradient(a) - b, target, state.params)
+        value = (self.lopt.divergence(meta, delta) + 0.5 * jnp.sum(dual)) / est.horizon
         return value, jnp.mean(losses)
 
-    def estimate(self, lopt, family, meta, state, key, pool=None, constrain=_identity):
-        """Per-task gradients of :math:`B_T` on fresh tasks; returns ``(TaskEstimate batch, ())``."""
-        del state
-        self._check(lopt)
-        sampler = FullUnroll(horizon=self.horizon, num_tasks=self.num_tasks, init_seed=self.init_seed)
-        states = constrain(sampler.tasks(lopt, family, meta, key, pool))
+    def estimate(self, meta, starts: InnerState, key=None):
+        """Per-task gradients of :math:`B_T`; returns ``(TaskEstimate batch, ())``."""
 
         def one(s):
-            (value, train), grad = jax.value_and_grad(
-                lambda m: self.bound(lopt, family, m, s), has_aux=True
-            )(meta)
+            (value, train), grad = jax.value_and_grad(lambda m: self.bound(m, s), has_aux=True)(meta)
             return TaskEstimate(grad, value, train)
 
-        return jax.vmap(one)(states), ()
+        return jax.vmap(one)(starts), ()

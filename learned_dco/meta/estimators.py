@@ -1,8 +1,14 @@
 r"""Meta-gradient estimators: pure functions behind small frozen dataclasses.
 
-Every estimator maps ``(meta, state, key)`` to a per-task gradient estimate of the
-*episode* meta-loss :math:`J(\phi) = \mathbb{E}_\tau \sum_{t<T} m_t(\phi)` (see
-:mod:`learned_dco.meta.unroll`), a new state and metrics. Tasks form a leading batch axis
+An estimator is a frozen dataclass of options, validated when built. Bound once to what
+it estimates, ``bound = estimator.bind(lopt, family, pool=None)``, it maps
+``(meta, state, key)`` to a per-task gradient estimate of the *episode* meta-loss
+:math:`J(\phi) = \mathbb{E}_\tau \sum_{t<T} m_t(\phi)` (see
+:mod:`learned_dco.meta.losses`) and a new state: ``bound.init(meta, key)`` gives the first
+state, ``bound(meta, state, key)`` one estimate. The call is two pure halves,
+``bound.start(meta, state, key)`` (this meta-step's per-task starting states) and
+``bound.estimate(meta, starts, key)``, so that the trainer can place the per-task states
+on devices in between. Tasks form a leading batch axis
 and are handled with ``jax.vmap``; :class:`learned_dco.meta.trainer.MetaTrainer` averages
 the per-task estimates (dropping non-finite ones) and shards the task axis over devices.
 
@@ -36,20 +42,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from learned_dco.meta.unroll import (
-    TERMINAL_LOSSES,
-    InnerState,
-    check_meta_loss,
-    fresh_state,
-    sample_task,
-    terminal_loss,
-    unroll,
-)
+from learned_dco.meta.inner import InnerState
+from learned_dco.meta.losses import MetaLoss, as_meta_loss
+from learned_dco.meta.starts import episode_starts, initial_states
+from learned_dco.meta.unroll import Unroll
 from learned_dco.types import Array, MetaParams, PRNGKey, Task
 
 tree_map = jax.tree.map
@@ -63,39 +64,26 @@ class TaskEstimate(NamedTuple):
     train_loss: Array  # mean inner training loss over the unroll
 
 
-def _identity(x):
-    return x
+def check_positive_int(owner: str, name: str, value, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{owner}.{name} must be a positive integer, got {value!r}" if low else
+                         f"{owner}.{name} must be an integer >= 0, got {value!r}")
 
 
 def _check_common(est) -> None:
     name = type(est).__name__
     for field in ("horizon", "num_tasks"):
-        value = getattr(est, field)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}.{field} must be a positive integer, got {value!r}")
-    check_meta_loss(est.meta_loss)
+        check_positive_int(name, field, getattr(est, field))
+    if hasattr(est, "meta_loss"):
+        object.__setattr__(est, "meta_loss", as_meta_loss(est.meta_loss))
 
 
 def _check_truncation(est) -> None:
     name = type(est).__name__
-    k = est.truncation
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"{name}.truncation must be a positive integer, got {k!r}")
-    if k > est.horizon:
-        raise ValueError(f"{name}.truncation ({k}) must be <= horizon ({est.horizon})")
-
-
-def _initial_states(lopt, family, meta, key, pool, num_tasks, horizon, stagger) -> InnerState:
-    """A batch of fresh inner states; with ``stagger`` the episode counters start at
-    uniformly random offsets in ``[0, horizon)`` so episode ends are spread out."""
-
-    def one(k):
-        k_task, k_state, k_offset = jax.random.split(k, 3)
-        task = sample_task(family, pool, k_task)
-        offset = jax.random.randint(k_offset, (), 0, horizon) if stagger else 0
-        return fresh_state(lopt, family, meta, task, k_state, offset)
-
-    return jax.vmap(one)(jax.random.split(key, num_tasks))
+    check_positive_int(name, "truncation", est.truncation)
+    if est.truncation > est.horizon:
+        raise ValueError(f"{name}.truncation ({est.truncation}) must be <= horizon ({est.horizon})")
 
 
 def _perturbation(meta: MetaParams, key: PRNGKey, sigma: float) -> MetaParams:
@@ -114,14 +102,67 @@ def _sub(a, b):
     return tree_map(jnp.subtract, a, b)
 
 
-def _scale(tree, s):
-    return tree_map(lambda x: x * s, tree)
-
-
 # ------------------------------------------------------------------------------------------
+# Bound estimators: what an estimator estimates, fixed once
 
 
-class Stateless:
+@dataclasses.dataclass(frozen=True, eq=False)
+class Bound:
+    """An estimator bound to a learned optimizer, a task family and an optional task pool
+    (leading axis). Calls carry only ``(meta, state, key)``."""
+
+    estimator: Any
+    lopt: Any
+    family: Any
+    pool: Task | None = None
+
+    @property
+    def num_tasks(self) -> int:
+        return self.estimator.num_tasks
+
+    def unroll(self, **options) -> Unroll:
+        est = self.estimator
+        return Unroll(self.lopt, self.family, est.horizon, est.meta_loss, self.pool, **options)
+
+    def init(self, meta: MetaParams, key: PRNGKey) -> Any:
+        """The estimator's first per-task state (``()`` when nothing persists)."""
+        return ()
+
+    def start(self, meta: MetaParams, state: Any, key: PRNGKey) -> Any:
+        """This meta-step's per-task starting states (a leading task axis)."""
+        return state
+
+    def estimate(self, meta: MetaParams, starts: Any, key: PRNGKey) -> tuple[TaskEstimate, Any]:
+        raise NotImplementedError
+
+    def __call__(self, meta: MetaParams, state: Any, key: PRNGKey) -> tuple[TaskEstimate, Any]:
+        """Per-task estimates and the next state."""
+        return self.estimate(meta, self.start(meta, state, key), key)
+
+
+class _Unbound:
+    """Convenience calls without binding: ``est.init(lopt, family, meta, key, pool)`` and
+    ``est.estimate(lopt, family, meta, state, key, pool)`` bind and call once."""
+
+    def init(self, lopt, family, meta, key, pool=None):
+        return self.bind(lopt, family, pool).init(meta, key)
+
+    def estimate(self, lopt, family, meta, state, key, pool=None):
+        return self.bind(lopt, family, pool)(meta, state, key)
+
+
+class _Episodes(Bound):
+    """Whole episodes of fresh tasks each meta-step (or tasks of the pool): nothing
+    persists between meta-steps."""
+
+    def start(self, meta, state, key) -> InnerState:
+        del state
+        est = self.estimator
+        return episode_starts(self.lopt, self.family, meta, key, est.num_tasks, pool=self.pool,
+                              init_seed=est.init_seed, owner=type(est).__name__)
+
+
+class Stateless(_Unbound):
     """For estimators that unroll a whole episode per meta-step: the truncation is the
     horizon and nothing persists between meta-steps (the state is ``()``)."""
 
@@ -129,9 +170,32 @@ class Stateless:
     def truncation(self) -> int:
         return self.horizon
 
-    def init(self, lopt, family, meta, key, pool=None) -> tuple:
-        del lopt, family, meta, key, pool
-        return ()
+    def tasks(self, lopt, family, meta, key, pool=None) -> InnerState:
+        """The starting states of one meta-step's tasks."""
+        return self.bind(lopt, family, pool).start(meta, (), key)
+
+
+# ------------------------------------------------------------------------------------------
+
+
+class _FullUnrollBound(_Episodes):
+    def estimate(self, meta, starts: InnerState, key=None):
+        """Per-task gradients from given starting states (a leading task axis)."""
+        est = self.estimator
+        run = self.unroll(reset=False, remat=est.remat, terminal_inside=False)
+
+        def loss_one(meta, s):
+            s_end, out = run(meta, s, est.horizon)
+            total = out.loss_before + out.loss_after
+            if est.meta_loss.terminal:
+                total = total + run.terminal(s_end)
+            return total, out.train_loss
+
+        def one(s):
+            (value, train), grad = jax.value_and_grad(loss_one, has_aux=True)(meta, s)
+            return TaskEstimate(grad, value, train)
+
+        return jax.vmap(one)(starts), ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,62 +213,51 @@ class FullUnroll(Stateless):
 
     horizon: int = 1
     num_tasks: int = 8
-    meta_loss: str = "final_val"
+    meta_loss: str | MetaLoss = "final_val"
     remat: bool = False
     init_seed: int = 0
 
     def __post_init__(self):
         _check_common(self)
 
-
-    def tasks(self, lopt, family, meta, key, pool=None) -> InnerState:
-        """The starting states of one meta-step's tasks."""
-        if pool is None:
-            return _initial_states(lopt, family, meta, key, None, self.num_tasks, self.horizon, False)
-        n = jax.tree.leaves(pool)[0].shape[0]
-        if self.num_tasks > n:
-            raise ValueError(f"FullUnroll.num_tasks ({self.num_tasks}) exceeds the task pool size ({n})")
-        index = jnp.arange(n) if self.num_tasks == n else jax.random.permutation(key, n)[: self.num_tasks]
-        tasks = tree_map(lambda x: x[index], pool)
-        base = jax.random.PRNGKey(self.init_seed)
-        keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(index)
-        return jax.vmap(lambda t, k: fresh_state(lopt, family, meta, t, k))(tasks, keys)
-
-    def estimate(self, lopt, family, meta, state, key, pool=None, constrain=_identity):
-        """Per-task gradients on fresh tasks; returns ``(TaskEstimate batch, ())``."""
-        del state
-        states = constrain(self.tasks(lopt, family, meta, key, pool))
-        return self.estimate_from(lopt, family, meta, states, pool), ()
+    def bind(self, lopt, family, pool=None) -> Bound:
+        return _FullUnrollBound(self, lopt, family, pool)
 
     def estimate_from(self, lopt, family, meta, states: InnerState, pool=None) -> TaskEstimate:
         """Per-task gradients from given starting states (a leading task axis)."""
+        return self.bind(lopt, family, pool).estimate(meta, states)[0]
+
+
+class _TruncatedBound(Bound):
+    def init(self, meta, key) -> InnerState:
+        est = self.estimator
+        return initial_states(self.lopt, self.family, meta, key, est.num_tasks, pool=self.pool,
+                              horizon=est.horizon, stagger=est.stagger)
+
+    def estimate(self, meta, starts: InnerState, key=None):
+        est = self.estimator
+        run = self.unroll(remat=est.remat)
+        scale = est.horizon / est.truncation
 
         def loss_one(meta, s):
-            terminal = self.meta_loss in TERMINAL_LOSSES
-            s_end, out = unroll(
-                lopt, family, meta, s, self.horizon, horizon=self.horizon, meta_loss=self.meta_loss,
-                pool=pool, reset=False, remat=self.remat, terminal_inside=False,
-            )
-            total = out.loss_before + out.loss_after
-            if terminal:
-                total = total + terminal_loss(family, self.meta_loss, s_end.params, s_end.task, self.horizon)
-            return total, out.train_loss
+            s_next, out = run(meta, jax.lax.stop_gradient(s), est.truncation)
+            return scale * (out.loss_before + out.loss_after), (s_next, out.train_loss)
 
         def one(s):
-            (value, train), grad = jax.value_and_grad(loss_one, has_aux=True)(meta, s)
-            return TaskEstimate(grad, value, train)
+            (value, (s_next, train)), grad = jax.value_and_grad(loss_one, has_aux=True)(meta, s)
+            return TaskEstimate(grad, value, train), s_next
 
-        return jax.vmap(one)(states)
+        return jax.vmap(one)(starts)
 
 
 @dataclasses.dataclass(frozen=True)
-class TruncatedBPTT:
+class TruncatedBPTT(_Unbound):
     """Backpropagate through ``truncation`` steps of persistent, staggered tasks."""
 
     horizon: int = 100
     truncation: int = 10
     num_tasks: int = 8
-    meta_loss: str = "mean_train"
+    meta_loss: str | MetaLoss = "mean_train"
     stagger: bool = True
     remat: bool = False
 
@@ -212,27 +265,8 @@ class TruncatedBPTT:
         _check_common(self)
         _check_truncation(self)
 
-    def init(self, lopt, family, meta, key, pool=None) -> InnerState:
-        return _initial_states(lopt, family, meta, key, pool, self.num_tasks, self.horizon, self.stagger)
-
-    def estimate(self, lopt, family, meta, states: InnerState, key, pool=None, constrain=_identity):
-        del key
-        states = constrain(states)
-        scale = self.horizon / self.truncation
-
-        def loss_one(meta, s):
-            s = jax.lax.stop_gradient(s)
-            s_next, out = unroll(
-                lopt, family, meta, s, self.truncation, horizon=self.horizon, meta_loss=self.meta_loss,
-                pool=pool, reset=True, remat=self.remat,
-            )
-            return scale * (out.loss_before + out.loss_after), (s_next, out.train_loss)
-
-        def one(s):
-            (value, (s_next, train)), grad = jax.value_and_grad(loss_one, has_aux=True)(meta, s)
-            return TaskEstimate(grad, value, train), s_next
-
-        return jax.vmap(one)(states)
+    def bind(self, lopt, family, pool=None) -> Bound:
+        return _TruncatedBound(self, lopt, family, pool)
 
 
 class ESState(NamedTuple):
@@ -243,76 +277,65 @@ class ESState(NamedTuple):
     noise: MetaParams  # ES: the episode's perturbation; PES: running sum xi since the episode began
 
 
-def _antithetic_init(est, lopt, family, meta, key, pool) -> ESState:
-    k_states, k_noise = jax.random.split(key)
-    states = _initial_states(lopt, family, meta, k_states, pool, est.num_tasks, est.horizon, est.stagger)
-    if isinstance(est, ES):
-        noise = jax.vmap(lambda k: _perturbation(meta, k, est.sigma))(jax.random.split(k_noise, est.num_tasks))
-        plus = _restart_opt_states(lopt, states, noise, meta, +1)
-        minus = _restart_opt_states(lopt, states, noise, meta, -1)
-    else:
-        noise = jax.vmap(lambda k: tree_map(jnp.zeros_like, meta))(jax.random.split(k_noise, est.num_tasks))
-        plus = minus = states
-    return ESState(plus, minus, noise)
+class _AntitheticBound(Bound):
+    """Shared ES / PES truncation (module docstring for the credit assignment)."""
 
+    def init(self, meta, key) -> ESState:
+        est = self.estimator
+        k_states, k_noise = jax.random.split(key)
+        states = initial_states(self.lopt, self.family, meta, k_states, est.num_tasks, pool=self.pool,
+                                horizon=est.horizon, stagger=est.stagger)
+        noise_keys = jax.random.split(k_noise, est.num_tasks)
+        if isinstance(est, PES):
+            noise = jax.vmap(lambda k: tree_map(jnp.zeros_like, meta))(noise_keys)
+            return ESState(states, states, noise)
+        noise = jax.vmap(lambda k: _perturbation(meta, k, est.sigma))(noise_keys)
 
-def _restart_opt_states(lopt, states: InnerState, noise, meta, sign) -> InnerState:
-    """Re-initialise optimizer states with the perturbed meta-parameters (ES episodes)."""
+        def restart(sign):  # the episode's optimizer states under meta +- eps
+            return jax.vmap(lambda s, e: s._replace(opt_state=self.lopt.opt_fn(
+                tree_map(lambda m, x: m + sign * x, meta, e)).init(s.params)))(states, noise)
 
-    def one(s, eps):
-        m = _add(meta, _scale(eps, sign))
-        return s._replace(opt_state=lopt.opt_fn(m).init(s.params))
+        return ESState(restart(1), restart(-1), noise)
 
-    return jax.vmap(one)(states, noise)
+    def estimate(self, meta, state: ESState, key):
+        est = self.estimator
+        run = self.unroll()
+        scale = est.horizon / est.truncation
+        sigma2 = est.sigma**2
+        pes = isinstance(est, PES)
 
+        def one(plus, minus, noise, k):
+            eps = _perturbation(meta, k, est.sigma)
+            if pes:
+                before, after = _add(noise, eps), eps  # accumulated xi + eps, new episode: eps
+                held = eps  # PES perturbs each truncation by eps alone
+            else:
+                before, after = noise, eps  # this episode's eps; a new episode draws eps
+                held = noise
+            plus_next, out_p = run(_add(meta, held), plus, est.truncation, meta_after=_add(meta, eps))
+            minus_next, out_m = run(_sub(meta, held), minus, est.truncation, meta_after=_sub(meta, eps))
+            d_before = out_p.loss_before - out_m.loss_before
+            d_after = out_p.loss_after - out_m.loss_after
+            grad = tree_map(lambda b, a: scale * (b * d_before + a * d_after) / (2 * sigma2), before, after)
+            kept = before if pes else noise
+            noise_next = tree_map(lambda n, e: jnp.where(out_p.reset, e, n), kept, eps)
+            value = scale * 0.5 * (out_p.loss_before + out_p.loss_after + out_m.loss_before + out_m.loss_after)
+            train = 0.5 * (out_p.train_loss + out_m.train_loss)
+            return TaskEstimate(grad, value, train), ESState(plus_next, minus_next, noise_next)
 
-def _antithetic_estimate(est, lopt, family, meta, state: ESState, key, pool):
-    """Shared ES / PES truncation (see the module docstring for the credit assignment)."""
-    scale = est.horizon / est.truncation
-    sigma2 = est.sigma**2
-    pes = isinstance(est, PES)
-    keys = jax.random.split(key, est.num_tasks)
-
-    def one(plus, minus, noise, k):
-        eps = _perturbation(meta, k, est.sigma)
-        if pes:
-            before, after = _add(noise, eps), eps  # accumulated xi + eps, new episode: eps
-            meta_before_p, meta_before_m = _add(meta, eps), _sub(meta, eps)
-            meta_after_p, meta_after_m = meta_before_p, meta_before_m
-        else:
-            before, after = noise, eps  # this episode's eps; a new episode draws eps
-            meta_before_p, meta_before_m = _add(meta, noise), _sub(meta, noise)
-            meta_after_p, meta_after_m = _add(meta, eps), _sub(meta, eps)
-        run = lambda m0, m1, s: unroll(
-            lopt, family, m0, s, est.truncation, horizon=est.horizon, meta_loss=est.meta_loss,
-            pool=pool, reset=True, meta_after=m1,
-        )
-        plus_next, out_p = run(meta_before_p, meta_after_p, plus)
-        minus_next, out_m = run(meta_before_m, meta_after_m, minus)
-        d_before = out_p.loss_before - out_m.loss_before
-        d_after = out_p.loss_after - out_m.loss_after
-        grad = tree_map(lambda b, a: scale * (b * d_before + a * d_after) / (2 * sigma2), before, after)
-        if pes:
-            noise_next = tree_map(lambda b, e: jnp.where(out_p.reset, e, b), before, eps)
-        else:
-            noise_next = tree_map(lambda n, e: jnp.where(out_p.reset, e, n), noise, eps)
-        value = scale * 0.5 * (out_p.loss_before + out_p.loss_after + out_m.loss_before + out_m.loss_after)
-        train = 0.5 * (out_p.train_loss + out_m.train_loss)
-        return TaskEstimate(grad, value, train), ESState(plus_next, minus_next, noise_next)
-
-    return jax.vmap(one)(state.plus, state.minus, state.noise, keys)
+        return jax.vmap(one)(state.plus, state.minus, state.noise, jax.random.split(key, est.num_tasks))
 
 
 @dataclasses.dataclass(frozen=True)
-class _Antithetic:
-    """Fields, checks and methods shared by :class:`ES` and :class:`PES`; the two differ
-    in how ``_antithetic_init`` / ``_antithetic_estimate`` treat the perturbation."""
+class _Antithetic(_Unbound):
+    """Fields, checks and binding shared by :class:`ES` and :class:`PES`; the two differ
+    in how the bound estimator treats the perturbation."""
 
     horizon: int = 100
     truncation: int = 10
     num_tasks: int = 8
     sigma: float = 0.01
-    meta_loss: str = "mean_train"
+    meta_loss: str | MetaLoss = "mean_train"
     stagger: bool = True
 
     def __post_init__(self):
@@ -321,11 +344,8 @@ class _Antithetic:
         if not (isinstance(self.sigma, (int, float)) and self.sigma > 0 and math.isfinite(self.sigma)):
             raise ValueError(f"{type(self).__name__}.sigma must be a positive number, got {self.sigma!r}")
 
-    def init(self, lopt, family, meta, key, pool=None) -> ESState:
-        return _antithetic_init(self, lopt, family, meta, key, pool)
-
-    def estimate(self, lopt, family, meta, state: ESState, key, pool=None, constrain=_identity):
-        return _antithetic_estimate(self, lopt, family, meta, constrain(state), key, pool)
+    def bind(self, lopt, family, pool=None) -> Bound:
+        return _AntitheticBound(self, lopt, family, pool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,4 +359,3 @@ class PES(_Antithetic):
 
 
 ESTIMATORS = {"full": FullUnroll, "truncated": TruncatedBPTT, "es": ES, "pes": PES}
-

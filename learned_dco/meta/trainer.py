@@ -35,7 +35,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from learned_dco.meta import checkpoint
 from learned_dco.optimizers.base import global_norm
-from learned_dco.meta.unroll import sample_task
+from learned_dco.meta.estimators import TaskEstimate
+from learned_dco.meta.starts import sample_task
 from learned_dco.types import Array, MetaParams, PRNGKey, Task
 
 tree_map = jax.tree.map
@@ -66,6 +67,34 @@ class Metrics(NamedTuple):
 
 def _task_mask(leaf: Array, ok: Array) -> Array:
     return ok.reshape(ok.shape + (1,) * (leaf.ndim - 1))
+
+
+class Average(NamedTuple):
+    """Per-task estimates averaged over the finite tasks."""
+
+    grad: MetaParams
+    meta_loss: Array
+    train_loss: Array
+    ok: Array  # (num_tasks,) bool: the task's meta-loss and gradient are finite
+    n_ok: Array  # int: finite tasks
+
+
+def finite_average(est: TaskEstimate) -> Average:
+    r"""Average per-task estimates over the tasks whose meta-loss and gradient are finite:
+    :math:`\bar g = \sum_{i \in F} g_i / \max(|F|, 1)`. (Training losses are averaged over
+    the tasks whose training loss is finite.)"""
+    ok = jnp.isfinite(est.meta_loss)
+    for g in jax.tree.leaves(est.grad):
+        ok &= jnp.all(jnp.isfinite(g.reshape(g.shape[0], -1)), axis=1)
+    n_ok = jnp.sum(ok)
+    denom = jnp.maximum(n_ok, 1).astype(est.meta_loss.dtype)
+
+    def masked_mean(x):
+        return jnp.sum(jnp.where(_task_mask(x, ok), x, 0), axis=0) / denom.astype(x.dtype)
+
+    finite_train = jnp.isfinite(est.train_loss)
+    train_loss = jnp.sum(jnp.where(finite_train, est.train_loss, 0)) / jnp.maximum(jnp.sum(finite_train), 1)
+    return Average(tree_map(masked_mean, est.grad), masked_mean(est.meta_loss), train_loss, ok, n_ok)
 
 
 class MetaTrainer:
@@ -139,10 +168,21 @@ class MetaTrainer:
         task = sample_task(self.family, self.pool, k_task)
         return self.family.init_params(k_init, task)
 
+    def _bind(self, pool):
+        """The estimator bound to this trainer's optimizer and family, with ``pool`` (a
+        traced argument of the compiled step, so the pool is not baked into the program)."""
+        return self.estimator.bind(self.lopt, self.family, pool)
+
+    def _estimate(self, meta, est_state, key, pool):
+        """Per-task estimates, with the per-task starting states sharded over devices."""
+        bound = self._bind(pool)
+        starts = self._constrain(bound.start(meta, est_state, key))
+        return bound.estimate(meta, starts, key)
+
     def _init_state(self, key: PRNGKey, pool) -> TrainState:
         k_params, k_meta, k_est, k_run = jax.random.split(key, 4)
         meta = self.lopt.init(k_meta, self.example_params(k_params))
-        est_state = self.estimator.init(self.lopt, self.family, meta, k_est, pool)
+        est_state = self._bind(pool).init(meta, k_est)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             meta=meta,
@@ -164,28 +204,14 @@ class MetaTrainer:
     def _meta_step(self, state: TrainState, pool) -> tuple[TrainState, Metrics]:
         key = jax.random.fold_in(state.key, state.step)
         k_est, k_reset = jax.random.split(key)
-        est, est_state = self.estimator.estimate(
-            self.lopt, self.family, state.meta, state.estimator_state, k_est, pool, constrain=self._constrain
-        )
-        ok = jnp.isfinite(est.meta_loss)
-        for g in jax.tree.leaves(est.grad):
-            ok &= jnp.all(jnp.isfinite(g.reshape(g.shape[0], -1)), axis=1)
-        n_ok = jnp.sum(ok)
-        denom = jnp.maximum(n_ok, 1).astype(est.meta_loss.dtype)
-
-        def masked_mean(x):
-            return jnp.sum(jnp.where(_task_mask(x, ok), x, 0), axis=0) / denom.astype(x.dtype)
-
-        grad = tree_map(masked_mean, est.grad)
-        meta_loss = masked_mean(est.meta_loss)
-        train_loss = jnp.sum(jnp.where(jnp.isfinite(est.train_loss), est.train_loss, 0)) / jnp.maximum(
-            jnp.sum(jnp.isfinite(est.train_loss)), 1
-        )
+        est, est_state = self._estimate(state.meta, state.estimator_state, k_est, pool)
+        avg = finite_average(est)
+        ok, n_ok, grad = avg.ok, avg.n_ok, avg.grad
 
         # Restart the persistent inner states of tasks that went non-finite.
         if jax.tree.leaves(est_state):
             def restart(s):
-                fresh = self._constrain(self.estimator.init(self.lopt, self.family, state.meta, k_reset, pool))
+                fresh = self._constrain(self._bind(pool).init(state.meta, k_reset))
                 return tree_map(lambda a, b: jnp.where(_task_mask(a, ok), a, b), s, fresh)
 
             est_state = jax.lax.cond(jnp.all(ok), lambda s: s, restart, est_state)
@@ -204,7 +230,7 @@ class MetaTrainer:
             skipped=state.skipped + (~good).astype(jnp.int32),
         )
         new_state = jax.lax.with_sharding_constraint(new_state, self._state_shardings(new_state))
-        metrics = Metrics(meta_loss, train_loss, grad_norm, (ok.size - n_ok).astype(jnp.int32), ~good)
+        metrics = Metrics(avg.meta_loss, avg.train_loss, grad_norm, (ok.size - n_ok).astype(jnp.int32), ~good)
         return new_state, metrics
 
     def step(self, state: TrainState) -> tuple[TrainState, Metrics]:
@@ -212,15 +238,13 @@ class MetaTrainer:
         return self._step(state, self.pool)
 
     def meta_gradient(self, state: TrainState) -> MetaParams:
-        """The averaged meta-gradient the next step would apply (for tests and analysis)."""
+        """The averaged meta-gradient the next step would apply (for tests and analysis):
+        the mean over the tasks whose estimate is finite, as in the step."""
 
         def grad_of(state, pool):
             key = jax.random.fold_in(state.key, state.step)
-            est, _ = self.estimator.estimate(
-                self.lopt, self.family, state.meta, state.estimator_state, jax.random.split(key)[0], pool,
-                constrain=self._constrain,
-            )
-            return tree_map(lambda g: jnp.mean(g, axis=0), est.grad)
+            est, _ = self._estimate(state.meta, state.estimator_state, jax.random.split(key)[0], pool)
+            return finite_average(est).grad
 
         return jax.jit(grad_of)(state, self.pool)
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from learned_dco.meta.inner import InnerState, inner_loop
 from learned_dco.types import Array, PRNGKey, Task
 
 BASELINES: dict[str, Callable[[float], optax.GradientTransformation]] = {
@@ -47,16 +48,9 @@ def _one_task(tx, family, task, key, num_steps) -> Curves:
     def record(p):
         return family.val_loss(p, task), family.loss(p, task, None)
 
-    def step(carry, k):
-        params, state = carry
-        batch = family.sample_batch(k, task)
-        grads = jax.grad(family.loss)(params, task, batch)
-        updates, state = tx.update(grads, state, params)
-        params = optax.apply_updates(params, updates)
-        return (params, state), record(params)
-
+    state = InnerState(params, tx.init(params), task, jnp.zeros((), jnp.int32), k_run)
+    _, (val, train) = inner_loop(tx, family, state, num_steps, record=lambda step: record(step.params))
     first = record(params)
-    _, (val, train) = jax.lax.scan(step, (params, tx.init(params)), jax.random.split(k_run, num_steps))
     return Curves(jnp.concatenate([first[0][None], val]), jnp.concatenate([first[1][None], train]))
 
 

@@ -41,9 +41,10 @@ import math
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from learned_dco.meta.estimators import FullUnroll, Stateless, TaskEstimate, _identity
+from learned_dco.meta.estimators import Stateless, TaskEstimate, _Episodes, check_positive_int
+from learned_dco.meta.inner import inner_loop
+from learned_dco.meta.starts import fresh_state
 from learned_dco.optimizers.base import is_concrete
 from learned_dco.types import Array, MetaParams, PRNGKey, Task
 
@@ -51,34 +52,26 @@ UNROLL_LOSSES = ("mean_log", "mean")
 tree_map = jax.tree.map
 
 
-def _check_positive_int(owner: str, name: str, value, allow_zero: bool = False) -> None:
-    low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{owner}.{name} must be an integer >= {low}, got {value!r}")
+def _run(lopt, family, meta, task, key, steps, record):
+    """``steps`` steps of ``lopt.opt_fn(meta)`` from ``family.init_params(split(key)[0])``:
+    ``(initial state, records)``."""
+    state = fresh_state(lopt, family, meta, task, key)
+    return state, inner_loop(lopt.opt_fn(meta), family, state, steps, record=record)[1]
 
 
 def unroll_loss(lopt, family, meta: MetaParams, task: Task, key: PRNGKey, *, horizon: int,
                 loss: str = "mean_log", eps: float = 1e-12) -> Array:
     r""":math:`\mathcal L(\phi; \tau, \xi)`: the mean (log) training loss over ``horizon``
-    steps of ``lopt.opt_fn(meta)`` from ``family.init_params(k, task)``; ``eps`` guards the
-    log at an exact zero loss."""
+    steps of ``lopt.opt_fn(meta)`` from ``family.init_params(k, task)``, each iterate scored
+    on a fresh minibatch; ``eps`` guards the log at an exact zero loss."""
     if loss not in UNROLL_LOSSES:
         raise ValueError(f"unknown unroll loss {loss!r}; expected one of {UNROLL_LOSSES}")
-    k_init, k_run = jax.random.split(key)
-    params = family.init_params(k_init, task)
-    tx = lopt.opt_fn(meta)
 
-    def body(carry, k):
-        p, s = carry
-        k_batch, k_eval = jax.random.split(k)
-        g = jax.grad(family.loss)(p, task, family.sample_batch(k_batch, task))
-        u, s = tx.update(g, s, p)
-        p = optax.apply_updates(p, u)
-        value = family.loss(p, task, family.sample_batch(k_eval, task))
-        return (p, s), (jnp.log(value + eps) if loss == "mean_log" else value)
+    def record(step):
+        value = family.loss(step.params, task, family.sample_batch(step.key, task))
+        return jnp.log(value + eps) if loss == "mean_log" else value
 
-    _, terms = jax.lax.scan(body, (params, tx.init(params)), jax.random.split(k_run, horizon))
-    return jnp.mean(terms)
+    return jnp.mean(_run(lopt, family, meta, task, key, horizon, record)[1])
 
 
 def adapt(lopt, family, meta: MetaParams, task: Task, key: PRNGKey, *, steps: int, lr: float, horizon: int,
@@ -86,7 +79,7 @@ def adapt(lopt, family, meta: MetaParams, task: Task, key: PRNGKey, *, steps: in
     r"""``steps`` gradient steps on :math:`\mathcal L(\cdot; \tau)` from ``meta`` (module
     docstring); differentiable in ``meta`` (``first_order`` stops the gradient through the
     inner gradients)."""
-    _check_positive_int("adapt", "steps", steps, allow_zero=True)
+    check_positive_int("adapt", "steps", steps, allow_zero=True)
     if is_concrete(lr) and not float(lr) > 0:
         raise ValueError(f"adapt: lr must be > 0, got {lr!r}")
     grad_fn = jax.grad(lambda m, k: unroll_loss(lopt, family, m, task, k, horizon=horizon, loss=loss))
@@ -135,9 +128,9 @@ class MetaAdaptation(Stateless):
     init_seed: int = 0
 
     def __post_init__(self):
-        _check_positive_int("MetaAdaptation", "horizon", self.horizon)
-        _check_positive_int("MetaAdaptation", "num_tasks", self.num_tasks)
-        _check_positive_int("MetaAdaptation", "adapt_steps", self.adapt_steps, allow_zero=True)
+        check_positive_int("MetaAdaptation", "horizon", self.horizon)
+        check_positive_int("MetaAdaptation", "num_tasks", self.num_tasks)
+        check_positive_int("MetaAdaptation", "adapt_steps", self.adapt_steps, allow_zero=True)
         if not (self.adapt_lr > 0 and math.isfinite(self.adapt_lr)):
             raise ValueError(f"MetaAdaptation.adapt_lr must be a positive number, got {self.adapt_lr!r}")
         if self.adapt_clip is not None and not self.adapt_clip > 0:
@@ -151,33 +144,29 @@ class MetaAdaptation(Stateless):
         return adapted_loss(lopt, family, meta, task, key, steps=self.adapt_steps, lr=self.adapt_lr,
                             horizon=self.horizon, loss=self.loss, clip=self.adapt_clip, first_order=self.first_order)
 
-    def estimate(self, lopt, family, meta, state, key, pool=None, constrain=_identity):
-        """Per-task gradients on fresh tasks (or a random subset of ``pool``)."""
-        del state
-        k_tasks, k_run = jax.random.split(key)
-        sampler = FullUnroll(horizon=self.horizon, num_tasks=self.num_tasks, init_seed=self.init_seed)
-        states = constrain(sampler.tasks(lopt, family, meta, k_tasks, pool))
-        keys = jax.random.split(k_run, self.num_tasks)
+    def bind(self, lopt, family, pool=None) -> "_AdaptationBound":
+        return _AdaptationBound(self, lopt, family, pool)
+
+
+class _AdaptationBound(_Episodes):
+    """Per-task gradients of the adapted loss on fresh tasks (or a random subset of the pool)."""
+
+    def start(self, meta, state, key):
+        return super().start(meta, state, jax.random.split(key)[0])
+
+    def estimate(self, meta, starts, key):
+        est = self.estimator
+        keys = jax.random.split(jax.random.split(key)[1], est.num_tasks)
 
         def one(task, k):
-            value, grad = jax.value_and_grad(lambda m: self.task_loss(lopt, family, m, task, k))(meta)
+            value, grad = jax.value_and_grad(lambda m: est.task_loss(self.lopt, self.family, m, task, k))(meta)
             return TaskEstimate(grad, value, value)
 
-        return jax.vmap(one)(states.task, keys), ()
+        return jax.vmap(one)(starts.task, keys), ()
 
 
 def loss_curve(lopt, family, meta, task, key, *, steps: int) -> Array:
     """The optimizee's full training loss at every iterate ``theta_0 .. theta_steps``."""
-    k_init, k_run = jax.random.split(key)
-    params = family.init_params(k_init, task)
-    tx = lopt.opt_fn(meta)
-
-    def body(carry, k):
-        p, s = carry
-        g = jax.grad(family.loss)(p, task, family.sample_batch(k, task))
-        u, s = tx.update(g, s, p)
-        p = optax.apply_updates(p, u)
-        return (p, s), family.loss(p, task, None)
-
-    _, values = jax.lax.scan(body, (params, tx.init(params)), jax.random.split(k_run, steps))
-    return jnp.concatenate([family.loss(params, task, None)[None], values])
+    full = lambda params: family.loss(params, task, None)
+    state, values = _run(lopt, family, meta, task, key, steps, lambda step: full(step.params))
+    return jnp.concatenate([full(state.params)[None], values])
