@@ -15,7 +15,7 @@ import yaml
 from flax import serialization
 
 from learned_dco import cli, experiment
-from learned_dco import config as C
+from learned_dco.app import config as C
 from learned_dco.meta import load_meta
 from learned_dco.meta.trainer import MetaTrainer
 from learned_dco.tasks import sample_tasks

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import learned_dco as ldco
-from learned_dco import config as C
+from learned_dco.app import config as C
 from learned_dco import meta, tasks
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
