@@ -312,8 +312,8 @@ def train(
         progress=progress, on_step=on_step, fingerprint=fingerprint, warn=warn,
     )
     info = {
-        "optimizer": cfg.optimizer.to_dict(),
-        "task": cfg.task.to_dict(),
+        "optimizer": cfg.resolved().optimizer.to_dict(),
+        "task": cfg.resolved().task.to_dict(),
         "meta_step": int(state.step),
         "skipped_updates": int(state.skipped),
         "load": "learned_dco.app.runs.load_trained(run_dir) -> .lopt.opt_fn(.meta)",
