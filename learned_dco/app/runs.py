@@ -296,7 +296,12 @@ def train(
     if resume:
         for msg in changed_defaults(run_dir, cfg):
             warn(msg)
-        state = restore(trainer, run_dir, key, fingerprint, warn)
+        ckpt = run_dir / CHECKPOINT
+        if not ckpt.exists() and not checkpoint.previous(ckpt).exists():
+            warn(f"{run_dir}: no checkpoint yet (stopped before the first one); starting from step 0")
+            state = trainer.init(key)
+        else:
+            state = restore(trainer, run_dir, key, fingerprint, warn)
         if int(state.step) > cfg.train.num_steps:
             raise C.ConfigError(
                 f"train.num_steps: the checkpoint is already at step {int(state.step)} > {cfg.train.num_steps}"
