@@ -14,10 +14,9 @@ import pytest
 import yaml
 from flax import serialization
 
-from learned_dco import cli, experiment
-from learned_dco import config as C
-from learned_dco.meta import load_meta
-from learned_dco.meta.trainer import MetaTrainer
+from learned_dco.app import cli, runs
+from learned_dco.app import config as C
+from learned_dco.meta import MetaTrainer, load_meta
 from learned_dco.tasks import sample_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,9 +81,11 @@ def _main(argv, capsys):
 
 def test_help_texts(capsys):
     for argv, needles in [
-        ([], ["train", "eval", "COMMAND --help"]),
+        ([], ["train", "eval", "reproduce", "COMMAND --help", "exit status", "130"]),
         (["train"], ["CONFIG.yaml", "--set", "--resume", "--out", "metrics.jsonl", "meta.msgpack", "load_trained"]),
-        (["eval"], ["RUN_DIR", "--num-tasks", "--num-steps", "--seed", "curves.png", "report.md", "results.json"]),
+        (["eval"], ["RUN_DIR", "--num-tasks", "--num-steps", "--seed", "curves.png", "report.md", "results.json",
+                    "--overwrite", "--debug", "--no-compile-cache"]),
+        (["reproduce"], ["STUDY", "--list", "--quick", "--out", "--seed", "--overwrite", "exit status"]),
     ]:
         with pytest.raises(SystemExit) as info:
             cli.main([*argv, "--help"])
@@ -109,19 +110,26 @@ def test_commands_are_a_registry_of_subparsers():
     assert args.handler is cli.run_eval and args.num_tasks == 5 and args.num_steps is None
     args = parser.parse_args(["reproduce", "--quick", "--out", "elsewhere"])
     assert args.handler is cli.run_reproduce and args.quick and args.out == "elsewhere" and args.seed == 0
+    assert args.study == "dco" and not args.list
+    args = parser.parse_args(["reproduce", "star", "--list", "--debug", "--no-compile-cache"])
+    assert args.study == "star" and args.list and args.debug and args.compile_cache is False
 
 
 # --- train -> eval ------------------------------------------------------------------------
 
 
 def test_train_writes_the_run_directory(trained_run, tiny_config):
-    assert C.load_config(trained_run / "config.yaml") == C.load_config(tiny_config)
+    assert C.load_config(trained_run / "config.yaml") == C.load_config(tiny_config).resolved()
     lines = [json.loads(ln) for ln in (trained_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [0, 1, 2, 3]
     assert {"meta_loss", "train_loss", "grad_norm", "nonfinite_tasks", "skipped", "seconds"} <= set(lines[0])
     assert all(np.isfinite(r["meta_loss"]) for r in lines)
     info = json.loads((trained_run / "meta.json").read_text())
-    assert info["meta_step"] == 4 and info["optimizer"] == TINY["optimizer"]
+    assert info["meta_step"] == 4 and info["optimizer"] == C.load_config(tiny_config).resolved().optimizer.to_dict()
+    assert info["optimizer"]["learning_rate"] == TINY["optimizer"]["learning_rate"]
+    run_info = json.loads((trained_run / "run.json").read_text())
+    assert run_info["fingerprint"] == C.load_config(tiny_config).fingerprint()
+    assert run_info["versions"]["jax"] == jax.__version__ and run_info["device"]["backend"] == jax.default_backend()
 
 
 def test_saved_meta_params_drive_opt_fn_in_another_program(trained_run):
@@ -136,8 +144,8 @@ def test_saved_meta_params_drive_opt_fn_in_another_program(trained_run):
     g = jnp.array([1.0, -2.0, 0.5, 3.0])
     updates, _ = tx.update(g, tx.init(params), params)
     np.testing.assert_allclose(updates, -g / np.exp(2 * np.asarray(meta["log_lam"])), rtol=1e-5)
-    # the same through experiment.load_trained
-    trained = experiment.load_trained(trained_run)
+    # the same through runs.load_trained
+    trained = runs.load_trained(trained_run)
     assert trained.lopt == lopt and trained.meta_step == 4
     np.testing.assert_array_equal(trained.meta["log_lam"], meta["log_lam"])
 
@@ -173,7 +181,7 @@ def test_eval_curves_match_a_python_loop_on_held_out_tasks(trained_run):
     """The meta-trained curve, recomputed by hand from the documented protocol: held-out tasks
     from the eval seed's stream (none of them a training task), starts from fold_in(key, i)."""
     results = json.loads((trained_run / "eval" / "results.json").read_text())
-    trained = experiment.load_trained(trained_run)
+    trained = runs.load_trained(trained_run)
     cfg, family = trained.config, trained.family
     assert results["eval_seed"] == 7
     heldout = sample_tasks(family, C.stream_key(7, "heldout"), 3)
@@ -233,7 +241,7 @@ def test_resume_through_the_cli_equals_an_uninterrupted_run(trained_run, tiny_co
     assert code == 130 and f"learned-dco train --resume {killed}" in err
     monkeypatch.setattr(MetaTrainer, "step", real_step)
     assert not (killed / "meta.msgpack").exists()
-    assert int(serialization.msgpack_restore((killed / "checkpoint.msgpack").read_bytes())["step"]) == 2
+    assert int(serialization.msgpack_restore((killed / "checkpoint.msgpack").read_bytes())["state"]["step"]) == 2
     # the saved config is used; giving the same CONFIG again is allowed too
     assert _main(["train", tiny_config, "--resume", killed, "--no-progress"], capsys)[0] == 0
     assert _artifacts(killed) == reference
@@ -244,21 +252,25 @@ def test_resume_through_the_cli_equals_an_uninterrupted_run(trained_run, tiny_co
 
 def test_errors_name_the_problem(trained_run, tiny_config, tmp_path, capsys):
     cases = [
-        (["train", tiny_config, "--set", "estimator.horizon=ten", "--out", tmp_path / "a"], "estimator.horizon: expected int, got str 'ten'"),
-        (["train", tiny_config, "--set", "optimizer.lerning_rate=1", "--out", tmp_path / "a"], "optimizer.lerning_rate: unknown key"),
-        (["train", tmp_path / "nope.yaml"], "cannot read config"),
-        (["train"], "give a CONFIG.yaml (or --resume RUN_DIR)"),
-        (["train", tiny_config, "--out", trained_run], "already holds a run"),
-        (["train", "--resume", trained_run, "--set", "estimator.truncation=1"], "estimator.truncation: differs from the saved config"),
-        (["train", "--resume", trained_run, "--set", "train.num_steps=2"], "train.num_steps: the checkpoint is already at step 4 > 2"),
-        (["train", "--resume", tmp_path], "no saved config"),
-        (["eval", tmp_path], "no saved config"),
-        (["eval", trained_run, "--num-tasks", "0"], "--num-tasks: must be a positive integer"),
+        (["train", tiny_config, "--set", "estimator.horizon=ten", "--out", tmp_path / "a"], 2, "estimator.horizon: expected int, got str 'ten'"),
+        (["train", tiny_config, "--set", "optimizer.lerning_rate=1", "--out", tmp_path / "a"], 2, "optimizer.lerning_rate: unknown key"),
+        (["train", tiny_config, "--set", "optimizer.learning_rate=.nan", "--out", tmp_path / "a"], 2, "optimizer.learning_rate: must be a finite number"),
+        (["train", tmp_path / "nope.yaml"], 3, "nope.yaml: No such file or directory"),
+        (["train"], 2, "give a CONFIG.yaml (or --resume RUN_DIR)"),
+        (["train", tiny_config, "--out", trained_run], 6, "already holds a run"),
+        (["train", "--resume", trained_run, "--set", "estimator.truncation=1"], 2, "estimator.truncation: differs from the saved config"),
+        (["train", "--resume", trained_run, "--set", "train.num_steps=2"], 2, "train.num_steps: the checkpoint is already at step 4 > 2"),
+        (["train", "--resume", tmp_path], 5, "no saved config"),
+        (["eval", tmp_path, "--out", tmp_path / "ev"], 5, "no saved config"),
+        (["eval", trained_run, "--num-tasks", "0", "--out", tmp_path / "ev"], 2, "--num-tasks: must be a positive integer"),
+        (["eval", trained_run], 6, "already holds results (curves.png); pass --overwrite"),
+        (["reproduce", "nosuchstudy"], 2, "unknown study 'nosuchstudy'"),
     ]
-    for argv, message in cases:
+    for argv, status, message in cases:
         code, _, err = _main(argv, capsys)
-        assert code == 2, argv
+        assert code == status, (argv, code, err)
         assert message in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err  # one line
     assert not (tmp_path / "a").exists()  # nothing written for a bad config
 
 
@@ -298,5 +310,145 @@ def test_every_shipped_config_trains(path, tmp_path, capsys):
     assert code == 0, err
     lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and all(np.isfinite(r["meta_loss"]) for r in lines)
-    trained = experiment.load_trained(tmp_path / "run")
+    trained = runs.load_trained(tmp_path / "run")
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(trained.meta))
+
+
+# --- failures: one line, a distinct status, --debug for the traceback -------------------------
+
+
+def test_eval_overwrite_replaces_results_atomically(trained_run, capsys):
+    before = json.loads((trained_run / "eval" / "results.json").read_text())
+    code, _, err = _main(["eval", trained_run, "--num-tasks", 3, "--num-steps", 4, "--seed", 7, "--overwrite"], capsys)
+    assert code == 0, err
+    assert json.loads((trained_run / "eval" / "results.json").read_text()) == before
+    assert not [p for p in (trained_run / "eval").iterdir() if p.name.startswith(".")]  # no temp files
+
+
+def test_unexpected_exceptions_are_reported_as_bugs(tiny_config, tmp_path, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("division by zero somewhere deep")
+
+    monkeypatch.setattr(runs, "train", broken)
+    code, _, err = _main(["train", tiny_config, "--out", tmp_path / "r", "--no-progress"], capsys)
+    assert code == cli.EXIT_BUG == 1
+    assert "internal error ZeroDivisionError: division by zero somewhere deep" in err and "bug" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    code, _, err = _main(["train", tiny_config, "--out", tmp_path / "r", "--no-progress", "--debug"], capsys)
+    assert code == 1 and "Traceback (most recent call last)" in err and "def broken" not in err
+    assert err.strip().splitlines()[-1].startswith("learned-dco train: error: internal error ZeroDivisionError")
+
+
+@pytest.mark.parametrize("error,status,message", [
+    (PermissionError(13, "Permission denied", "/x/config.yaml"), 3, "/x/config.yaml: Permission denied"),
+    (OSError(28, "No space left on device", "/x/config.yaml"), 4, "/x/config.yaml: No space left on device (disk full"),
+    (KeyboardInterrupt(), 130, "learned-dco train: interrupted; continue with: learned-dco train --resume"),
+])
+def test_file_system_failures_have_their_own_status(tiny_config, tmp_path, capsys, monkeypatch, error, status, message):
+    def fail(self, path):
+        raise error
+
+    monkeypatch.setattr(C.RunConfig, "save", fail)
+    code, _, err = _main(["train", tiny_config, "--out", tmp_path / "r", "--no-progress"], capsys)
+    assert code == status and message in err, err
+
+
+def test_sizes_beyond_memory_exit_7_before_allocating(tiny_config, tmp_path, capsys):
+    code, _, err = _main(["train", tiny_config, "--out", tmp_path / "r", "--set", "task.num_samples=2000000000",
+                          "--set", "task.dim=1000"], capsys)
+    assert code == cli.EXIT_MEMORY == 7
+    assert "task.num_samples: 2000000000 samples x 1000 dimensions is a 14.6 TiB data matrix" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_reproduce_lists_studies_and_refuses_to_overwrite(tmp_path, capsys):
+    code, out, _ = _main(["reproduce", "--list"], capsys)
+    assert code == 0 and out.startswith("dco ") and "DCO" in out
+    (tmp_path / "results.json").write_text("{}")
+    code, _, err = _main(["reproduce", "--out", tmp_path, "--quick"], capsys)
+    assert code == 6 and "already holds results (results.json); pass --overwrite" in err
+    assert (tmp_path / "results.json").read_text() == "{}"
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_resume_survives_torn_metrics_and_a_torn_checkpoint(trained_run, tiny_config, tmp_path, capsys):
+    """A crash mid-append leaves half a metrics line; a crash (or full disk) mid-checkpoint a
+    truncated file: resume warns, drops the torn line, falls back to the previous checkpoint,
+    and ends where an uninterrupted run ends."""
+    reference = _artifacts(trained_run)
+    run = tmp_path / "run"
+    assert _main(["train", tiny_config, "--out", run, "--set", "train.num_steps=3", "--set",
+                  "train.checkpoint_every=1", "--no-progress"], capsys)[0] == 0
+    assert (run / "checkpoint.prev.msgpack").exists()  # step 2 kept next to step 3
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"meta_loss": 0.1, "ste')  # torn
+    data = (run / "checkpoint.msgpack").read_bytes()
+    (run / "checkpoint.msgpack").write_bytes(data[: len(data) // 2])  # torn
+    code, _, err = _main(["train", "--resume", run, "--set", "train.num_steps=4", "--no-progress"], capsys)
+    assert code == 0, err
+    assert "warning:" in err and "ignoring a torn last line" in err
+    assert "unreadable" in err and "falling back to the previous checkpoint checkpoint.prev.msgpack" in err
+    assert _artifacts(run)[0] == reference[0]  # meta.msgpack byte for byte
+    assert [s for s, *_ in _artifacts(run)[2]] == [0, 1, 2, 3]
+
+
+def test_bad_checkpoints_exit_5_naming_the_problem(trained_run, tmp_path, capsys):
+    run = _copy_run(trained_run, tmp_path / "run")
+    for name in ("checkpoint.msgpack", "checkpoint.prev.msgpack"):
+        if (run / name).exists():
+            (run / name).write_bytes(b"\x85garbage")
+    code, _, err = _main(["train", "--resume", run, "--set", "train.num_steps=5", "--no-progress"], capsys)
+    assert code == 5 and "unreadable" in err and "truncated or corrupt" in err, err
+    # a checkpoint from another config: the fingerprint check refuses it
+    other = _copy_run(trained_run, tmp_path / "other")
+    cfg = C.load_config(other / "config.yaml", ["seed=1"])
+    cfg.save(other / "config.yaml")
+    code, _, err = _main(["train", "--resume", other, "--set", "train.num_steps=5", "--no-progress"], capsys)
+    assert code == 5 and "written under a different config (fingerprint" in err, err
+
+
+def test_resuming_warns_about_changed_defaults(trained_run, tmp_path, capsys):
+    run = _copy_run(trained_run, tmp_path / "run")
+    info = json.loads((run / "run.json").read_text())
+    info["defaults"]["optimizer.normalize"] = "something else"  # as if created under other defaults
+    (run / "run.json").write_text(json.dumps(info))
+    code, _, err = _main(["train", "--resume", run, "--set", "train.num_steps=4", "--no-progress"], capsys)
+    assert code == 0, err
+    assert "warning: optimizer.normalize: default changed from 'something else'" in err
+    assert "the run keeps 'something else' as written in config.yaml" in err
+
+
+def test_compile_cache_directory_and_switches(tmp_path, monkeypatch):
+    parser = cli.build_parser()
+    args = parser.parse_args(["train", "x.yaml"])
+    monkeypatch.delenv(cli.CACHE_DIR_ENV, raising=False)
+    monkeypatch.delenv(cli.COMPILE_CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cli.compile_cache_dir(args) == tmp_path / "learned_dco" / "jax"
+    monkeypatch.setenv(cli.CACHE_DIR_ENV, str(tmp_path / "c"))
+    assert cli.compile_cache_dir(args) == tmp_path / "c"
+    assert cli.compile_cache_dir(parser.parse_args(["train", "x.yaml", "--compile-cache", "d"])) == Path("d")
+    assert cli.compile_cache_dir(parser.parse_args(["train", "x.yaml", "--no-compile-cache"])) is None
+    monkeypatch.setenv(cli.COMPILE_CACHE_ENV, "0")
+    assert cli.compile_cache_dir(args) is None
+
+
+def test_the_cli_fills_the_compile_cache_by_default(tiny_config, tmp_path):
+    """A fresh process with only LEARNED_DCO_CACHE_DIR set writes compiled programs there."""
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "LEARNED_DCO_CACHE_DIR": str(tmp_path / "cache"),
+           "XLA_FLAGS": "--xla_backend_optimization_level=0", "HOME": str(tmp_path)}
+    cmd = [sys.executable, "-m", "learned_dco.cli", "train", str(tiny_config), "--out", str(tmp_path / "r"),
+           "--no-progress", "--set", "train.num_steps=1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert len(list((tmp_path / "cache").iterdir())) >= 2
+    cmd[cmd.index("--out") + 1] = str(tmp_path / "r2")
+    out = subprocess.run(cmd + ["--no-compile-cache"], capture_output=True, text=True,
+                         env={**env, "LEARNED_DCO_CACHE_DIR": str(tmp_path / "cache2")}, timeout=300)
+    assert out.returncode == 0 and not (tmp_path / "cache2").exists()

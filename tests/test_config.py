@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import learned_dco as ldco
-from learned_dco import config as C
+from learned_dco.app import config as C
 from learned_dco import meta, tasks
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -221,8 +221,11 @@ def test_overrides_parse_yaml_values_and_are_validated(tmp_path):
 
 
 def test_load_config_reports_bad_files(tmp_path):
-    with pytest.raises(C.ConfigError, match="cannot read config"):
+    with pytest.raises(FileNotFoundError):  # an OSError: the CLI gives it its own exit status
         C.load_config(tmp_path / "missing.yaml")
+    (tmp_path / "latin1.yaml").write_bytes(b"seed: 0 # caf\xe9\n")
+    with pytest.raises(C.ConfigError, match="not UTF-8"):
+        C.load_config(tmp_path / "latin1.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("optimizer: {name: dcog\n")
     with pytest.raises(C.ConfigError, match="invalid YAML"):
@@ -235,8 +238,15 @@ def test_load_config_reports_bad_files(tmp_path):
 def test_saved_config_round_trips(tmp_path):
     cfg = C.from_dict(BASE)
     path = cfg.save(tmp_path / "config.yaml")
-    assert C.load_config(path) == cfg
-    assert yaml.safe_load(path.read_text()) == cfg.to_dict()  # plain YAML, lists not tuples
+    # the saved config is the resolved one: every default written out
+    assert C.load_config(path) == cfg.resolved() != cfg
+    assert yaml.safe_load(path.read_text()) == cfg.resolved().to_dict()  # plain YAML, lists not tuples
+    saved = yaml.safe_load(path.read_text())
+    for section, cls in (("optimizer", ldco.DCOM), ("task", tasks.BevertonHolt), ("estimator", meta.TruncatedBPTT)):
+        import dataclasses
+
+        assert set(saved[section]) == {"name"} | {f.name for f in dataclasses.fields(cls) if f.init}, section
+    assert C.load_config(path).fingerprint() == cfg.fingerprint()
     assert cfg.to_dict()["task"] == {"name": "beverton_holt", "hidden": [4, 3], "r0_range": [1.0, 2.0]}
     changed = C.load_config(path, ["train.num_steps=50", "task.hidden=[4]"])
     assert C.diff(cfg, changed) == ["task.hidden", "train.num_steps"]
@@ -319,3 +329,137 @@ def _kwargs(section: dict) -> dict:
     """A YAML section as constructor keyword arguments (lists as tuples, name dropped)."""
     tup = lambda v: tuple(tup(x) for x in v) if isinstance(v, list) else v
     return {k: tup(v) for k, v in section.items() if k != "name"}
+
+
+# --- resolved configs, fingerprints, bad values, memory ---------------------------------
+
+
+def test_fingerprint_tracks_the_trajectory_not_the_length():
+    cfg = C.from_dict(BASE)
+    same = C.from_dict(_with(train={**BASE["train"], "num_steps": 99, "checkpoint_every": 7},
+                             eval={"num_tasks": 3}))
+    assert same.fingerprint() == cfg.fingerprint()
+    # a default written out explicitly is the same config
+    explicit = C.from_dict(_with(estimator={**BASE["estimator"], "remat": False}))
+    assert explicit.fingerprint() == cfg.fingerprint()
+    for changed in (_with(seed=4), _with(estimator={**BASE["estimator"], "truncation": 3}),
+                    _with(meta_optimizer={**BASE["meta_optimizer"], "clip": 2.0})):
+        assert C.from_dict(changed).fingerprint() != cfg.fingerprint()
+
+
+def test_defaults_lists_every_default_in_force():
+    d = C.defaults(C.from_dict(BASE))
+    assert d["train.num_steps"] == 20 and d["meta_optimizer.name"] == "rmsprop" and d["seed"] == 0
+    assert d["estimator.stagger"] == meta.TruncatedBPTT.__dataclass_fields__["stagger"].default
+    assert d["optimizer.momentum"] == ldco.DCOM.__dataclass_fields__["momentum"].default
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("optimizer.learning_rate", ".nan", "optimizer.learning_rate: must be a finite number, got nan"),
+    ("meta_optimizer.learning_rate", ".inf", "meta_optimizer.learning_rate: must be a finite number, got inf"),
+    ("eval.lr_grid", "[0.1, -.inf]", "eval.lr_grid[1]: must be a finite number"),
+    ("train.num_steps", "10000000000", "train.num_steps: out of range: 10000000000 does not fit in a 32-bit"),
+    ("task.num_train", "1000000000000", "task.num_train: out of range"),
+    ("seed", "-1", "seed: must be >= 0"),
+    ("meta_optimizer.clip", "1e400", "meta_optimizer.clip: must be a finite number"),
+])
+def test_non_finite_and_out_of_range_values_are_named(tmp_path, key, value, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    with pytest.raises(C.ConfigError) as info:
+        C.load_config(path, [f"{key}={value}"])
+    assert message in str(info.value)
+
+
+def test_sizes_beyond_memory_are_refused_before_allocation():
+    # the shifted least-squares family builds its data matrix when constructed: refused before
+    data = {"optimizer": {"name": "dcogd"}, "task": {"name": "shifted_least_squares", "num_samples": 2_000_000_000,
+                                                     "dim": 100}}
+    with pytest.raises(C.ResourceError, match=r"task.num_samples: 2000000000 samples x 100 dimensions is a 1.5 TiB"):
+        C.from_dict(data)
+    # other sizes: an estimate from jax.eval_shape (no allocation) against a limit
+    cfg = C.from_dict({**BASE, "task": {"name": "least_squares", "num_samples": 1000, "dim": 100},
+                       "train": {"num_train_tasks": 1000}})
+    est = C.estimate_memory(cfg)
+    one_task = 4 * (1000 * 100 + 1000 + 1000 * 100 + 1000)  # float32 X, y for train and validation
+    assert est["task"] >= 4 * 1000 * 100 and est["pool"] == 1000 * est["task"]
+    assert est["task"] <= one_task
+    with pytest.raises(C.ResourceError, match=r"needs about .* MiB .*largest term pool: train.num_train_tasks=1000"):
+        C.check_memory(cfg, limit=100 * 2**20)
+    assert C.check_memory(cfg, limit=2**40) == est
+
+
+# --- property: random corruptions always give a named ConfigError -----------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_LEAVES = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8),
+    st.lists(st.one_of(st.integers(-5, 5), st.floats(), st.text(max_size=3)), max_size=3),
+)
+_VALUES = st.recursive(_LEAVES, lambda inner: st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=5)
+_BASE_TEXT = yaml.safe_dump(BASE, sort_keys=False)
+
+
+def _paths(tree, prefix=()):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield prefix + (k,)
+            yield from _paths(v, prefix + (k,))
+
+
+_ALL_PATHS = list(_paths(BASE))
+
+
+def _set(tree, path, value):
+    import copy
+
+    out = copy.deepcopy(tree)
+    node = out
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+    return out
+
+
+def _only_config_errors(load):
+    try:
+        load()
+    except C.ConfigError as e:
+        message = str(e)
+        assert message and "Traceback" not in message
+        assert ":" in message  # "<key or file>: <what is wrong>"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(_ALL_PATHS), _VALUES)
+def test_random_values_anywhere_give_a_config_error(path, value):
+    """Replace any key's value by a random YAML value: the loader accepts it or raises a
+    ConfigError whose message starts with the dotted key -- never another exception."""
+    data = _set(BASE, path, value)
+    try:
+        C.from_dict(data)
+    except C.ConfigError as e:
+        top = path[0]
+        assert str(e).split(":")[0].split(".")[0].split("[")[0] in {top, "config", "estimator", "task"}, (path, str(e))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_random_byte_corruptions_give_a_config_error(tmp_path_factory, data):
+    """Delete, insert or replace bytes of a valid YAML file (including invalid UTF-8)."""
+    raw = bytearray(_BASE_TEXT.encode())
+    for _ in range(data.draw(st.integers(1, 4))):
+        op = data.draw(st.sampled_from(["delete", "insert", "replace"]))
+        i = data.draw(st.integers(0, len(raw) - 1))
+        if op == "delete":
+            del raw[i : i + data.draw(st.integers(1, 20))]
+        else:
+            chunk = data.draw(st.binary(min_size=1, max_size=6) | st.sampled_from(
+                [b":", b"{", b"]", b"- ", b"\t", b"!!python/object:os.system", b".nan", b"1e999", b"&a *a", b"\xff"]))
+            raw[i : i + (len(chunk) if op == "replace" else 0)] = chunk
+    path = tmp_path_factory.mktemp("fuzz") / "c.yaml"
+    path.write_bytes(bytes(raw))
+    _only_config_errors(lambda: C.load_config(path))

@@ -22,9 +22,6 @@ be meta-trained in one ``jax.vmap``-ed call.
 from __future__ import annotations
 
 import functools
-import json
-import time
-from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -33,7 +30,6 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from learned_dco.meta import checkpoint
 from learned_dco.optimizers.base import global_norm
 from learned_dco.meta.estimators import TaskEstimate
 from learned_dco.meta.starts import sample_task
@@ -279,74 +275,3 @@ class MetaTrainer:
             return s, (metrics if record is None else (metrics, record(s)))
 
         return jax.lax.scan(body, state, length=num_steps)
-
-    # --- the long-running loop with checkpoints ----------------------------------------------
-    def restore(self, run_dir: str | Path, key: PRNGKey) -> TrainState:
-        """The state saved in ``run_dir`` (the template comes from ``init(key)``)."""
-        template = self.init(key)
-        state = checkpoint.restore(Path(run_dir) / checkpoint.CHECKPOINT, jax.device_get(template))
-        shardings = tree_map(lambda x: x.sharding, template)
-        return jax.device_put(state, shardings)
-
-    def run(
-        self,
-        state: TrainState,
-        num_steps: int,
-        *,
-        run_dir: str | Path | None = None,
-        checkpoint_every: int = 0,
-        progress: bool = True,
-        on_step: Callable[[int, dict], None] | None = None,
-    ) -> TrainState:
-        """Meta-train until ``state.step == num_steps``.
-
-        With ``run_dir``: metrics go to ``metrics.jsonl`` (one JSON object per meta-step),
-        a checkpoint is written atomically every ``checkpoint_every`` steps and at the end,
-        and the final meta-parameters to ``meta.msgpack``. Restarting from a restored state
-        drops any metrics lines at or after its step, then appends.
-        """
-        start = int(state.step)
-        metrics_file = None
-        if run_dir is not None:
-            run_dir = Path(run_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            path = run_dir / "metrics.jsonl"
-            lines = path.read_text().splitlines() if path.exists() else []
-            kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] < start]
-            path.write_text("".join(ln + "\n" for ln in kept))
-            metrics_file = open(path, "a")
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=num_steps, initial=start, desc="meta-train", unit="step", dynamic_ncols=True)
-        try:
-            for k in range(start, num_steps):
-                t0 = time.perf_counter()
-                state, metrics = self.step(state)
-                record = {name: _to_python(v) for name, v in metrics._asdict().items()}
-                record.update(step=k, seconds=time.perf_counter() - t0)
-                if metrics_file is not None:
-                    metrics_file.write(json.dumps(record) + "\n")
-                    metrics_file.flush()
-                if bar is not None:
-                    bar.set_postfix(meta_loss=f"{record['meta_loss']:.4g}", refresh=False)
-                    bar.update(1)
-                if on_step is not None:
-                    on_step(k, record)
-                if run_dir is not None and checkpoint_every and (k + 1) % checkpoint_every == 0:
-                    checkpoint.save(run_dir / checkpoint.CHECKPOINT, state)
-        finally:
-            if bar is not None:
-                bar.close()
-            if metrics_file is not None:
-                metrics_file.close()
-        if run_dir is not None:
-            checkpoint.save(run_dir / checkpoint.CHECKPOINT, state)
-            checkpoint.save_meta(run_dir / checkpoint.META, state.meta)
-        return state
-
-
-def _to_python(x):
-    x = np.asarray(x)
-    return x.item() if x.ndim == 0 else x.tolist()

@@ -1,6 +1,6 @@
 r"""``learned-dco eval``: a trained optimizer against tuned optax baselines on held-out tasks.
 
-Protocol (all keys from :func:`learned_dco.config.stream_key`):
+Protocol (all keys from :func:`learned_dco.app.config.stream_key`):
 
 1. **Held-out tasks**: ``eval.num_tasks`` fresh tasks from the ``"heldout"`` stream of the
    evaluation seed (``eval.seed``, default ``seed + 1``) -- never the training tasks.
@@ -34,7 +34,6 @@ tasks whose whole curve is finite.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Callable
@@ -42,17 +41,19 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from learned_dco import config as C
-from learned_dco import experiment
-from learned_dco.meta.evaluate import BASELINES, DEFAULT_GRID, rollout, tune_learning_rate
-from learned_dco.meta.checkpoint import atomic_write
+from learned_dco import meta
+from learned_dco.app import config as C
+from learned_dco.app import runs
+from learned_dco.io import atomic_write_bytes, atomic_write_json, atomic_write_text, environment
+from learned_dco.meta.evaluate import DEFAULT_GRID  # not exported by learned_dco.meta yet
 from learned_dco.tasks import sample_tasks
 
 EVAL_DIR = "eval"
+OUTPUTS = ("curves.png", "report.md", "results.json")  # what write() puts in the output directory
 DIVERGED_FACTOR = 10.0  # a task diverged if its loss went non-finite or ended above 10x its start
 RESULT_KEYS = (
     "run_dir", "meta_step", "optimizer", "task", "num_tasks", "num_steps", "eval_seed", "tuning_tasks",
-    "steps", "grid", "tuned_lr", "tuning_scores", "curves", "summary",
+    "steps", "grid", "tuned_lr", "tuning_scores", "curves", "summary", "versions", "device",
 )
 
 
@@ -104,7 +105,7 @@ def evaluate(
     log: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, Any]:
     """Run the evaluation protocol (module docstring) and return the results dict."""
-    trained = experiment.load_trained(run_dir)
+    trained = runs.load_trained(run_dir)
     cfg = trained.config
     ev = cfg.eval
     n = ev.num_tasks if num_tasks is None else num_tasks
@@ -113,7 +114,7 @@ def evaluate(
     for value, flag in ((n, "--num-tasks"), (steps, "--num-steps")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise C.ConfigError(f"{flag}: must be a positive integer, got {value!r}")
-    built = experiment.build(cfg)
+    built = runs.build(cfg)
     family = built.family
     grid = tuple(ev.lr_grid) if ev.lr_grid is not None else DEFAULT_GRID
 
@@ -128,21 +129,21 @@ def evaluate(
     tuned = {}
     for name in ev.baselines:
         log(f"tuning {name} over {len(grid)} learning rates on {tuning_desc}")
-        tuned[name] = tune_learning_rate(name, family, tuning, C.stream_key(cfg.seed, "tuning"), steps, grid)
+        tuned[name] = meta.tune_learning_rate(name, family, tuning, C.stream_key(cfg.seed, "tuning"), steps, grid)
 
     key = C.stream_key(eval_seed, "rollout")
     # tasks and key are arguments, not closed-over constants baked into the compiled program
-    learned = jax.jit(lambda m, tasks, k: rollout(trained.lopt.opt_fn(m), family, tasks, k, steps).val)
+    learned = jax.jit(lambda m, tasks, k: meta.rollout(trained.lopt.opt_fn(m), family, tasks, k, steps).val)
     curves: dict[str, np.ndarray] = {}
     lr_of: dict[str, float | None] = {}
     label = cfg.optimizer.name
     log(f"rolling out {label} (meta-trained and initial) on {n} held-out tasks for {steps} steps")
     curves[f"{label} (meta-trained)"] = np.asarray(learned(trained.meta, heldout, key))
-    curves[f"{label} (initial)"] = np.asarray(learned(experiment.initial_meta(built), heldout, key))
+    curves[f"{label} (initial)"] = np.asarray(learned(runs.initial_meta(built), heldout, key))
     lr_of[f"{label} (meta-trained)"] = lr_of[f"{label} (initial)"] = None
-    baseline = jax.jit(lambda lr, tasks, k, make: rollout(make(lr), family, tasks, k, steps).val, static_argnums=3)
+    baseline = jax.jit(lambda lr, tasks, k, make: meta.rollout(make(lr), family, tasks, k, steps).val, static_argnums=3)
     for name, t in tuned.items():
-        curves[name] = np.asarray(baseline(t.learning_rate, heldout, key, BASELINES[name]))
+        curves[name] = np.asarray(baseline(t.learning_rate, heldout, key, meta.BASELINES[name]))
         lr_of[name] = t.learning_rate
 
     stats = {name: curve_stats(v) for name, v in curves.items()}
@@ -177,6 +178,7 @@ def evaluate(
             name: {k: s[k] for k in ("mean", "std", "median", "q25", "q75")} for name, s in stats.items()
         },
         "summary": summary,
+        **environment(),
     }
 
 
@@ -207,11 +209,12 @@ def plot_curves(results: dict[str, Any], path: str | Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
-    return path
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def _fmt(x) -> str:
@@ -257,12 +260,16 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def existing_outputs(out_dir: str | Path) -> list[Path]:
+    """The files :func:`write` would replace in ``out_dir``."""
+    return [Path(out_dir) / name for name in OUTPUTS if (Path(out_dir) / name).exists()]
+
+
 def write(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Write ``curves.png``, ``report.md`` and ``results.json`` into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"png": plot_curves(results, out_dir / "curves.png")}
-    paths["report"] = atomic_write(out_dir / "report.md", markdown(results).encode())
-    payload = json.dumps(_jsonable(results), indent=1, allow_nan=False)
-    paths["results"] = atomic_write(out_dir / "results.json", payload.encode())
+    paths["report"] = atomic_write_text(out_dir / "report.md", markdown(results))
+    paths["results"] = atomic_write_json(out_dir / "results.json", _jsonable(results))
     return paths

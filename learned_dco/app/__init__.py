@@ -1,0 +1,11 @@
+"""The application wing: everything that touches files, the terminal or the clock.
+
+* :mod:`learned_dco.app.coercion` -- YAML -> typed values (the strict coercion engine)
+* :mod:`learned_dco.app.config` -- the run-config schema, builders, memory check, random streams
+* :mod:`learned_dco.app.runs` -- run directories, checkpoints, the I/O loop around ``MetaTrainer``
+* :mod:`learned_dco.app.report` -- ``learned-dco eval``: tuned baselines, curves, report
+* :mod:`learned_dco.app.cli` -- the ``learned-dco`` command
+
+The library below (``learned_dco.meta``, ``optimizers``, ``tasks``, ``qp``) never imports
+from here; submodules are imported on use so ``learned-dco --help`` stays fast.
+"""

@@ -1,0 +1,456 @@
+"""The ``learned-dco`` command line.
+
+    learned-dco train CONFIG.yaml [--set KEY=VALUE ...] [--out DIR] [--no-progress]
+    learned-dco train --resume RUN_DIR [--set train.num_steps=N]
+    learned-dco eval RUN_DIR [--num-tasks N] [--num-steps T] [--seed S] [--out DIR] [--overwrite]
+    learned-dco reproduce [STUDY] [--list] [--quick] [--out DIR] [--seed S] [--overwrite]
+    (every command also takes --debug, --no-compile-cache and --compile-cache DIR)
+
+Subcommands live in :data:`COMMANDS`, a mapping from name to a *registrar*: a function
+that receives the ``argparse`` subparsers object, adds its parser (with help texts and
+the :func:`common_options` parent) and sets ``handler`` -- a function of the parsed
+arguments returning an exit status. To add a command, write its registrar and add one
+entry to :data:`COMMANDS`. Handlers import what they need when they run, so ``--help``
+stays fast.
+
+Every expected failure is one line on stderr and a distinct exit status
+(:data:`EXIT_CODES`); ``--debug`` adds the traceback; anything else is reported as a bug.
+
+The persistent XLA compilation cache is on by default (:func:`compile_cache_dir`), so the
+second run of a config skips most compilation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+Registrar = Callable[["argparse._SubParsersAction"], argparse.ArgumentParser]
+
+# --------------------------------------------------------------------------------------
+# exit statuses and expected failures
+# --------------------------------------------------------------------------------------
+
+EXIT_OK = 0
+EXIT_BUG = 1
+EXIT_CONFIG = 2
+EXIT_FILE = 3
+EXIT_DISK_FULL = 4
+EXIT_CHECKPOINT = 5
+EXIT_EXISTS = 6
+EXIT_MEMORY = 7
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_BUG: "internal error: a bug in learned_dco (please report it)",
+    EXIT_CONFIG: "bad command line or config (the message names the key)",
+    EXIT_FILE: "a file is missing or cannot be read/written (permission denied, ...)",
+    EXIT_DISK_FULL: "disk full or quota exceeded while writing",
+    EXIT_CHECKPOINT: "bad run directory: unreadable or mismatched checkpoint, corrupt metrics",
+    EXIT_EXISTS: "outputs exist: pass --overwrite, another --out, or --resume",
+    EXIT_MEMORY: "the config needs more memory than this machine has (the estimate is printed)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C or SIGTERM); a training run can be resumed",
+}
+
+BUG_REPORT = (
+    "this is a bug in learned_dco; please report it on the project's issue tracker with the command "
+    "line and the output of the same command with --debug"
+)
+
+COMPILE_CACHE_ENV = "LEARNED_DCO_COMPILE_CACHE"  # "0"/"off"/"false": no persistent compilation cache
+CACHE_DIR_ENV = "LEARNED_DCO_CACHE_DIR"  # the cache directory (default below)
+
+
+class OutputExists(Exception):
+    """Writing would replace earlier results (use --overwrite or another directory)."""
+
+
+def _exit_epilog() -> str:
+    lines = ["exit status:"] + [f"  {code:>3}  {text}" for code, text in EXIT_CODES.items()]
+    lines += [
+        "",
+        "compilation cache: compiled XLA programs are kept in $LEARNED_DCO_CACHE_DIR",
+        "(default $XDG_CACHE_HOME/learned_dco/jax, i.e. ~/.cache/learned_dco/jax) so a second run of a",
+        "config starts at once; --no-compile-cache or LEARNED_DCO_COMPILE_CACHE=0 turns it off.",
+    ]
+    return "\n".join(lines)
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Options every command takes (an argparse parent parser)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("common options")
+    g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show the full traceback of an error")
+    g.add_argument("--no-compile-cache", dest="compile_cache", action="store_false", default=argparse.SUPPRESS,
+                   help=f"do not use the persistent compilation cache (also: {COMPILE_CACHE_ENV}=0)")
+    g.add_argument("--compile-cache", dest="cache_dir", metavar="DIR", default=argparse.SUPPRESS,
+                   help=f"compilation cache directory (default: ${CACHE_DIR_ENV} or ~/.cache/learned_dco/jax)")
+    return p
+
+
+def _add_parser(subparsers, name: str, **kw) -> argparse.ArgumentParser:
+    return subparsers.add_parser(
+        name, parents=[common_options()], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_exit_epilog(), **kw,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# the compilation cache
+# --------------------------------------------------------------------------------------
+
+
+def compile_cache_dir(args: argparse.Namespace | None = None) -> Path | None:
+    """The persistent compilation cache directory in force, or ``None`` when it is off
+    (``--no-compile-cache`` or ``LEARNED_DCO_COMPILE_CACHE=0``)."""
+    if args is not None and getattr(args, "compile_cache", True) is False:
+        return None
+    if os.environ.get(COMPILE_CACHE_ENV, "1").strip().lower() in ("0", "off", "false", "no"):
+        return None
+    if args is not None and getattr(args, "cache_dir", None):
+        return Path(args.cache_dir)
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "learned_dco" / "jax"
+
+
+def enable_compile_cache(path: Path) -> None:
+    """Point JAX's persistent compilation cache at ``path`` and cache every program (the
+    CLI's programs are many and small; JAX's default skips those compiling under 1 s)."""
+    import jax
+
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+# --------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------
+
+TRAIN_HELP = """\
+Meta-train a learned optimizer described by a YAML config (see configs/ and the README).
+
+The run directory receives config.yaml (the resolved config: every default written out),
+run.json (config fingerprint, defaults, versions, device), metrics.jsonl (one JSON line per
+meta-step, appended as it goes), checkpoint.msgpack (every train.checkpoint_every steps and
+at the end; the previous one is kept as checkpoint.prev.msgpack) and meta.msgpack (the
+trained meta-parameters; load them in Python with
+learned_dco.app.runs.load_trained(RUN_DIR)). After a crash or kill, --resume continues from
+the newest readable checkpoint and ends with the same meta.msgpack as an uninterrupted run.
+
+examples:
+  learned-dco train configs/quick_demo.yaml
+  learned-dco train configs/dcog_least_squares.yaml --set estimator.num_tasks=50 --set seed=3
+  learned-dco train --resume runs/quick_demo-20250101-120000 --set train.num_steps=60
+"""
+
+
+def add_train(subparsers) -> argparse.ArgumentParser:
+    p = _add_parser(subparsers, "train", help="meta-train a learned optimizer from a YAML config",
+                    description=TRAIN_HELP)
+    p.add_argument("config", nargs="?", metavar="CONFIG.yaml", help="run config (optional with --resume)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value by its dotted key, VALUE parsed as YAML "
+        "(e.g. --set estimator.horizon=10 --set eval.baselines=[sgd,adam]); repeatable",
+    )
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/<config name>-<date>-<time>)")
+    p.add_argument(
+        "--resume", metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its checkpoint up to train.num_steps; the saved "
+        "config is used (a CONFIG given too must match it except train.num_steps/checkpoint_every)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics still go to metrics.jsonl)")
+    p.set_defaults(handler=run_train)
+    return p
+
+
+def default_run_dir(config_path: str | Path, root: str | Path = "runs") -> Path:
+    """``runs/<config stem>-<YYYYmmdd-HHMMSS>`` (with a numeric suffix if taken)."""
+    base = Path(root) / f"{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, i = base, 1
+    while path.exists():
+        path, i = base.with_name(f"{base.name}-{i}"), i + 1
+    return path
+
+
+def _warn(command: str) -> Callable[[str], None]:
+    return lambda msg: print(f"learned-dco {command}: warning: {msg}", file=sys.stderr, flush=True)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from learned_dco.app import config as C
+    from learned_dco.app import runs
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if args.out and Path(args.out) != run_dir:
+            raise C.ConfigError("--out: cannot be combined with --resume (the run continues in its own directory)")
+        saved = runs.saved_config(run_dir)
+        cfg = C.load_config(args.config, args.overrides) if args.config else runs.saved_config(run_dir, args.overrides)
+        runs.check_resumable(saved, cfg)
+    else:
+        if not args.config:
+            raise C.ConfigError("train: give a CONFIG.yaml (or --resume RUN_DIR)")
+        cfg = C.load_config(args.config, args.overrides)
+        run_dir = Path(args.out) if args.out else default_run_dir(args.config)
+        if runs.has_run(run_dir):
+            raise OutputExists(f"--out: {run_dir} already holds a run; pick another directory or --resume it")
+
+    print(f"{'resuming' if args.resume else 'meta-training'} {cfg.optimizer.name} on {cfg.task.name} "
+          f"with {cfg.estimator.name} in {run_dir}", flush=True)
+    try:
+        state = runs.train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
+                           warn=_warn("train"))
+    except KeyboardInterrupt:
+        print(f"\nlearned-dco train: interrupted; continue with: learned-dco train --resume {run_dir}",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(
+        f"done: {int(state.step)} meta-steps ({int(state.skipped)} skipped updates)\n"
+        f"  config        {run_dir / runs.CONFIG_FILE}\n"
+        f"  metrics       {run_dir / runs.METRICS}\n"
+        f"  checkpoint    {run_dir / runs.CHECKPOINT}\n"
+        f"  meta-params   {run_dir / runs.META}  (learned_dco.app.runs.load_trained)\n"
+        f"evaluate with: learned-dco eval {run_dir}"
+    )
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------
+# eval
+# --------------------------------------------------------------------------------------
+
+EVAL_HELP = """\
+Evaluate a trained learned optimizer on fresh held-out tasks next to optax baselines.
+
+Each baseline's learning rate is tuned by a vmapped grid sweep on the training tasks (the
+run's pool, or fresh training-distribution tasks without one); then the meta-trained
+optimizer, its untrained initialisation and the tuned baselines run on the same held-out
+tasks with the same keys. Writes into RUN_DIR/eval/ (or --out; existing results there are
+replaced only with --overwrite):
+  curves.png    mean validation loss vs step, interquartile band, log scale
+  report.md     table: tuned lr, loss at step 0, final, best, diverged tasks
+  results.json  steps, per-optimizer curves (mean/std/median/q25/q75), tuned lrs, grid, versions, device
+Defaults come from the eval: section of the run's config.yaml.
+
+example:
+  learned-dco eval runs/quick_demo-20250101-120000 --num-tasks 200
+"""
+
+
+def add_eval(subparsers) -> argparse.ArgumentParser:
+    p = _add_parser(subparsers, "eval", help="compare a trained optimizer with tuned optax baselines on held-out tasks",
+                    description=EVAL_HELP)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `learned-dco train`")
+    p.add_argument("--num-tasks", type=int, metavar="N", help="held-out tasks (default: eval.num_tasks)")
+    p.add_argument("--num-steps", type=int, metavar="T", help="inner steps per task (default: eval.num_steps)")
+    p.add_argument("--seed", type=int, metavar="S", help="seed of the held-out tasks (default: eval.seed, else seed + 1)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: RUN_DIR/eval)")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results in the output directory")
+    p.set_defaults(handler=run_eval)
+    return p
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from learned_dco.app import report
+
+    out = Path(args.out) if args.out else Path(args.run_dir) / report.EVAL_DIR
+    existing = report.existing_outputs(out)
+    if existing and not args.overwrite:
+        raise OutputExists(f"--out: {out} already holds results ({existing[0].name}); pass --overwrite or another --out")
+    results = report.evaluate(
+        args.run_dir, num_tasks=args.num_tasks, num_steps=args.num_steps, seed=args.seed,
+        log=lambda msg: print(msg, flush=True),
+    )
+    paths = report.write(results, out)
+    print(report.markdown(results).split("\n\n![")[0])
+    print("\nwrote " + ", ".join(str(p) for p in paths.values()))
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------
+# reproduce
+# --------------------------------------------------------------------------------------
+
+REPRODUCE_HELP = """\
+Reproduce a seed paper's claims: run a study, write report.md (opening with the claims
+table: paper value, measured value, verdict), results.json and figures to --out.
+
+  learned-dco reproduce --list           what each study reproduces
+  learned-dco reproduce                  the DCO study (default STUDY: dco)
+  learned-dco reproduce star --quick     reduced sizes
+"""
+
+
+def studies() -> dict:
+    """``learned_dco.studies.STUDIES`` (name -> Study with .name, .paper, .description, .run)."""
+    try:
+        from learned_dco.studies import STUDIES
+    except ImportError:  # FALLBACK until the studies package lands: delete this branch then.
+        return {"dco": _LegacyDCOStudy()}
+    return STUDIES
+
+
+class _LegacyDCOStudy:
+    """The DCO reproduction of ``learned_dco.reproduce`` behind the Study interface (fallback)."""
+
+    name = "dco"
+    paper = "Gautam, Pfrommer, Sojoudi: Meta-learning via differentiable convex optimization (DCO)"
+    description = "DCO paper: Figures 1-3 (least squares, Beverton-Holt, interpolation) and Theorem 1"
+
+    def run(self, out_dir: Path, *, quick: bool, seed: int) -> dict:
+        from learned_dco.reproduce import reproduce
+
+        return reproduce(quick=quick, out=out_dir, seed=seed)
+
+
+STUDY_OUTPUTS = ("report.md", "results.json")
+
+
+def add_reproduce(subparsers) -> argparse.ArgumentParser:
+    p = _add_parser(subparsers, "reproduce", help="reproduce a seed paper (default: the DCO paper) with verdicts",
+                    description=REPRODUCE_HELP)
+    p.add_argument("study", nargs="?", default="dco", metavar="STUDY", help="which study (default: %(default)s; see --list)")
+    p.add_argument("--list", action="store_true", help="list the studies and exit")
+    p.add_argument("--quick", action="store_true", help="reduced sizes (minutes on a 2-core CPU)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: results/STUDY)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
+    p.set_defaults(handler=run_reproduce)
+    return p
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    from learned_dco.app.config import ConfigError
+
+    table = studies()
+    if args.list:
+        width = max(map(len, table))
+        for name, study in table.items():
+            print(f"{name:<{width}}  {study.description}\n{'':<{width}}  ({study.paper})")
+        return EXIT_OK
+    if args.study not in table:
+        raise ConfigError(f"reproduce: unknown study {args.study!r} (known: {', '.join(table)}; see --list)")
+    if args.seed < 0:
+        raise ConfigError(f"--seed: must be >= 0, got {args.seed}")
+    out = Path(args.out) if args.out else Path("results") / args.study
+    existing = [out / n for n in STUDY_OUTPUTS if (out / n).exists()]
+    if existing and not args.overwrite:
+        raise OutputExists(f"--out: {out} already holds results ({existing[0].name}); pass --overwrite or another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    table[args.study].run(out, quick=args.quick, seed=args.seed)
+    print(f"wrote {out / 'report.md'} and {out / 'results.json'}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------------------
+
+COMMANDS: dict[str, Registrar] = {
+    "train": add_train,
+    "eval": add_eval,
+    "reproduce": add_reproduce,
+}
+"""Subcommand name -> registrar (see the module docstring)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="learned-dco",
+        description="Meta-train and evaluate learned optimizers (DCO and friends) in JAX; reproduce the seed papers.",
+        epilog="Run `learned-dco COMMAND --help` for a command's options.\n\n" + _exit_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for registrar in COMMANDS.values():
+        registrar(subparsers)
+    return parser
+
+
+def classify(exc: BaseException) -> tuple[int, str]:
+    """``(exit status, one-line message)`` of an exception (:data:`EXIT_CODES`)."""
+    from learned_dco.app.config import ConfigError, ResourceError
+    from learned_dco.app.runs import RunError
+    from learned_dco.meta.checkpoint import CheckpointError
+
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "interrupted"
+    if isinstance(exc, ResourceError):
+        return EXIT_MEMORY, str(exc)
+    if isinstance(exc, ConfigError):
+        return EXIT_CONFIG, str(exc)
+    if isinstance(exc, (CheckpointError, RunError)):
+        return EXIT_CHECKPOINT, str(exc)
+    if isinstance(exc, OutputExists):
+        return EXIT_EXISTS, str(exc)
+    if isinstance(exc, OSError):
+        where = exc.filename if exc.filename is not None else "?"
+        reason = exc.strerror or str(exc)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return EXIT_DISK_FULL, f"{where}: {reason} (disk full; free space and resume)"
+        return EXIT_FILE, f"{where}: {reason}"
+    if isinstance(exc, MemoryError) or "RESOURCE_EXHAUSTED" in str(exc)[:2000]:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return EXIT_MEMORY, f"out of memory: {first[:300]}"
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    return EXIT_BUG, f"internal error {type(exc).__name__}: {first} -- {BUG_REPORT}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the subcommand, return its exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
+
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if _main_thread() else None
+    try:
+        cache = compile_cache_dir(args)
+        if cache is not None and (getattr(args, "cache_dir", None) or not _cache_already_set()):
+            enable_compile_cache(cache)
+        return args.handler(args)
+    except BaseException as e:  # noqa: BLE001 -- every failure becomes one line and a status
+        if isinstance(e, SystemExit):
+            raise
+        code, message = classify(e)
+        if debug or code == EXIT_BUG and os.environ.get("LEARNED_DCO_DEBUG"):
+            traceback.print_exc()
+        print(f"learned-dco {args.command}: {'error' if code != EXIT_INTERRUPTED else 'stopped'}: {message}",
+              file=sys.stderr)
+        return code
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _cache_already_set() -> bool:
+    """Whether a cache directory was chosen before (JAX_COMPILATION_CACHE_DIR, a caller)."""
+    import jax
+
+    return bool(jax.config.jax_compilation_cache_dir)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
