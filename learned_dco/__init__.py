@@ -6,8 +6,21 @@ Update rules are pure builders returning ``optax.GradientTransformation`` s
 with an ``opt_fn(meta)`` builder (:class:`DCOG`, :class:`DCOGD`, :class:`DCOM`; the
 small-MLP :class:`Blackbox`, :class:`Hyperparam` and :class:`STAR` of Harrison et al.
 2022; :class:`MetaMD`, :class:`LearnedStepSize` and the LSTM :class:`LSTMOptimizer`).
-Each DCO step is a convex QP solved in :mod:`learned_dco.qp`.
+Each DCO step is a convex QP solved by :func:`solve_qp` (module :mod:`learned_dco.qp`).
+
+Subpackages: :mod:`~learned_dco.tasks` (task families), :mod:`~learned_dco.meta`
+(meta-training and evaluation), :mod:`~learned_dco.pretrained` (shipped learned
+optimizers), :mod:`~learned_dco.analysis`. They load on first access
+(``ldco.meta``), so ``import learned_dco`` stays light and no import cycle can form.
+
+``__all__`` below is the one public API list; everything else (optimizer states, STAR's
+network pieces, validation helpers) lives in its submodule.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from learned_dco import qp
 from learned_dco.learned import LearnedOptimizer
@@ -17,18 +30,11 @@ from learned_dco.optimizers import (
     DCOM,
     LEARNED_OPTIMIZERS,
     STAR,
-    AdafacState,
     Blackbox,
-    DCOMState,
-    DCOState,
     Hyperparam,
-    L2OState,
     LearnedStepSize,
     LSTMOptimizer,
     MetaMD,
-    MirrorState,
-    adafac_mlp,
-    blackbox_weight_mask,
     dcog,
     dcogd,
     dcom,
@@ -37,35 +43,72 @@ from learned_dco.optimizers import (
     star_meta_optimizer,
     step_size_gd,
 )
+from learned_dco.qp import solve_qp
+from learned_dco.types import QPOperator
+from learned_dco.validation import ValidationError
 
 __version__ = "0.1.0"
 
+_SUBPACKAGES = ("analysis", "meta", "pretrained", "tasks")
+
+# Names that used to be exported here but are internals; still resolvable (so old code
+# keeps running) from their home module, but not part of the API. Callers should import
+# them from ``learned_dco.optimizers``.
+_MOVED = {
+    "AdafacState": "learned_dco.optimizers",
+    "DCOMState": "learned_dco.optimizers",
+    "DCOState": "learned_dco.optimizers",
+    "L2OState": "learned_dco.optimizers",
+    "MirrorState": "learned_dco.optimizers",
+    "adafac_mlp": "learned_dco.optimizers",
+    "blackbox_weight_mask": "learned_dco.optimizers",
+}
+
 __all__ = [
-    "DCOG",
-    "DCOGD",
-    "DCOM",
-    "STAR",
-    "AdafacState",
-    "Blackbox",
-    "DCOMState",
-    "DCOState",
-    "Hyperparam",
-    "L2OState",
-    "LEARNED_OPTIMIZERS",
-    "LSTMOptimizer",
-    "LearnedOptimizer",
-    "LearnedStepSize",
-    "MetaMD",
-    "MirrorState",
-    "__version__",
-    "adafac_mlp",
-    "blackbox_weight_mask",
+    # pure builders -> optax.GradientTransformation
     "dcog",
     "dcogd",
     "dcom",
     "lstm_optimizer",
     "metamd",
-    "qp",
-    "star_meta_optimizer",
     "step_size_gd",
+    # learned optimizers (init / opt_fn) and their registry
+    "DCOG",
+    "DCOGD",
+    "DCOM",
+    "STAR",
+    "Blackbox",
+    "Hyperparam",
+    "LSTMOptimizer",
+    "LearnedStepSize",
+    "MetaMD",
+    "LEARNED_OPTIMIZERS",
+    "star_meta_optimizer",
+    # the QP layer
+    "qp",
+    "solve_qp",
+    # protocols and errors
+    "LearnedOptimizer",
+    "QPOperator",
+    "ValidationError",
+    # subpackages (loaded on first access)
+    "analysis",
+    "meta",
+    "pretrained",
+    "tasks",
+    "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        module = importlib.import_module(f"learned_dco.{name}")
+        globals()[name] = module
+        return module
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module 'learned_dco' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,7 +1,9 @@
 """Update rules (pure builders) and learned optimizers (init / opt_fn pairs)."""
 
+from types import ModuleType as _ModuleType
+
 from learned_dco.optimizers.dco import DCOG, DCOGD, DCOM, DCOMState, DCOState, dcog, dcogd, dcom
-from learned_dco.optimizers.l2o import L2OState, LSTMOptimizer, lstm_optimizer
+from learned_dco.optimizers.lstm import L2OState, LSTMOptimizer, lstm_optimizer
 from learned_dco.optimizers.mirror import MetaMD, MirrorState, metamd
 from learned_dco.optimizers.star import (
     STAR,
@@ -28,29 +30,8 @@ LEARNED_OPTIMIZERS = {
     "l2o": LSTMOptimizer,
 }
 
-__all__ = [
-    "DCOG",
-    "DCOGD",
-    "DCOM",
-    "STAR",
-    "AdafacState",
-    "Blackbox",
-    "DCOMState",
-    "DCOState",
-    "Hyperparam",
-    "L2OState",
-    "LEARNED_OPTIMIZERS",
-    "LSTMOptimizer",
-    "LearnedStepSize",
-    "MetaMD",
-    "MirrorState",
-    "adafac_mlp",
-    "blackbox_weight_mask",
-    "dcog",
-    "dcogd",
-    "dcom",
-    "lstm_optimizer",
-    "metamd",
-    "star_meta_optimizer",
-    "step_size_gd",
-]
+# The public names of this subpackage: everything imported above plus the registry
+# (derived, so it cannot drift from the imports).
+__all__ = sorted(
+    name for name, value in dict(globals()).items() if not name.startswith("_") and not isinstance(value, _ModuleType)
+)

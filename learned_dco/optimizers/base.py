@@ -3,37 +3,22 @@ non-finite-gradient guard."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from learned_dco import validation
 from learned_dco.types import Array, PyTree
 
 tree_map = jax.tree.map
 
 
-def is_concrete(x: Any) -> bool:
-    """True when every leaf of ``x`` holds a value (not a tracer inside jit/vmap/grad)."""
-    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(x))
-
-
-def check_values(owner: str, name: str, value: PyTree, ok: Callable[[np.ndarray], np.ndarray], rule: str) -> None:
-    """Raise ``ValueError`` if a *concrete* meta-parameter breaks ``rule``.
-
-    Traced values (inside ``jit``/``vmap``/``grad``) cannot be inspected; there the learned
-    optimizers' parameterisations guarantee validity by construction.
-    """
-    if not is_concrete(value):
-        return
-    for path, leaf in jax.tree_util.tree_flatten_with_path(value)[0]:
-        arr = np.asarray(leaf)
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{owner}: {name}{jax.tree_util.keystr(path)} has non-finite entries")
-        if not np.all(ok(arr)):
-            raise ValueError(f"{owner}: {name}{jax.tree_util.keystr(path)} must be {rule}")
+# ``is_concrete`` and ``check_values`` live in ``learned_dco.validation``; re-exported here
+# until every caller imports them from there.
+is_concrete = validation.is_concrete
+check_values = validation.check_values
 
 
 def _describe(paths: list[str]) -> str:
@@ -53,7 +38,7 @@ def check_structure(owner: str, name: str, tree: PyTree, params: PyTree) -> None
             detail.append(f"unexpected {name}{_describe(extra)}")
         if not detail:
             detail.append(f"{jax.tree.structure(tree)} vs {jax.tree.structure(params)}")
-        raise ValueError(
+        raise validation.ValidationError(
             f"{owner}: {name} does not match the structure of params ({'; '.join(detail)})"
         )
 
@@ -74,7 +59,7 @@ def broadcast_like(owner: str, name: str, value: PyTree, params: PyTree) -> PyTr
     def expand(path, v, p):
         if jnp.ndim(v) != 0 and jnp.shape(v) != jnp.shape(p):
             key = jax.tree_util.keystr(path)
-            raise ValueError(
+            raise validation.ValidationError(
                 f"{owner}: {name}{key} has shape {jnp.shape(v)} but params{key} has shape "
                 f"{jnp.shape(p)}; expected {jnp.shape(p)} or a scalar"
             )
@@ -86,7 +71,7 @@ def broadcast_like(owner: str, name: str, value: PyTree, params: PyTree) -> PyTr
 def check_grads(owner: str, grads: PyTree, params: PyTree) -> None:
     """Gradients must match the parameters leaf by leaf (structure and shapes)."""
     if params is None:
-        raise ValueError(
+        raise validation.ValidationError(
             f"{owner}: update() needs params (the QP is centred at the current iterate); "
             "call tx.update(grads, state, params)"
         )
@@ -94,7 +79,7 @@ def check_grads(owner: str, grads: PyTree, params: PyTree) -> None:
     for (path, g), p in zip(jax.tree_util.tree_flatten_with_path(grads)[0], jax.tree.leaves(params)):
         if jnp.shape(g) != jnp.shape(p):
             key = jax.tree_util.keystr(path)
-            raise ValueError(f"{owner}: grads{key} has shape {jnp.shape(g)} but params{key} has shape {jnp.shape(p)}")
+            raise validation.ValidationError(f"{owner}: grads{key} has shape {jnp.shape(g)} but params{key} has shape {jnp.shape(p)}")
 
 
 def global_norm(tree: PyTree) -> Array:
@@ -119,7 +104,7 @@ def guard_nonfinite(tx: optax.GradientTransformation, max_consecutive: int | Non
     if max_consecutive is None:
         return tx
     if max_consecutive < 0:
-        raise ValueError(f"max_consecutive_nonfinite must be >= 0 or None, got {max_consecutive}")
+        raise validation.ValidationError(f"max_consecutive_nonfinite must be >= 0 or None, got {max_consecutive}")
     return optax.apply_if_finite(tx, max_consecutive_errors=max_consecutive)
 
 

@@ -20,6 +20,7 @@ import optax
 from learned_dco.optimizers.base import check_grads
 from learned_dco.optimizers.dco import LOG_CLIP
 from learned_dco.types import MetaParams, Params, PRNGKey
+from learned_dco.validation import check_positive
 
 
 class StepSizeState(NamedTuple):
@@ -49,8 +50,7 @@ class LearnedStepSize:
     learning_rate: float = 0.1
 
     def __post_init__(self):
-        if not self.learning_rate > 0:
-            raise ValueError(f"LearnedStepSize.learning_rate must be > 0, got {self.learning_rate!r}")
+        check_positive(self, "learning_rate")
 
     def init(self, key: PRNGKey, params: Params) -> MetaParams:
         del key

@@ -14,9 +14,16 @@ name (``FAMILIES`` key)     class                       source
 ``rosenbrock``              ``Rosenbrock``              M-L2O Rosenbrock
 ``digits_mlp``              ``DigitsMLP``               STAR App. B.2 MLP (on UCI digits)
 ``digits_convnet``          ``DigitsConvNet``           STAR App. B.2 ConvNet (on UCI digits)
+``softmax_regression``      ``SoftmaxRegression``       issue 12 mixture (digits / synthetic)
+``logistic_regression``     ``LogisticRegression``      issue 12 mixture (digits / synthetic)
+``mlp_classifier``          ``MLPClassifier``           issue 12 mixture (digits / synthetic)
 ==========================  ==========================  ===========================================
 
 ``make_family(name, **fields)`` builds one from a config (e.g. a YAML mapping).
+
+``Mixture`` (with ``CompiledPerFamily``) draws one member family and inner horizon per
+meta-step, for meta-training over families of different parameter shapes; ``random_mlps``
+makes MLP members with random widths, depths and activations.
 
 Also exported (not in ``FAMILIES``): ``MatrixLeastSquares``, multi-output least squares
 with a shared rotated ill-conditioned feature covariance (Kronecker curvature), built for
@@ -37,25 +44,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from learned_dco.tasks.base import (
-    TaskFamilyBase,
-    TaskInfo,
-    check_choice,
-    check_fields,
-    check_range,
-    sample_tasks,
+from learned_dco.tasks.classification import (
+    ClassificationTask,
+    LogisticRegression,
+    MLPClassifier,
+    SoftmaxRegression,
+    random_mlps,
 )
+from learned_dco.tasks.base import TaskFamily, TaskFamilyBase, TaskInfo, sample_tasks
 from learned_dco.tasks.digits import DigitsConvNet, DigitsMLP, DigitsTask, load_digits
 from learned_dco.tasks.interpolation import SmoothInterpolation, SmoothInterpolationTask
-from learned_dco.tasks.l2o import (
-    Lasso,
-    LassoTask,
-    Quadratic,
-    QuadraticTask,
-    Rosenbrock,
-    RosenbrockTask,
-    lasso_solve,
-)
+from learned_dco.tasks.lasso import Lasso, LassoTask, lasso_solve
 from learned_dco.tasks.matrix_least_squares import MatrixLeastSquares, MatrixLeastSquaresTask
 from learned_dco.tasks.least_squares import (
     LeastSquares,
@@ -68,8 +67,17 @@ from learned_dco.tasks.quadratic import (
     STAR_HESSIAN,
     NoisyQuadratic,
     NoisyQuadraticTask,
+    Quadratic,
+    QuadraticTask,
     SpectralNoisyQuadratic,
 )
+from learned_dco.tasks.mixture import CompiledPerFamily, Mixture
+from learned_dco.tasks.rosenbrock import Rosenbrock, RosenbrockTask
+from learned_dco.validation import ValidationError
+
+# Deprecated: import these from ``learned_dco.validation``; kept as attributes (not in
+# ``__all__``) until every caller has switched.
+from learned_dco.validation import check_choice, check_fields, check_range  # noqa: E402,F401
 
 FAMILIES: dict[str, type[TaskFamilyBase]] = {
     "least_squares": LeastSquares,
@@ -83,6 +91,9 @@ FAMILIES: dict[str, type[TaskFamilyBase]] = {
     "rosenbrock": Rosenbrock,
     "digits_mlp": DigitsMLP,
     "digits_convnet": DigitsConvNet,
+    "softmax_regression": SoftmaxRegression,
+    "logistic_regression": LogisticRegression,
+    "mlp_classifier": MLPClassifier,
 }
 """Task-family classes by config name."""
 
@@ -92,11 +103,18 @@ def make_family(name: str, **fields: Any) -> TaskFamilyBase:
     try:
         cls = FAMILIES[name]
     except KeyError:
-        raise ValueError(f"unknown task family {name!r}; known: {sorted(FAMILIES)}") from None
+        raise ValidationError(f"unknown task family {name!r}; known: {sorted(FAMILIES)}") from None
     return cls(**fields)
 
 
 __all__ = [
+    "random_mlps",
+    "SoftmaxRegression",
+    "Mixture",
+    "MLPClassifier",
+    "LogisticRegression",
+    "CompiledPerFamily",
+    "ClassificationTask",
     "FAMILIES",
     "STAR_HESSIAN",
     "BevertonHolt",
@@ -121,11 +139,10 @@ __all__ = [
     "SmoothInterpolation",
     "SmoothInterpolationTask",
     "SpectralNoisyQuadratic",
+    "TaskFamily",
+    "TaskFamily",
     "TaskFamilyBase",
     "TaskInfo",
-    "check_choice",
-    "check_fields",
-    "check_range",
     "lasso_solve",
     "load_digits",
     "make_family",

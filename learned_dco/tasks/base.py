@@ -25,11 +25,12 @@ state kept as plain arrays so that every function is jit- and vmap-compatible.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import jax
 import numpy as np
 
+from learned_dco import validation
 from learned_dco.types import Array, Batch, Params, PRNGKey, Task
 
 
@@ -41,6 +42,35 @@ class TaskInfo(NamedTuple):
     source: str  # paper and section the family comes from
     has_optimum: bool  # whether ``optimum(task)`` is implemented
     stochastic: bool  # whether ``sample_batch`` returns something other than None
+
+
+@runtime_checkable
+class TaskFamily(Protocol):
+    """What the meta-training loop needs from a task family (see the module docstring).
+
+    Structural: any object with these members is a task family; the concrete families of
+    this package also inherit the defaults of :class:`TaskFamilyBase`. Families must be
+    hashable (frozen dataclasses), since estimators pass them to ``jax.jit`` as static
+    arguments.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def info(self) -> TaskInfo: ...
+
+    def sample(self, key: PRNGKey) -> Task: ...
+
+    def init_params(self, key: PRNGKey, task: Task) -> Params: ...
+
+    def loss(self, params: Params, task: Task, batch: Batch | None = None) -> Array: ...
+
+    def val_loss(self, params: Params, task: Task) -> Array: ...
+
+    def sample_batch(self, key: PRNGKey, task: Task) -> Batch | None: ...
+
+    def optimum(self, task: Task) -> Params: ...
 
 
 class TaskFamilyBase:
@@ -97,62 +127,14 @@ class TaskFamilyBase:
         )
 
 
-def sample_tasks(family: Any, key: PRNGKey, num_tasks: int) -> Task:
+def sample_tasks(family: TaskFamily, key: PRNGKey, num_tasks: int) -> Task:
     """``num_tasks`` tasks stacked on a leading axis (one ``jax.vmap`` of ``sample``)."""
-    if num_tasks < 1:
-        raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+    validation.positive_int("sample_tasks", "num_tasks", num_tasks)
     return jax.vmap(family.sample)(jax.random.split(key, num_tasks))
 
 
-def check_fields(
-    obj: Any,
-    positive: tuple[str, ...] = (),
-    nonnegative: tuple[str, ...] = (),
-    integer: tuple[str, ...] = (),
-) -> None:
-    """Raise ``ValueError`` naming the first field of a dataclass that breaks its rule.
-
-    ``integer`` fields must be Python/NumPy integers (not bools, not floats): they are
-    array sizes, and a float would only fail later, deep inside ``jax.random``.
-    """
-    name = type(obj).__name__
-    for field in integer:
-        value = getattr(obj, field)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise ValueError(f"{name}.{field} must be an integer, got {value!r}")
-    for field in positive:
-        value = getattr(obj, field)
-        if not value > 0:
-            raise ValueError(f"{name}.{field} must be > 0, got {value!r}")
-    for field in nonnegative:
-        value = getattr(obj, field)
-        if not value >= 0:
-            raise ValueError(f"{name}.{field} must be >= 0, got {value!r}")
-
-
-def check_range(obj: Any, field: str, lower: float | None = None) -> None:
-    """Validate a ``(low, high)`` field and store it back as a tuple of floats.
-
-    YAML configs give lists; frozen dataclasses must hold hashable values (families are
-    passed to ``jax.jit`` as static arguments), so the field is normalised in place.
-    Raises ``ValueError`` naming the field unless it is two numbers with
-    ``lower <= low <= high``.
-    """
-    name = type(obj).__name__
-    value = getattr(obj, field)
-    try:
-        low, high = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}.{field} must be a pair (low, high), got {value!r}") from None
-    if not low <= high:
-        raise ValueError(f"{name}.{field} must have low <= high, got {value!r}")
-    if lower is not None and not low >= lower:
-        raise ValueError(f"{name}.{field} must lie in [{lower}, inf), got {value!r}")
-    object.__setattr__(obj, field, (low, high))
-
-
-def check_choice(obj: Any, field: str, choices: tuple[str, ...]) -> None:
-    """Raise ``ValueError`` naming ``field`` unless its value is one of ``choices``."""
-    value = getattr(obj, field)
-    if value not in choices:
-        raise ValueError(f"{type(obj).__name__}.{field} must be one of {choices}, got {value!r}")
+# Validation moved to ``learned_dco.validation``; these names stay importable from here
+# until every caller imports them from there.
+check_fields = validation.check_fields
+check_range = validation.check_range
+check_choice = validation.check_choice

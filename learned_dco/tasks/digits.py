@@ -39,7 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from learned_dco.tasks import nets
-from learned_dco.tasks.base import TaskFamilyBase, check_choice, check_fields
+from learned_dco.tasks.base import TaskFamilyBase
+from learned_dco.validation import check_choice, check_fields, ValidationError
 from learned_dco.tasks.regression import normalise_hidden
 from learned_dco.types import Array, Batch, Params, PRNGKey
 
@@ -89,7 +90,7 @@ class _DigitsBase(TaskFamilyBase):
         check_fields(self, integer=("n_val", "batch_size"), positive=("n_val", "batch_size"))
         max_val = NUM_EXAMPLES - (1 if self.replace else self.batch_size)
         if self.n_val > max_val:
-            raise ValueError(
+            raise ValidationError(
                 f"{self.name}.n_val must leave at least {NUM_EXAMPLES - max_val} training "
                 f"examples (n_val <= {max_val}), got {self.n_val}"
             )
@@ -119,7 +120,7 @@ class _DigitsBase(TaskFamilyBase):
             return task.train_idx
         if split == "val":
             return task.val_idx
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        raise ValidationError(f"split must be 'train' or 'val', got {split!r}")
 
     def _loss_on(self, params: Params, idx: Array) -> Array:
         images, labels = load_digits()
@@ -217,7 +218,7 @@ class DigitsConvNet(_DigitsBase):
         normalise_hidden(self, "channels")
         normalise_hidden(self, "strides")
         if len(self.strides) != len(self.channels):
-            raise ValueError(
+            raise ValidationError(
                 f"DigitsConvNet.strides must have one entry per conv layer "
                 f"({len(self.channels)}), got {self.strides!r}"
             )

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from learned_dco.tasks.base import check_fields, check_range
+from learned_dco.validation import check_fields, check_range, ValidationError
 from learned_dco.tasks.regression import MLPRegression
 from learned_dco.types import Array, PRNGKey
 

@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from learned_dco.tasks.base import TaskFamilyBase, check_choice, check_fields
+from learned_dco.tasks.base import TaskFamilyBase
+from learned_dco.validation import check_choice, check_fields, ValidationError
 from learned_dco.types import Array, Batch, Params, PRNGKey
 
 
@@ -151,13 +152,13 @@ class ShiftedLeastSquares(TaskFamilyBase):
             nonnegative=("data_seed", "shift_scale", "init_scale"),
         )
         if self.num_samples < self.dim:
-            raise ValueError(
+            raise ValidationError(
                 f"ShiftedLeastSquares.num_samples must be >= dim (= {self.dim}) so that X^T X "
                 f"is invertible, got {self.num_samples}"
             )
         X, _ = self._design
         if np.linalg.cond(X) > 1e6:  # practically never for Gaussian X with n >= p
-            raise ValueError(
+            raise ValidationError(
                 f"ShiftedLeastSquares.data_seed={self.data_seed} gives an ill-conditioned X; "
                 "pick another seed"
             )

@@ -42,7 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from learned_dco.tasks.base import TaskFamilyBase, check_fields
+from learned_dco.tasks.base import TaskFamilyBase
+from learned_dco.validation import check_fields, ValidationError
 from learned_dco.types import Array, Batch, Params, PRNGKey
 
 
@@ -78,7 +79,7 @@ class MatrixLeastSquares(TaskFamilyBase):
             nonnegative=("noise_std", "init_scale", "data_seed"),
         )
         if not (math.isfinite(self.condition) and self.condition >= 1):
-            raise ValueError(f"MatrixLeastSquares.condition must be a finite number >= 1, got {self.condition!r}")
+            raise ValidationError(f"MatrixLeastSquares.condition must be a finite number >= 1, got {self.condition!r}")
 
     @functools.cached_property
     def _sqrt_covariance(self) -> np.ndarray:

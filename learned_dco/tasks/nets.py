@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from learned_dco.validation import check_choice
 from learned_dco.types import Array, Params, PRNGKey
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
@@ -31,12 +32,8 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 
 
 def check_activation(obj: object, field: str = "activation") -> None:
-    """Raise ``ValueError`` naming ``field`` if it is not a key of ``ACTIVATIONS``."""
-    value = getattr(obj, field)
-    if value not in ACTIVATIONS:
-        raise ValueError(
-            f"{type(obj).__name__}.{field} must be one of {sorted(ACTIVATIONS)}, got {value!r}"
-        )
+    """Raise ``ValidationError`` naming ``field`` if it is not a key of ``ACTIVATIONS``."""
+    check_choice(obj, field, tuple(sorted(ACTIVATIONS)))
 
 
 def default_gain(activation: str) -> float:

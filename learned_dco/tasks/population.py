@@ -24,7 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from learned_dco.tasks.base import check_fields, check_range
+from learned_dco.validation import check_fields, check_range, ValidationError
 from learned_dco.tasks.regression import MLPRegression
 from learned_dco.types import Array, PRNGKey
 
@@ -91,7 +91,7 @@ class BevertonHolt(MLPRegression):
         check_range(self, "r0_range", lower=0.0)
         check_range(self, "k_range", lower=0.0)
         if not self.k_range[0] > 0:
-            raise ValueError(f"BevertonHolt.k_range must be > 0 (K divides), got {self.k_range!r}")
+            raise ValidationError(f"BevertonHolt.k_range must be > 0 (K divides), got {self.k_range!r}")
         check_range(self, "n_range", lower=0.0)
         self._check_network()
 

@@ -26,7 +26,11 @@ Families:
   ``h_i = i^-alpha``, log-spaced, or log-uniform random per task) and optionally a random
   orthogonal eigenbasis per task.
 
-In both, the task holds ``H``, a square root ``S`` of the noise covariance
+* ``Quadratic`` (M-L2O / Andrychowicz et al. 2016): the deterministic least-squares
+  quadratic ``||W x - y||^2`` with a random square ``W`` per task; its ``shift`` scales
+  ``W -> exp(shift) W`` (curvature by ``exp(2 shift)``) for out-of-distribution tests.
+
+In both NQM families, the task holds ``H``, a square root ``S`` of the noise covariance
 (``Sigma = S S^T``) and the initial point ``phi_0``; ``init_params`` returns ``phi_0`` (its
 key is unused), so tasks of the fixed-``H`` family differ by their starting point.
 """
@@ -34,13 +38,15 @@ key is unused), so tasks of the fixed-``H`` family differ by their starting poin
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from learned_dco.tasks.base import TaskFamilyBase, check_choice, check_fields
+from learned_dco.tasks.base import TaskFamilyBase
+from learned_dco.validation import check_choice, check_fields, ValidationError
 from learned_dco.types import Array, Batch, Params, PRNGKey
 
 STAR_HESSIAN: tuple[tuple[float, float], tuple[float, float]] = ((1.11, 0.596), (0.596, 0.486))
@@ -122,13 +128,13 @@ class NoisyQuadratic(_NoisyQuadraticBase):
         try:
             h = np.asarray(self.hessian, dtype=np.float64)
         except (TypeError, ValueError):
-            raise ValueError(f"NoisyQuadratic.hessian must be a square matrix, got {self.hessian!r}") from None
+            raise ValidationError(f"NoisyQuadratic.hessian must be a square matrix, got {self.hessian!r}") from None
         if h.ndim != 2 or h.shape[0] != h.shape[1] or h.shape[0] == 0:
-            raise ValueError(f"NoisyQuadratic.hessian must be a square matrix, got shape {h.shape}")
+            raise ValidationError(f"NoisyQuadratic.hessian must be a square matrix, got shape {h.shape}")
         if not np.allclose(h, h.T):
-            raise ValueError("NoisyQuadratic.hessian must be symmetric")
+            raise ValidationError("NoisyQuadratic.hessian must be symmetric")
         if np.linalg.eigvalsh(h).min() < -1e-12:
-            raise ValueError("NoisyQuadratic.hessian must be positive semi-definite")
+            raise ValidationError("NoisyQuadratic.hessian must be positive semi-definite")
         object.__setattr__(self, "hessian", tuple(tuple(float(v) for v in row) for row in h))
 
     @classmethod
@@ -193,7 +199,7 @@ class SpectralNoisyQuadratic(_NoisyQuadraticBase):
         )
         check_choice(self, "spectrum", ("power", "logspace", "loguniform"))
         if self.eig_min > self.eig_max:
-            raise ValueError(
+            raise ValidationError(
                 f"SpectralNoisyQuadratic.eig_min must be <= eig_max, got {self.eig_min} > {self.eig_max}"
             )
 
@@ -205,7 +211,7 @@ class SpectralNoisyQuadratic(_NoisyQuadraticBase):
         if self.spectrum == "logspace":
             return jnp.geomspace(self.eig_max, self.eig_min, self.dim)
         if key is None:
-            raise ValueError("spectrum='loguniform' needs a key")
+            raise ValidationError("spectrum='loguniform' needs a key")
         log_h = jax.random.uniform(
             key, (self.dim,), minval=jnp.log(self.eig_min), maxval=jnp.log(self.eig_max)
         )
@@ -225,3 +231,60 @@ class SpectralNoisyQuadratic(_NoisyQuadraticBase):
             hessian = jnp.diag(h)
         noise_sqrt = self.noise_std * jnp.eye(self.dim, dtype=phi0.dtype)
         return NoisyQuadraticTask(hessian, noise_sqrt, phi0)
+
+
+# --- M-L2O quadratic ---------------------------------------------------------------------
+
+
+class QuadraticTask(NamedTuple):
+    """One quadratic ``||W x - y||^2``."""
+
+    W: Array  # (dim, dim)
+    y: Array  # (dim,)
+
+
+@dataclasses.dataclass(frozen=True)
+class Quadratic(TaskFamilyBase):
+    """Random quadratic ``min_x ||W x - y||_2^2`` (Andrychowicz et al. 2016; M-L2O).
+
+    Math:
+      ``W_ij ~ N(0, exp(2 shift))``, ``y_i ~ N(0, 1)``, ``W`` square ``dim x dim``;
+      ``loss = ||W x - y||_2^2`` (sum, no 1/2, as in Andrychowicz et al.), minimiser
+      ``W^{-1} y`` (``jnp.linalg.lstsq``).
+
+    Attributes:
+      dim: size of ``W`` and ``x`` (Andrychowicz et al.: 10).
+      init_scale: ``x_0 ~ N(0, init_scale^2 I)`` (default 0.01).
+      shift: ``W -> exp(shift) W`` (see the module docstring).
+
+    Params: a ``(dim,)`` array.
+    """
+
+    dim: int = 10
+    init_scale: float = 0.01
+    shift: float = 0.0
+
+    source = "M-L2O (Yang et al., ICLR 2023) quadratic; Andrychowicz et al. 2016 setting"
+    has_optimum = True
+
+    def __post_init__(self):
+        check_fields(self, integer=("dim",), positive=("dim",), nonnegative=("init_scale",))
+        if not math.isfinite(self.shift):
+            raise ValidationError(f"Quadratic.shift must be finite, got {self.shift!r}")
+
+    def sample(self, key: PRNGKey) -> QuadraticTask:
+        kw, ky = jax.random.split(key)
+        W = math.exp(self.shift) * jax.random.normal(kw, (self.dim, self.dim))
+        y = jax.random.normal(ky, (self.dim,))
+        return QuadraticTask(W, y)
+
+    def init_params(self, key: PRNGKey, task: QuadraticTask) -> Array:
+        return self.init_scale * jax.random.normal(key, (self.dim,), task.W.dtype)
+
+    def loss(self, params: Params, task: QuadraticTask, batch: Batch | None = None) -> Array:
+        del batch  # deterministic
+        return jnp.sum(jnp.square(task.W @ params - task.y))
+
+    def optimum(self, task: QuadraticTask) -> Array:
+        """``W^{-1} y`` via ``jnp.linalg.lstsq``."""
+        return jnp.linalg.lstsq(task.W, task.y)[0]

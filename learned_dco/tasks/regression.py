@@ -11,20 +11,13 @@ from __future__ import annotations
 
 from learned_dco.tasks import nets
 from learned_dco.tasks.base import TaskFamilyBase
+from learned_dco.validation import positive_ints, set_field
 from learned_dco.types import Array, Batch, Params, PRNGKey, Task
 
 
 def normalise_hidden(obj: object, field: str = "hidden") -> None:
-    """Store ``field`` back as a tuple of positive ints; ``ValueError`` naming it otherwise."""
-    value = getattr(obj, field)
-    name = type(obj).__name__
-    try:
-        widths = tuple(value)
-    except TypeError:
-        raise ValueError(f"{name}.{field} must be a sequence of layer widths, got {value!r}") from None
-    if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w <= 0 for w in widths):
-        raise ValueError(f"{name}.{field} must be non-empty positive integers, got {value!r}")
-    object.__setattr__(obj, field, widths)
+    """Store ``field`` back as a tuple of positive ints; ``ValidationError`` naming it otherwise."""
+    set_field(obj, field, positive_ints(type(obj).__name__, field, getattr(obj, field)))
 
 
 class MLPRegression(TaskFamilyBase):

@@ -1,19 +1,13 @@
-"""Classic learning-to-optimize benchmarks used by M-L2O (Yang et al., ICLR 2023).
+"""LASSO task family of M-L2O (Yang et al., ICLR 2023) and a FISTA reference solver.
 
-The M-L2O paper evaluates on LASSO (``lambda = 0.005``), quadratics and Rosenbrock, each
-with a training distribution and shifted test distributions, but the text we have gives
-no sizes; the settings below are the standard ones of the L2O literature, documented per
-family and exposed as fields. Every family has a ``shift`` knob (default 0 = the training
-distribution) that moves the task distribution for out-of-distribution evaluation:
-
-* ``Lasso`` and ``Quadratic``: ``shift`` is the log of a scale factor on the design
-  matrix, ``A -> exp(shift) A``; this changes the curvature (Lipschitz constant) by
-  ``exp(2 shift)``, which is what an optimizer meta-trained at one gradient scale is
-  sensitive to. (The public M-L2O code builds its shifted optimizees the same way, by
-  changing the standard deviation of the matrix entries, e.g. 1, 0.5, 0.1.)
-* ``Rosenbrock``: ``shift`` offsets the mean of the initial-point distribution,
-  ``x_0 ~ N(shift * 1, init_std^2 I)``; the objective, hence its minimiser at ``1``, does
-  not move.
+The M-L2O paper evaluates on LASSO (``lambda = 0.005``) with a training distribution and
+shifted test distributions, but the text we have gives no sizes; the settings below are the
+standard ones of the L2O literature, documented and exposed as fields. ``shift`` (default
+0 = the training distribution) is the log of a scale factor on the design matrix,
+``A -> exp(shift) A``; this changes the curvature (Lipschitz constant) by ``exp(2 shift)``,
+which is what an optimizer meta-trained at one gradient scale is sensitive to. (The public
+M-L2O code builds its shifted optimizees the same way, by changing the standard deviation
+of the matrix entries, e.g. 1, 0.5, 0.1.)
 """
 
 from __future__ import annotations
@@ -25,11 +19,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from learned_dco.tasks.base import TaskFamilyBase, check_fields
+from learned_dco.tasks.base import TaskFamilyBase
 from learned_dco.types import Array, Batch, Params, PRNGKey
-
-# --- LASSO ------------------------------------------------------------------------------
-
+from learned_dco.validation import ValidationError, check_fields
 
 def soft_threshold(z: Array, threshold: Array) -> Array:
     """``prox_{t ||.||_1}(z) = sign(z) max(|z| - t, 0)``."""
@@ -141,9 +133,9 @@ class Lasso(TaskFamilyBase):
             nonnegative=("lam", "noise_std", "init_scale"),
         )
         if not 0.0 <= self.sparsity <= 1.0:
-            raise ValueError(f"Lasso.sparsity must lie in [0, 1], got {self.sparsity!r}")
+            raise ValidationError(f"Lasso.sparsity must lie in [0, 1], got {self.sparsity!r}")
         if not math.isfinite(self.shift):
-            raise ValueError(f"Lasso.shift must be finite, got {self.shift!r}")
+            raise ValidationError(f"Lasso.shift must be finite, got {self.shift!r}")
 
     def sample(self, key: PRNGKey) -> LassoTask:
         ka, km, kz, kn = jax.random.split(key, 4)
@@ -170,123 +162,4 @@ class Lasso(TaskFamilyBase):
         return lasso_solve(task.A, task.b, self.lam, self.solver_iters)
 
 
-# --- Quadratic ----------------------------------------------------------------------------
-
-
-class QuadraticTask(NamedTuple):
-    """One quadratic ``||W x - y||^2``."""
-
-    W: Array  # (dim, dim)
-    y: Array  # (dim,)
-
-
-@dataclasses.dataclass(frozen=True)
-class Quadratic(TaskFamilyBase):
-    """Random quadratic ``min_x ||W x - y||_2^2`` (Andrychowicz et al. 2016; M-L2O).
-
-    Math:
-      ``W_ij ~ N(0, exp(2 shift))``, ``y_i ~ N(0, 1)``, ``W`` square ``dim x dim``;
-      ``loss = ||W x - y||_2^2`` (sum, no 1/2, as in Andrychowicz et al.), minimiser
-      ``W^{-1} y`` (``jnp.linalg.lstsq``).
-
-    Attributes:
-      dim: size of ``W`` and ``x`` (Andrychowicz et al.: 10).
-      init_scale: ``x_0 ~ N(0, init_scale^2 I)`` (default 0.01).
-      shift: ``W -> exp(shift) W`` (see the module docstring).
-
-    Params: a ``(dim,)`` array.
-    """
-
-    dim: int = 10
-    init_scale: float = 0.01
-    shift: float = 0.0
-
-    source = "M-L2O (Yang et al., ICLR 2023) quadratic; Andrychowicz et al. 2016 setting"
-    has_optimum = True
-
-    def __post_init__(self):
-        check_fields(self, integer=("dim",), positive=("dim",), nonnegative=("init_scale",))
-        if not math.isfinite(self.shift):
-            raise ValueError(f"Quadratic.shift must be finite, got {self.shift!r}")
-
-    def sample(self, key: PRNGKey) -> QuadraticTask:
-        kw, ky = jax.random.split(key)
-        W = math.exp(self.shift) * jax.random.normal(kw, (self.dim, self.dim))
-        y = jax.random.normal(ky, (self.dim,))
-        return QuadraticTask(W, y)
-
-    def init_params(self, key: PRNGKey, task: QuadraticTask) -> Array:
-        return self.init_scale * jax.random.normal(key, (self.dim,), task.W.dtype)
-
-    def loss(self, params: Params, task: QuadraticTask, batch: Batch | None = None) -> Array:
-        del batch  # deterministic
-        return jnp.sum(jnp.square(task.W @ params - task.y))
-
-    def optimum(self, task: QuadraticTask) -> Array:
-        """``W^{-1} y`` via ``jnp.linalg.lstsq``."""
-        return jnp.linalg.lstsq(task.W, task.y)[0]
-
-
-# --- Rosenbrock ---------------------------------------------------------------------------
-
-
-def rosenbrock(x: Array, curvature: float = 100.0) -> Array:
-    """``sum_{i<d} (1 - x_i)^2 + curvature (x_{i+1} - x_i^2)^2``; minimum 0 at ``x = 1``."""
-    return jnp.sum(jnp.square(1.0 - x[:-1]) + curvature * jnp.square(x[1:] - jnp.square(x[:-1])))
-
-
-class RosenbrockTask(NamedTuple):
-    """One Rosenbrock start; the objective itself is shared."""
-
-    x0: Array  # (dim,) initial point
-
-
-@dataclasses.dataclass(frozen=True)
-class Rosenbrock(TaskFamilyBase):
-    """The (chained) Rosenbrock function from random starts (M-L2O's Rosenbrock).
-
-    Math:
-      ``f(x) = sum_{i=1}^{d-1} (1 - x_i)^2 + curvature (x_{i+1} - x_i^2)^2``, global minimum
-      ``f(1) = 0``. A task is a starting point ``x_0 ~ N(shift * 1, init_std^2 I)``
-      (the public M-L2O code uses ``d = 2`` and ``x_0 ~ N(0, I)``); ``init_params`` returns
-      it (its key is unused).
-
-    Attributes:
-      dim: dimension ``d >= 2`` (default 2).
-      curvature: weight of the valley term (default 100).
-      init_std: standard deviation of the start (default 1).
-      shift: mean of the start (see the module docstring).
-
-    Params: a ``(dim,)`` array.
-    """
-
-    dim: int = 2
-    curvature: float = 100.0
-    init_std: float = 1.0
-    shift: float = 0.0
-
-    source = "M-L2O (Yang et al., ICLR 2023) Rosenbrock benchmark"
-    has_optimum = True
-
-    def __post_init__(self):
-        check_fields(self, integer=("dim",), positive=("curvature",), nonnegative=("init_std",))
-        if self.dim < 2:
-            raise ValueError(f"Rosenbrock.dim must be >= 2, got {self.dim}")
-        if not math.isfinite(self.shift):
-            raise ValueError(f"Rosenbrock.shift must be finite, got {self.shift!r}")
-
-    def sample(self, key: PRNGKey) -> RosenbrockTask:
-        return RosenbrockTask(self.shift + self.init_std * jax.random.normal(key, (self.dim,)))
-
-    def init_params(self, key: PRNGKey, task: RosenbrockTask) -> Array:
-        """The task's start ``x_0`` (``key`` is unused)."""
-        del key
-        return task.x0
-
-    def loss(self, params: Params, task: RosenbrockTask, batch: Batch | None = None) -> Array:
-        del task, batch  # the objective does not depend on the task
-        return rosenbrock(params, self.curvature)
-
-    def optimum(self, task: RosenbrockTask) -> Array:
-        """``x = 1``."""
-        return jnp.ones_like(task.x0)
+__all__ = ["Lasso", "LassoTask", "l1_norm", "lasso_objective", "lasso_solve", "soft_threshold"]
