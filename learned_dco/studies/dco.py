@@ -26,7 +26,7 @@ from learned_dco.studies.dco_report import FIGURES, LABELS, plot_experiment, plo
 from learned_dco.studies.dco_theorem1 import run_theorem1
 
 NAME = "dco"
-PAPER = "Gautam, Pfrommer & Sojoudi, Meta-learning differentiable convex optimizers (DCO)"
+PAPER = "Gautam, Pfrommer & Sojoudi: Meta-Learning Parameterized First-Order Optimizers using Differentiable Convex Optimization"
 DESCRIPTION = "DCO paper: Figures 1-3 under both readings of Algorithm 1, Theorem 1, QP-backend check"
 QP_TOLERANCE = 1e-3  # relative agreement of the iterative and exact backends' curves
 

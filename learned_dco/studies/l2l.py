@@ -33,7 +33,7 @@ from learned_dco import stepsize_l2l as S
 from learned_dco.studies.common import Claim, _pyplot, write_study
 
 NAME = "l2l"
-PAPER = "Wang, Sun, Ge et al.: Guarantees for tuning the step size using a learning-to-learn approach (ICML 2021)"
+PAPER = "Wang et al.: Guarantees for Tuning the Step Size using a Learning-to-Learn Approach (ICML 2021)"
 
 HORIZONS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 STEPS = {"below 2/L (eta = 1.5/L)": 1.5, "above 2/L (eta = 2.5/L)": 2.5}

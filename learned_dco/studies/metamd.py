@@ -37,7 +37,7 @@ from learned_dco import tasks
 from learned_dco.studies.common import Claim, _pyplot, fmt, write_study
 
 NAME = "metamd"
-PAPER = "Gao, Sener, ... Hospedales et al.: Learning to optimize with convergence guarantees using meta mirror descent (MetaMD)"
+PAPER = "MetaMD: Principled Optimiser Meta-Learning for Deep Learning"
 
 GRID = tuple(float(x) for x in np.logspace(-3, 1, 17))
 

@@ -46,7 +46,7 @@ from learned_dco import tasks
 from learned_dco.studies.common import Claim, _pyplot, write_study
 
 NAME = "ml2o"
-PAPER = "Yang et al.: M-L2O: towards generalizable learning-to-optimize by test-time fast self-adaptation (ICLR 2023)"
+PAPER = "Yang et al.: M-L2O: Towards Generalizable Learning-to-Optimize by Test-Time Fast Self-Adaptation (ICLR 2023)"
 
 FAMILIES = {
     # name: (training family, shifted test family, what the shift does)
