@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 
 from learned_dco.studies.common import Claim, write_study
 from learned_dco.studies.dco_experiments import (BASELINE_NAMES, DCO_NAMES, Experiment, algorithm1,
