@@ -140,6 +140,9 @@ def write_study(out_dir: str | os.PathLike, *, study: str, paper: str, config: d
                 title: str | None = None) -> dict[str, Any]:
     """Write ``results.json`` and ``report.md`` (claims table first, then ``body``) to
     ``out_dir``; returns the validated results dict."""
+    clash = set(extra or {}) & (set(TOP_KEYS) | {"study", "paper"})
+    if clash:
+        raise ValueError(f"write_study: extra keys {sorted(clash)} would overwrite the schema's own keys")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = {"study": study, "paper": paper, "config": _jsonable(config), "versions": versions(),

@@ -332,4 +332,4 @@ def run(out_dir: str | Path = "results/star", *, quick: bool = False, seed: int 
         f"2/lambda_max = {nqm['stability_edge']:.3g}.", "", *nrows, ""])
     return write_study(out, study=NAME, paper=PAPER, config={"quick": quick, "seed": seed, **result["config"]},
                        claims=claims_for(result, nqm), seconds=time.perf_counter() - start_all, body=body,
-                       extra=result, title="STAR study")
+                       extra={k: v for k, v in result.items() if k != "config"}, title="STAR study")
