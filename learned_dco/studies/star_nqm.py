@@ -4,22 +4,18 @@ The 2-D noisy quadratic of STAR App. B.1 (``NoisyQuadratic.star()``: H of eq. A.
 phi_0 ~ N(0, 10 I), xi_t ~ N(0, I)); the update phi+ = phi - (alpha I + P) grad with the
 dense meta-parameter P held at 0; for 50 values of alpha in (0, 2/lambda_max(H)) and the
 horizons T, the trace of the covariance over 500 seeds of grad_P of the mean loss over T
-steps (``learned_dco.analysis.figure2a``). Writes ``star_nqm.json`` and ``star_nqm.png``
-(log-scale y) to ``benchmarks/results/``.
-
-    python -m benchmarks.star_nqm [--seeds 500] [--alphas 50] [--paper-horizons]
+steps (``learned_dco.analysis.figure2a``). Part of the STAR study
+(:mod:`learned_dco.studies.star`); ``figure2a()`` returns the data, ``plot`` draws it.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from benchmarks.common import RESULTS, write_json
 from learned_dco import analysis
 from learned_dco.tasks import NoisyQuadratic
 
@@ -52,37 +48,22 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=500, help="samples per alpha (App. B.1: 500)")
-    ap.add_argument("--alphas", type=int, default=50, help="grid size (App. B.1: 50)")
-    ap.add_argument("--paper-horizons", action="store_true", help="all 20 horizons of eq. A.31")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=str, default=None, help=f"output directory (default {RESULTS})")
-    args = ap.parse_args(argv)
-
+def figure2a(*, seed: int = 0, num_seeds: int = 500, num_alphas: int = 50, paper_horizons: bool = False) -> dict:
+    """Fig. 2a data and a per-horizon summary (min trace, its alpha, value at the largest alpha)."""
     family = NoisyQuadratic.star()
-    horizons = analysis.PAPER_HORIZONS if args.paper_horizons else analysis.DEFAULT_HORIZONS
+    horizons = analysis.PAPER_HORIZONS if paper_horizons else analysis.DEFAULT_HORIZONS
     start = time.perf_counter()
     result = analysis.figure2a(
-        np.asarray(family.hessian), jax.random.PRNGKey(args.seed), num_alphas=args.alphas,
-        num_seeds=args.seeds, horizons=horizons, init_var=family.init_var, noise_var=family.noise_std**2,
+        np.asarray(family.hessian), jax.random.PRNGKey(seed), num_alphas=num_alphas,
+        num_seeds=num_seeds, horizons=horizons, init_var=family.init_var, noise_var=family.noise_std**2,
     )
+    result = {k: (np.asarray(v).tolist() if hasattr(v, "shape") else v) for k, v in result.items()}
     result["seconds"] = time.perf_counter() - start
     var = np.asarray(result["trace_variance"])
     alphas = np.asarray(result["alphas"])
     result["summary"] = [
-        {"T": T, "min_alpha": float(alphas[np.argmin(row)]), "min": float(row.min()),
+        {"T": int(T), "min_alpha": float(alphas[np.argmin(row)]), "min": float(row.min()),
          "at_smallest_alpha": float(row[0]), "at_largest_alpha": float(row[-1])}
         for T, row in zip(result["horizons"], var)
     ]
-    path = write_json("star_nqm", result, args.out)
-    plot(result, path.with_suffix(".png"))
-    print(f"wrote {path} and {path.with_suffix('.png')} in {result['seconds']:.1f} s")
-    for s in result["summary"]:
-        print(f"T={s['T']:5d}: min {s['min']:.3g} at alpha={s['min_alpha']:.3f}; "
-              f"alpha={alphas[0]:.3f}: {s['at_smallest_alpha']:.3g}; alpha={alphas[-1]:.3f}: {s['at_largest_alpha']:.3g}")
-
-
-if __name__ == "__main__":
-    main()
+    return result

@@ -1,18 +1,21 @@
-"""Figures, the markdown report and ``results.json`` for ``learned-dco reproduce``."""
+"""Figures and markdown sections of the DCO study (:mod:`learned_dco.studies.dco`)."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-LABELS = {"dcog": "DCOG", "dcogd": "DCOGD", "dcom": "DCOM", "adam": "Adam", "sgd": "SGD", "rmsprop": "RMSProp"}
-STYLES = {"dcog": "-", "dcogd": "-", "dcom": "-", "adam": "--", "sgd": "--", "rmsprop": "--"}
+LABELS = {"dcog": "DCOG", "dcogd": "DCOGD", "dcom": "DCOM", "adam": "Adam", "sgd": "SGD", "rmsprop": "RMSProp",
+          "dcog_carry": "DCOG (carry)", "dcogd_carry": "DCOGD (carry)", "dcom_carry": "DCOM (carry)"}
+STYLES = {"dcog": "-", "dcogd": "-", "dcom": "-", "adam": "--", "sgd": "--", "rmsprop": "--",
+          "dcog_carry": "-.", "dcogd_carry": "-.", "dcom_carry": "-."}
 FIGURES = {"least_squares": ("figure1_least_squares.png", "Figure 1: 100-dimensional least squares"),
            "beverton_holt": ("figure2_beverton_holt.png", "Figure 2: Beverton-Holt system identification"),
+           "beverton_holt_noisy_val": ("figure2_beverton_holt_noisy_val.png",
+                                       "Figure 2 with noisy validation targets (as the paper samples them)"),
            "interpolation": ("figure3_interpolation.png", "Figure 3: smooth function interpolation")}
 
 
@@ -85,8 +88,10 @@ def experiment_table(result: dict[str, Any]) -> str:
         if opt in result["tuned_lr"]:
             lr, before = f"{result['tuned_lr'][opt]:.3g} (tuned)", "-"
         else:
-            lr = f"{result['dco_init_step'][opt]:.3g} (tuned init), meta-trained T={result['settings']['horizon']}"
-            before = _fmt(result["dco_init_curves"][opt]["mean"][-1])
+            base, _, protocol = opt.partition("_")
+            lr = (f"{result['dco_init_step'][base]:.3g} (tuned init), meta-trained T={result['settings']['horizon']}, "
+                  f"protocol {protocol or 'reset'}")
+            before = _fmt(result["dco_init_curves"][base]["mean"][-1])
         rows.append(f"| {LABELS.get(opt, opt)} | {lr} | {_fmt(m[0])} | {_fmt(m[1])} | {_fmt(m[-1])} (± {_fmt(s[-1])}) "
                     f"| {before} |")
     ext = result.get("extension")
@@ -104,10 +109,12 @@ def verdicts(name: str, result: dict[str, Any]) -> list[str]:
     best = result["best_baseline"]
     b = result["final"][best]
     lines = []
-    for opt, wins in result["dco_wins"].items():
-        verb = "beats or matches" if wins else "does NOT beat"
-        lines.append(f"- {LABELS[opt]} (paper protocol) {verb} the best tuned baseline ({LABELS[best]}) at the "
-                     f"final step: {_fmt(result['final'][opt])} vs {_fmt(b)}.")
+    for protocol, wins_p in result["wins"].items():
+        for opt, wins in wins_p.items():
+            key = opt if protocol == "reset" else f"{opt}_{protocol}"
+            verb = "beats or matches" if wins else "does NOT beat"
+            lines.append(f"- {LABELS[opt]} (protocol {protocol}) {verb} the best tuned baseline ({LABELS[best]}) at "
+                         f"the final step: {_fmt(result['final'][key])} vs {_fmt(b)}.")
     ext = result.get("extension")
     if ext:
         for opt, wins in ext["wins"].items():
@@ -117,20 +124,25 @@ def verdicts(name: str, result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_report(results: dict[str, Any], out: Path, figures: dict[str, str]) -> Path:
-    lines = ["# DCO paper reproduction", "",
-             f"Command: `{results['config']['command']}` (seed {results['config']['seed']}, "
-             f"{'quick' if results['config']['quick'] else 'full'} sizes); {results['seconds']:.0f} s "
-             f"on {results['versions']['backend']} ({results['versions']['devices']}).", ""]
+def sections(results: dict[str, Any], figures: dict[str, str]) -> list[str]:
+    """The per-experiment and Theorem 1 sections of the report (markdown lines)."""
+    lines = []
     for name, result in results["experiments"].items():
         st = result["settings"]
         lines += [f"## {FIGURES.get(name, (None, name))[1]}", "",
                   f"![{name}]({figures[name]})", "",
                   f"{st['num_train']} meta-training tasks, {st['num_test']} new tasks, T = {st['horizon']}, "
                   f"M = {st['meta_epochs']} meta-epochs, RMSProp (lr {st['meta_lr']}), normalised inner "
-                  f"gradients = {st['normalize']}; baselines tuned on the training tasks over the grid "
-                  f"{min(st['grid']):.0e} ... {max(st['grid']):.0e} ({len(st['grid'])} log-spaced points).", "",
+                  f"gradients = {st['normalize']}, protocols {', '.join(st['protocols'])}; baselines tuned on the "
+                  f"training tasks over the grid {min(st['grid']):.0e} ... {max(st['grid']):.0e} "
+                  f"({len(st['grid'])} log-spaced points).", "",
                   experiment_table(result), "", *verdicts(name, result), ""]
+        if result.get("qp_check"):
+            q = result["qp_check"]
+            lines += [f"Iterative QP backend `solver={q['solver']!r}` (jaxopt), reset protocol, against the default "
+                      "exact backend: maximum relative difference of the mean validation curve over all steps: "
+                      + ", ".join(f"{LABELS[n]} {_fmt(v['max_rel_diff'])}" for n, v in q["optimizers"].items())
+                      + ".", ""]
     th = results["theorem1"]
     lines += ["## Theorem 1 (DCOGD on shifted least squares, T = 1, MetaOpt = GD)", "",
               f"![theorem1]({figures['theorem1']})", "",
@@ -140,14 +152,4 @@ def write_report(results: dict[str, Any], out: Path, figures: dict[str, str]) ->
               f"(relative {th['relative_gap_final']:.2e}); fitted geometric rate {th['rate']:.5f} per meta-step "
               f"(theoretical bound {th['rate_bound']:.5f}).",
               f"- ||B - B*||_F / ||B*||_F = {th['rel_error_B']:.2e} with B* = 1/2 (X^T X)^-1.", ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
-
-
-def write_results(results: dict[str, Any], out: Path) -> Path:
-    path = out / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, allow_nan=True))
-    tmp.replace(path)
-    return path
+    return lines

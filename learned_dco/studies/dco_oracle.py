@@ -6,21 +6,26 @@ meta-training a scalar step could achieve (DCOG's per-weight steps cannot beat a
 step here: X has i.i.d. Gaussian entries, so the task distribution is invariant under
 rotations of theta and the best per-weight step is the same for every weight).
 
-    python -m benchmarks.dco_oracle [--tasks 100] [--steps 30]
+    python -m learned_dco.studies.dco_oracle [--tasks 100] [--steps 30] [--out DIR]
+
+(part of the DCO study's evidence, not run by ``learned-dco reproduce``: ~50 tuning sweeps
+over 100 tasks; writes ``dco_oracle.json`` to ``--out``, default ``results/dco``).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import learned_dco as ldco
-from benchmarks.common import table, write_json
 from learned_dco import meta, tasks
+from learned_dco.studies.common import versions
 
 GRID = tuple(float(x) for x in np.logspace(-5, 1, 49))
 
@@ -38,7 +43,7 @@ def main(argv=None):
     ap.add_argument("--tasks", type=int, default=100)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default="results/dco")
     args = ap.parse_args(argv)
 
     family = tasks.LeastSquares()
@@ -57,10 +62,12 @@ def main(argv=None):
         sweep(f"dcog (scalar lam, normalize={normalize})", functools.partial(_dcog, normalize))
         for m in (0.05, 0.1, 0.2, 0.3, 0.5, 0.7):
             sweep(f"dcom (M={m}, normalize={normalize})", functools.partial(_dcom, normalize, m))
-    print()
-    print(table(rows, ["optimizer", "best_step", "loss_at_final"]))
-    path = write_json("dco_oracle", {"tasks": args.tasks, "steps": args.steps, "grid": list(GRID), "rows": rows}, args.out)
-    print(f"\nwrote {path}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "dco_oracle.json"
+    path.write_text(json.dumps({"tasks": args.tasks, "steps": args.steps, "grid": list(GRID), "rows": rows,
+                                "versions": versions()}, indent=1))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Step-size learning-to-learn (Wang et al., ICML 2021), measured.
+"""Step-size learning-to-learn study (Wang et al., ICML 2021): each claim measured.
 
 1. Meta-gradient magnitude |d/d log eta| vs horizon t (1 ... 1000) on a quadratic
    (d = 20, eigenvalues evenly spread in [0.1, 1], so L = 1, f* = 0), for a step below
@@ -13,14 +13,13 @@
    Default size d = 200, n = 100 (scaled 1/5 from the paper); ``--paper`` runs the paper's
    d = 1000, n = 500 (250 + 250), t = 40. Also the learned eta against the horizon t.
 
-    python -m benchmarks.stepsize_l2l [--paper] [--tasks 8] [--out DIR]
-
-Writes ``stepsize_l2l.json`` and ``stepsize_l2l.png`` to ``benchmarks/results`` (or --out).
+Quick mode (``learned-dco reproduce l2l --quick``): d = 200, n = 100 (1/5 of the paper);
+full mode: the paper's d = 1000, n = 500. Writes ``l2l.png``, ``report.md`` and
+``results.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import time
@@ -30,8 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import RESULTS, write_json
 from learned_dco import stepsize_l2l as S
+from learned_dco.studies.common import Claim, _pyplot, write_study
+
+NAME = "l2l"
+PAPER = "Wang et al.: Guarantees for Tuning the Step Size using a Learning-to-Learn Approach (ICML 2021)"
 
 HORIZONS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 STEPS = {"below 2/L (eta = 1.5/L)": 1.5, "above 2/L (eta = 2.5/L)": 2.5}
@@ -60,7 +62,7 @@ def _finite_or_none(x):
     return abs(x) if math.isfinite(x) else None
 
 
-def gradient_vs_horizon() -> dict:
+def gradient_vs_horizon(horizons=HORIZONS) -> dict:
     out = {}
     with jax.enable_x64(True):
         for dtype_name, dtype in (("float32", jnp.float32), ("float64", jnp.float64)):
@@ -71,16 +73,16 @@ def gradient_vs_horizon() -> dict:
             for label, scale in STEPS.items():
                 le = jnp.asarray(math.log(scale / L), dtype)
                 series = {k: [] for k in ("last_naive", "log_naive", "log_stable", "log_spectral_float64")}
-                for t in HORIZONS:
+                for t in horizons:
                     g = _grads(le, w0, problem, t)
                     for k, v in g.items():
                         series[k].append(_finite_or_none(v))
                     ref = jax.grad(S.log_loss_spectral)(jnp.float64(math.log(scale / L)), ref_w0, ref_problem, t)
                     series["log_spectral_float64"].append(_finite_or_none(ref))
-                first_bad = {k: next((t for t, v in zip(HORIZONS, vs) if v is None), None) for k, vs in series.items()}
+                first_bad = {k: next((t for t, v in zip(horizons, vs) if v is None), None) for k, vs in series.items()}
                 ref = series["log_spectral_float64"]
                 first_wrong = {  # non-finite, or more than 1% off the closed-form gradient
-                    k: next((t for t, v, r in zip(HORIZONS, series[k], ref)
+                    k: next((t for t, v, r in zip(horizons, series[k], ref)
                              if v is None or abs(v - r) > 1e-2 * abs(r)), None)
                     for k in ("log_naive", "log_stable")
                 }
@@ -88,7 +90,7 @@ def gradient_vs_horizon() -> dict:
                 rows[label] = {"eta_times_L": scale, "abs_grad": series, "first_nonfinite_t": first_bad,
                                "first_wrong_t": first_wrong, "derived_bound": bound}
             out[dtype_name] = rows
-    return {"horizons": list(HORIZONS), "L": 1.0, "dim": 20, "by_dtype": out}
+    return {"horizons": list(horizons), "L": 1.0, "dim": 20, "by_dtype": out}
 
 
 def _held_out(log_eta, problems, tasks, t):
@@ -98,8 +100,8 @@ def _held_out(log_eta, problems, tasks, t):
             float(jnp.mean(jax.vmap(S.loss)(w, problems))))
 
 
-def train_vs_validation(dim: int, n: int, t: int, num_tasks: int, steps: int, horizons) -> dict:
-    key_train, key_test = jax.random.split(jax.random.PRNGKey(0))
+def train_vs_validation(dim: int, n: int, t: int, num_tasks: int, steps: int, horizons, seed: int = 0) -> dict:
+    key_train, key_test = jax.random.split(jax.random.PRNGKey(seed))
     tasks = S.sample_regression(key_train, num_tasks, dim, n)
     test = S.sample_regression(key_test, num_tasks, dim, n)
     full, (train, val) = S.all_samples(tasks), S.split(tasks, n // 2)
@@ -138,10 +140,7 @@ def train_vs_validation(dim: int, n: int, t: int, num_tasks: int, steps: int, ho
 
 
 def plot(data: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, axes = plt.subplots(1, 5, figsize=(24, 4.2))
     hz = data["gradients"]["horizons"]
@@ -170,37 +169,94 @@ def plot(data: dict, path: Path) -> None:
     axes[4].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--paper", action="store_true", help="d = 1000, n = 500 (250 + 250), t = 40")
-    parser.add_argument("--tasks", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=300, help="Adam meta-steps on log eta")
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    dim, n = (1000, 500) if args.paper else (200, 100)
-    data = {"gradients": gradient_vs_horizon(),
-            "train_vs_validation": train_vs_validation(dim, n, 40, args.tasks, args.steps, (10, 20, 40, 80, 160))}
-    data["seconds"] = time.perf_counter() - start
-    out = Path(args.out) if args.out else RESULTS
-    path = write_json("stepsize_l2l", data, out)
-    plot(data, out / "stepsize_l2l.png")
+def claims_for(data: dict) -> list[Claim]:
+    g = data["gradients"]["by_dtype"]["float64"]
+    below, above = g["below 2/L (eta = 1.5/L)"], g["above 2/L (eta = 2.5/L)"]
+    hz = data["gradients"]["horizons"]
+    lb, la = below["abs_grad"]["last_naive"], above["abs_grad"]["last_naive"]
+    vanish = lb[-1] is not None and lb[-1] < 1e-10 * lb[0] if lb[0] else False
+    explode = la[-1] is None or la[-1] > 1e30
+    claims = [Claim(
+        "last_iterate_vanish_explode", "meta-gradients of f(w_t) vanish for eta < 2/L and explode for eta > 2/L",
+        "polynomially small / exponentially large in t (Thm 3)",
+        f"float64 |grad| from t={hz[0]} to t={hz[-1]}: eta=1.5/L {lb[0]:.3g} -> {lb[-1]}, "
+        f"eta=2.5/L {la[0]:.3g} -> {la[-1] if la[-1] is not None else 'inf'}",
+        "reproduced" if vanish and explode else ("partly" if vanish or explode else "not reproduced"),
+        "l2l.png panels 1-4; results.json gradients")]
+    stable_ok = all(row["first_wrong_t"]["log_stable"] is None
+                    and all(v is not None and v <= row["derived_bound"] * (1 + 1e-6) for v in row["abs_grad"]["log_stable"])
+                    for rows in data["gradients"]["by_dtype"].values() for row in rows.values())
+    claims.append(Claim(
+        "log_objective_bounded", "(1/t) log f(w_t) has bounded meta-gradients at every t, computed stably",
+        "bounded (Thm 4)", "stable gradient matches the closed form and stays below the derived bound at every t, "
+        "float32 and float64" if stable_ok else "stable gradient off the closed form or above the bound somewhere",
+        "reproduced" if stable_ok else "not reproduced", "results.json gradients.*.*.first_wrong_t"))
+    naive_bad = {dt: {lbl: row["first_wrong_t"]["log_naive"] for lbl, row in rows.items()}
+                 for dt, rows in data["gradients"]["by_dtype"].items()}
+    any_bad = any(v is not None for rows in naive_bad.values() for v in rows.values())
+    claims.append(Claim(
+        "naive_backprop_fails", "naive backprop of (1/t) log f still overflows / loses accuracy",
+        "needs a numerically stable computation (Sec. 4)",
+        "first t more than 1% off or non-finite: " + "; ".join(
+            f"{dt} eta={'1.5' if '1.5' in lbl else '2.5'}/L: {v}" for dt, rows in naive_bad.items() for lbl, v in rows.items()),
+        "reproduced" if any_bad else "not reproduced", "results.json gradients.*.*.first_wrong_t.log_naive"))
     tv = data["train_vs_validation"]
-    for dt, rows in data["gradients"]["by_dtype"].items():
-        for label, row in rows.items():
-            print(f"{dt} {label}: first non-finite t {row['first_nonfinite_t']}, first t off the closed form by "
-                  f">1% {row['first_wrong_t']}, bound {row['derived_bound']:.3g}, "
-                  f"stable |grad| at t=1000 {row['abs_grad']['log_stable'][-1]}")
+    sweep = tv["eta_vs_t"]
+    tbt = [r["eta_tbt"] for r in sweep]
+    tbv_t = [r["eta_tbv_times_t"] for r in sweep]
+    const_tbt = max(tbt) / min(tbt) < 1.5
+    const_tbv = max(tbv_t) / min(tbv_t) < 1.5
+    overfit = tv["train_by_train"]["population_loss_gd_on_all_n"] > tv["train_by_validation"]["population_loss_gd_on_all_n"]
+    s = tv["setting"]
+    claims.append(Claim(
+        "tbt_vs_tbv", "with few samples, train-by-train picks eta = Theta(1) and overfits; train-by-validation picks "
+        "eta = Theta(1/t) and generalises better (Thm 5-6)", "Theta(1) vs Theta(1/t); TbV better held-out",
+        f"d={s['dim']}, n={s['n']}, t={s['t']}: eta_TbT {min(tbt):.3g}-{max(tbt):.3g} over t="
+        f"{sweep[0]['t']}..{sweep[-1]['t']}; eta_TbV*t {min(tbv_t):.3g}-{max(tbv_t):.3g}; held-out loss TbT "
+        f"{tv['train_by_train']['population_loss_gd_on_all_n']:.4g} vs TbV "
+        f"{tv['train_by_validation']['population_loss_gd_on_all_n']:.4g}",
+        "reproduced" if const_tbt and const_tbv and overfit else ("partly" if overfit else "not reproduced"),
+        "l2l.png panel 5; results.json train_vs_validation"))
+    if s["dim"] < 1000:
+        claims.append(Claim("paper_size", "the same at the paper's d = 1000, n = 500", "Sec. 6",
+                            f"run at d={s['dim']}, n={s['n']} (quick)", "not testable here",
+                            "full mode runs d=1000, n=500"))
+    return claims
+
+
+def run(out_dir: str | Path = "results/l2l", *, quick: bool = False, seed: int = 0, log=print,
+        size: dict | None = None) -> dict:
+    """Run the study; ``size`` overrides ``dim``/``n``/``tasks``/``steps``/``horizons``/``grad_horizons``."""
+    start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = dict(dim=200, n=100, tasks=8, steps=300, t=40, horizons=(10, 20, 40, 80, 160), grad_horizons=HORIZONS)
+    if not quick:
+        cfg.update(dim=1000, n=500)
+    cfg.update(size or {})
+    data = {"gradients": gradient_vs_horizon(tuple(cfg["grad_horizons"])),
+            "train_vs_validation": train_vs_validation(cfg["dim"], cfg["n"], cfg["t"], cfg["tasks"], cfg["steps"],
+                                                       tuple(cfg["horizons"]), seed=seed)}
+    plot(data, out / "l2l.png")
+    tv = data["train_vs_validation"]
+    rows = ["| | learned eta | eta L | eta t | held-out (population) loss | training loss |", "|---|---|---|---|---|---|"]
     for name in ("train_by_train", "train_by_validation"):
         r = tv[name]
-        print(f"{name}: eta={r['eta']:.4g} (eta*L={r['eta_times_L']:.3g}, eta*t={r['eta_times_t']:.3g}) "
-              f"population loss {r['population_loss_gd_on_all_n']:.4g} (train loss {r['train_loss_gd_on_all_n']:.3g})")
-    print("eta vs t:", [(r["t"], round(r["eta_tbt"], 4), round(r["eta_tbv"], 5)) for r in tv["eta_vs_t"]])
-    print(f"wrote {path} in {data['seconds']:.0f} s")
-    return data
-
-
-if __name__ == "__main__":
-    main()
+        rows.append(f"| {name.replace('_', '-')} | {r['eta']:.4g} | {r['eta_times_L']:.3g} | {r['eta_times_t']:.3g} | "
+                    f"{r['population_loss_gd_on_all_n']:.4g} | {r['train_loss_gd_on_all_n']:.3g} |")
+    grow = ["| dtype | step | first t non-finite (f(w_t) / naive log / stable log) | derived bound |", "|---|---|---|---|"]
+    for dt, rws in data["gradients"]["by_dtype"].items():
+        for lbl, r in rws.items():
+            fb = r["first_nonfinite_t"]
+            grow.append(f"| {dt} | {lbl} | {fb['last_naive']} / {fb['log_naive']} / {fb['log_stable']} | "
+                        f"{r['derived_bound']:.3g} |")
+    body = "\n".join(["## Meta-gradients against the horizon, and train-by-train vs train-by-validation", "",
+                       "![l2l](l2l.png)", "", *grow, "", *rows, "",
+                       "eta against t: " + ", ".join(f"t={r['t']}: TbT {r['eta_tbt']:.3g}, TbV {r['eta_tbv']:.3g}"
+                                                     for r in tv["eta_vs_t"]), ""])
+    config = {"quick": quick, "seed": seed, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}}
+    return write_study(out, study=NAME, paper=PAPER, config=config, claims=claims_for(data),
+                       seconds=time.perf_counter() - start, body=body, extra=data, title="Step-size L2L study")
