@@ -43,16 +43,23 @@ TARGET = 30.0
 OPTIMIZERS = {"dcog": ldco.DCOG, "dcom": ldco.DCOM}
 
 
-def literal_algorithm_1(lopt, family, pool, init_seed: int, horizon: int):
-    """``meta_step(meta, opt_state) -> (meta, opt_state, l_total)`` and ``meta_gradient``,
-    per DCO Algorithm 1, eager and per task."""
+def _tasks_and_starts(family, pool, init_seed: int):
+    """The pool's tasks as a list and their initial parameters, the same as FullUnroll's:
+    task ``i`` starts from ``fold_in(init_seed, i)``."""
     n = jax.tree.leaves(pool)[0].shape[0]
     task_list = [jax.tree.map(lambda x: x[i], pool) for i in range(n)]
-    # the same initial parameters as FullUnroll: task i starts from fold_in(init_seed, i)
     starts = [
         family.init_params(jax.random.split(jax.random.fold_in(jax.random.PRNGKey(init_seed), i))[0], task)
         for i, task in enumerate(task_list)
     ]
+    return task_list, starts
+
+
+def literal_algorithm_1(lopt, family, pool, init_seed: int, horizon: int):
+    """``meta_step(meta, opt_state) -> (meta, opt_state, l_total)`` and ``meta_gradient``,
+    per DCO Algorithm 1, eager and per task (a literal Python loop: the reference)."""
+    task_list, starts = _tasks_and_starts(family, pool, init_seed)
+    n = len(task_list)
     grad_loss = jax.grad(family.loss)
 
     def l_total(phi):
@@ -73,23 +80,17 @@ def literal_algorithm_1(lopt, family, pool, init_seed: int, horizon: int):
 
 def per_task_jit(lopt, family, pool, init_seed: int, horizon: int):
     """The same loop over tasks, but each task's ``T``-step unroll and its meta-gradient are
-    one jitted call (no vmap): what vectorising over tasks adds on top of compiling."""
-    n = jax.tree.leaves(pool)[0].shape[0]
-    task_list = [jax.tree.map(lambda x: x[i], pool) for i in range(n)]
-    starts = [
-        family.init_params(jax.random.split(jax.random.fold_in(jax.random.PRNGKey(init_seed), i))[0], task)
-        for i, task in enumerate(task_list)
-    ]
+    one jitted call (no vmap; the library's inner loop): what vectorising over tasks adds
+    on top of compiling."""
+    task_list, starts = _tasks_and_starts(family, pool, init_seed)
+    n = len(task_list)
 
     @jax.jit
     @jax.value_and_grad
     def task_loss(phi, theta, task):
         opt = lopt.opt_fn(phi)
-        state = opt.init(theta)
-        for _ in range(horizon):
-            updates, state = opt.update(jax.grad(family.loss)(theta, task, None), state, theta)
-            theta = optax.apply_updates(theta, updates)
-        return family.val_loss(theta, task)
+        start = meta.InnerState(theta, opt.init(theta), task, jnp.zeros((), jnp.int32), None)
+        return family.val_loss(meta.inner_loop(opt, family, start, horizon)[0].params, task)
 
     def meta_gradient(phi):
         total, grad = 0.0, jax.tree.map(jnp.zeros_like, phi)

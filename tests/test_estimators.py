@@ -49,13 +49,13 @@ def _segments(phase):
     return (phase + np.arange(T)) // K
 
 
-def _smoothed_grad(phi, phase, per_segment, nodes=6):
+def _smoothed_grad(phi, phase, per_segment, nodes=6, sigma=SIGMA):
     """d/dphi E_eps[J(phi + eps_segment)] with independent (PES) or shared (ES) eps."""
     seg = _segments(phase)
     n_seg = int(seg[-1]) + 1 if per_segment else 1
     x, w = np.polynomial.hermite.hermgauss(nodes)
     grid = np.array(list(itertools.product(range(nodes), repeat=n_seg)))
-    eps = np.sqrt(2.0) * SIGMA * x[grid]  # (nodes^n_seg, n_seg)
+    eps = np.sqrt(2.0) * sigma * x[grid]  # (nodes^n_seg, n_seg)
     weight = np.prod(w[grid], axis=1) / np.pi ** (n_seg / 2)
     seg_index = seg if per_segment else np.zeros(T, int)
 
@@ -69,17 +69,18 @@ def _smoothed_grad(phi, phase, per_segment, nodes=6):
 # --- running an estimator with the meta-parameters held fixed ----------------------------
 
 
-def _collect(estimator, num_tasks, warmup, steps, seed=0):
+def _collect(estimator, num_tasks, warmup, steps, seed=0, lopt=LOPT):
     """Per-task estimates over ``steps`` truncations after ``warmup`` ones."""
     params = FAMILY.init_params(None, FAMILY.sample(jax.random.PRNGKey(0)))
-    theta = LOPT.init(None, params)
-    state = estimator.init(LOPT, FAMILY, theta, jax.random.PRNGKey(seed))
+    theta = lopt.init(None, params)
+    bound = estimator.bind(lopt, FAMILY)
+    state = bound.init(theta, jax.random.PRNGKey(seed))
     offsets = np.asarray(state.plus.step if isinstance(state, meta.ESState) else state.step)
 
     @jax.jit
     def run(state, key):
         def body(state, k):
-            est, state = estimator.estimate(LOPT, FAMILY, theta, state, k)
+            est, state = bound(theta, state, k)
             return state, est.grad["log_lr"]
 
         return jax.lax.scan(body, state, jax.random.split(key, warmup + steps))
@@ -88,36 +89,59 @@ def _collect(estimator, num_tasks, warmup, steps, seed=0):
     return np.asarray(grads[warmup:]), offsets, float(theta["log_lr"])
 
 
-def _check_unbiased(grads, reference, z=4.0, power=0.15):
+def _check_unbiased(grads, reference, z=4.0, power=0.15, plain=None, separation=5.0):
+    """|mean - reference| < z standard errors, after checking the test's power: the
+    standard error is below ``power`` x |reference| and, if given, the ``plain``
+    (unsmoothed) gradient lies at least ``separation`` standard errors from the reference."""
     per_task = grads.mean(axis=0)  # tasks are independent; truncations within one are not
     mean = per_task.mean()
     se = per_task.std(ddof=1) / np.sqrt(per_task.size)
     assert se < power * abs(reference), f"test has no power: se={se:.3g}, reference={reference:.3g}"
+    if plain is not None:
+        assert abs(plain - reference) > separation * se, f"smoothed {reference:.5g} vs plain {plain:.5g}: se {se:.3g}"
     assert abs(mean - reference) < z * se, f"mean {mean:.5g} vs exact {reference:.5g} (se {se:.3g})"
     return mean, se
 
 
-def _pes_check(num_tasks, episodes, power):
-    est = meta.PES(horizon=T, truncation=K, num_tasks=num_tasks, sigma=SIGMA, meta_loss="mean_train")
-    grads, offsets, phi = _collect(est, num_tasks, warmup=T // K, steps=episodes * T // K)
+# ES/PES bias tests: a step size where smoothing matters (lr 0.3, sigma 0.25: the smoothed
+# gradients are 12% (PES) and 9% (ES) above the plain one) and 32768 tasks x 8 episodes.
+LR_SMOOTH, SIGMA_SMOOTH, TASKS_SMOOTH, EPISODES_SMOOTH = 0.3, 0.25, 32768, 8
+LOPT_SMOOTH = ldco.LearnedStepSize(learning_rate=LR_SMOOTH)
+
+
+def _plain_grad(phi):
+    return float(jax.grad(lambda p: _episode_objective(jnp.full(T, p)))(phi))
+
+
+def _pes_check(num_tasks, episodes, *, sigma=SIGMA, lopt=LOPT, z=4.0, power=0.15, separation=None):
+    est = meta.PES(horizon=T, truncation=K, num_tasks=num_tasks, sigma=sigma, meta_loss="mean_train")
+    grads, offsets, phi = _collect(est, num_tasks, warmup=T // K, steps=episodes * T // K, lopt=lopt)
     phases = (-offsets) % K  # where each task's episodes start inside a truncation
-    exact = {p: _smoothed_grad(phi, p, per_segment=True) for p in np.unique(phases)}
+    exact = {p: _smoothed_grad(phi, p, per_segment=True, sigma=sigma) for p in np.unique(phases)}
     reference = float(np.mean([exact[p] for p in phases]))
     assert len(exact) == K  # every boundary position is exercised, mid-truncation ones too
-    _check_unbiased(grads, reference, power=power)
+    plain = None if separation is None else _plain_grad(phi)
+    return _check_unbiased(grads, reference, z=z, power=power, plain=plain, separation=separation or 0.0)
 
 
 def test_pes_is_unbiased_for_the_smoothed_full_horizon_gradient(x64):
-    """2048 tasks x 32 episodes: standard error ~1% of the gradient, |bias| < 4 se. (An
-    accumulator never reset at episode boundaries fails here: its mean is 18% low and its
-    standard error triples.)"""
-    _pes_check(2048, 32, power=0.015)
+    """32768 tasks x 8 episodes at lr 0.3, sigma 0.25: standard error 0.95% of the
+    gradient (asserted < 0.97%), |bias| < 3.5 se. Power: a 5% bias is >= 5.15 se, caught
+    with probability >= 95%; the plain (unsmoothed) gradient is 14.7 se away (asserted
+    >= 5 se), so an estimator of the plain gradient fails. Seen to fail when the estimate
+    is scaled by 1.05 and when the accumulator is not reset at episode boundaries."""
+    _pes_check(TASKS_SMOOTH, EPISODES_SMOOTH, sigma=SIGMA_SMOOTH, lopt=LOPT_SMOOTH, z=3.5, power=0.0097,
+               separation=5.0)
 
 
 def test_es_is_unbiased_for_the_smoothed_full_horizon_gradient(x64):
-    est = meta.ES(horizon=T, truncation=K, num_tasks=512, sigma=SIGMA, meta_loss="mean_train")
-    grads, _, phi = _collect(est, 512, warmup=T // K, steps=8 * T // K)
-    _check_unbiased(grads, _smoothed_grad(phi, 0, per_segment=False))
+    """32768 tasks x 8 episodes at lr 0.3, sigma 0.25: standard error 0.87% of the
+    gradient (asserted < 0.9%), |bias| < 3.5 se. Power: a 5% bias is >= 5.5 se, caught
+    with probability >= 98%; the plain gradient is 10.8 se away (asserted >= 5 se)."""
+    est = meta.ES(horizon=T, truncation=K, num_tasks=TASKS_SMOOTH, sigma=SIGMA_SMOOTH, meta_loss="mean_train")
+    grads, _, phi = _collect(est, TASKS_SMOOTH, warmup=T // K, steps=EPISODES_SMOOTH * T // K, lopt=LOPT_SMOOTH)
+    reference = _smoothed_grad(phi, 0, per_segment=False, sigma=SIGMA_SMOOTH)
+    _check_unbiased(grads, reference, z=3.5, power=0.009, plain=_plain_grad(phi), separation=5.0)
 
 
 def test_truncated_bptt_bias_is_visible(x64):

@@ -9,6 +9,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import learned_dco as ldco
@@ -70,19 +71,30 @@ def _pool_with_nan(n):
 
 
 def test_planted_nan_task_does_not_corrupt_meta_params():
+    """Plain SGD as meta-optimizer, so the applied update is proportional to the averaged
+    gradient: averaging over all 9 tasks instead of the 8 finite ones (x 8/9) fails here."""
     clean, planted = _pool_with_nan(8)
     est_clean = meta.FullUnroll(horizon=3, num_tasks=8)
     est_planted = meta.FullUnroll(horizon=3, num_tasks=9)
-    t_clean, t_planted = _trainer(est_clean, clean), _trainer(est_planted, planted)
+    sgd = optax.sgd(0.05)
+    t_clean, t_planted = _trainer(est_clean, clean, meta_optimizer=sgd), _trainer(est_planted, planted, meta_optimizer=sgd)
     s_clean, s_planted = t_clean.init(jax.random.PRNGKey(0)), t_planted.init(jax.random.PRNGKey(0))
+    start = s_clean.meta
     for _ in range(3):
+        # meta_gradient masks like the step: the finite tasks' mean, not NaN, not x 8/9.
+        g_clean, g_planted = t_clean.meta_gradient(s_clean), t_planted.meta_gradient(s_planted)
+        for a, b in zip(jax.tree.leaves(g_clean), jax.tree.leaves(g_planted)):
+            np.testing.assert_allclose(b, a, rtol=1e-5)
         s_clean, _ = t_clean.step(s_clean)
         s_planted, m = t_planted.step(s_planted)
         assert int(m.nonfinite_tasks) == 1 and not bool(m.skipped)
         assert np.isfinite(float(m.meta_loss))
-    # The NaN task is dropped from the average: same meta-parameters as without it.
-    for a, b in zip(jax.tree.leaves(s_clean.meta), jax.tree.leaves(s_planted.meta)):
-        np.testing.assert_allclose(a, b, rtol=1e-5)
+    # The NaN task is dropped from the average: the same applied updates as without it.
+    moved_clean = jax.tree.map(jnp.subtract, s_clean.meta, start)
+    moved_planted = jax.tree.map(jnp.subtract, s_planted.meta, start)
+    for a, b in zip(jax.tree.leaves(moved_clean), jax.tree.leaves(moved_planted)):
+        assert np.max(np.abs(a)) > 1e-4  # the meta-parameters moved
+        np.testing.assert_allclose(b, a, rtol=1e-4)
 
 
 def test_nan_tasks_in_persistent_states_are_restarted():
