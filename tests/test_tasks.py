@@ -25,7 +25,15 @@ from learned_dco.tasks import nets
 # narrowed (vmap correctness does not depend on width); everything else is the default.
 DEFAULTS = {name: cls() for name, cls in T.FAMILIES.items()}
 PROBE_FAMILIES = dict(DEFAULTS, digits_convnet=T.DigitsConvNet(channels=(8, 8, 8)))
-STOCHASTIC = {"noisy_quadratic", "spectral_noisy_quadratic", "digits_mlp", "digits_convnet"}
+STOCHASTIC = {
+    "noisy_quadratic",
+    "spectral_noisy_quadratic",
+    "digits_mlp",
+    "digits_convnet",
+    "softmax_regression",
+    "logistic_regression",
+    "mlp_classifier",
+}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -97,6 +105,9 @@ def test_registry_names_and_make_family():
         "rosenbrock",
         "digits_mlp",
         "digits_convnet",
+        "softmax_regression",
+        "logistic_regression",
+        "mlp_classifier",
     }
     for cls in T.FAMILIES.values():
         assert issubclass(cls, T.TaskFamilyBase)
@@ -132,6 +143,9 @@ NUM_PARAMS = {
     "rosenbrock": 2,
     "digits_mlp": (64 * 128 + 128) + (128 * 128 + 128) + (128 * 10 + 10),
     "digits_convnet": (9 * 1 * 32 + 32) + (9 * 32 * 64 + 64) + (9 * 64 * 64 + 64) + (64 * 10 + 10),
+    "softmax_regression": 64 * 10 + 10,
+    "logistic_regression": 64 * 1 + 1,
+    "mlp_classifier": (64 * 32 + 32) + (32 * 10 + 10),
 }
 HAS_OPTIMUM = {
     "least_squares",

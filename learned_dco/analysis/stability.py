@@ -55,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from learned_dco.types import Array, PRNGKey
+from learned_dco.validation import ValidationError
 
 DEFAULT_HORIZONS: tuple[int, ...] = (1, 10, 100, 1000)
 PAPER_HORIZONS: tuple[int, ...] = (
@@ -69,7 +70,7 @@ PAPER_HORIZONS: tuple[int, ...] = (
 def _as_matrix(H) -> Array:
     H = jnp.asarray(H)
     if H.ndim != 2 or H.shape[0] != H.shape[1]:
-        raise ValueError(f"H must be a square matrix, got shape {H.shape}")
+        raise ValidationError(f"H must be a square matrix, got shape {H.shape}")
     return H
 
 
@@ -78,7 +79,7 @@ def _preconditioner(P, d: int, dtype) -> Array:
         return jnp.zeros((d, d), dtype)
     P = jnp.asarray(P, dtype)
     if P.shape != (d, d):
-        raise ValueError(f"P must have shape {(d, d)}, got {P.shape}")
+        raise ValidationError(f"P must have shape {(d, d)}, got {P.shape}")
     return P
 
 
@@ -127,17 +128,17 @@ def is_stable(H, alpha, P=None, *, hessian_preconditioned: bool = False, tol: fl
 
 def _check_alpha(alpha) -> None:
     if not (np.isfinite(alpha) and alpha >= 0):
-        raise ValueError(f"alpha must be a finite number >= 0 (Theorem 1), got {alpha!r}")
+        raise ValidationError(f"alpha must be a finite number >= 0 (Theorem 1), got {alpha!r}")
 
 
 def _check_hessian(H) -> np.ndarray:
     H = np.asarray(H, dtype=np.float64)
     if H.ndim != 2 or H.shape[0] != H.shape[1]:
-        raise ValueError(f"H must be a square matrix, got shape {H.shape}")
+        raise ValidationError(f"H must be a square matrix, got shape {H.shape}")
     if not np.allclose(H, H.T):
-        raise ValueError("H must be symmetric")
+        raise ValidationError("H must be symmetric")
     if np.linalg.eigvalsh(H).min() <= 0:
-        raise ValueError("H must be positive definite")
+        raise ValidationError("H must be positive definite")
     return H
 
 
@@ -162,7 +163,7 @@ def _p_spectrum(P) -> tuple[float, float]:
     P = np.asarray(P, dtype=np.float64)
     eig = np.linalg.eigvals(P)
     if np.max(np.abs(eig.imag)) > 1e-9 * max(1.0, np.max(np.abs(eig))):
-        raise ValueError("P must have real eigenvalues (Theorem 1's assumption)")
+        raise ValidationError("P must have real eigenvalues (Theorem 1's assumption)")
     return float(eig.real.min()), float(eig.real.max())
 
 
@@ -186,7 +187,7 @@ def lemma2_holds(H, alpha: float, P) -> bool:
 def _check_horizons(horizons: Sequence[int]) -> tuple[int, ...]:
     hs = tuple(int(t) for t in horizons)
     if not hs or any(t < 1 for t in hs) or any(int(t) != t for t in horizons):
-        raise ValueError(f"horizons must be positive integers, got {horizons!r}")
+        raise ValidationError(f"horizons must be positive integers, got {horizons!r}")
     return hs
 
 
@@ -238,7 +239,7 @@ def meta_gradients(
     """
     horizons = _check_horizons(horizons)
     if int(num_seeds) < 1:
-        raise ValueError(f"num_seeds must be >= 1, got {num_seeds!r}")
+        raise ValidationError(f"num_seeds must be >= 1, got {num_seeds!r}")
     H = _as_matrix(H)
     d = H.shape[0]
     alphas = jnp.atleast_1d(jnp.asarray(alphas, jnp.result_type(H, jnp.float32)))
@@ -284,7 +285,7 @@ def expected_meta_loss(H, alpha, P, horizon: int, init_var: float = 10.0, noise_
     Differentiable in ``alpha`` and ``P`` (its gradient is the mean meta-gradient).
     """
     if int(horizon) < 1:
-        raise ValueError(f"horizon must be >= 1, got {horizon!r}")
+        raise ValidationError(f"horizon must be >= 1, got {horizon!r}")
     H = _as_matrix(H)
     d = H.shape[0]
     dtype = jnp.result_type(H, alpha, P, jnp.float32)
