@@ -21,7 +21,8 @@ TINY = {
                                         direct_check=True)],
                 theorem1=dict(dim=4, n_tasks=8, num_samples=16, n_test=4)),
     "star": dict(config=dict(horizon=6, meta_steps=2, num_tasks=2, mlp_hidden=(4,), conv_channels=(2, 2, 2),
-                             batch_size=8, eval_tasks=2, tune_tasks=1, eval_every=3, nqm_seeds=200, nqm_alphas=12)),
+                             batch_size=8, eval_tasks=2, tune_tasks=1, eval_every=3, nqm_seeds=200, nqm_alphas=12,
+                             adam_grid=(1e-3, 1e-2))),
     "metamd": dict(size=dict(ls_meta_steps=3, ls_tasks=4, widths=[[4], [8]])),
     "l2l": dict(size=dict(dim=20, n=10, tasks=2, steps=30, horizons=(10, 40), grad_horizons=(10, 100, 1000))),
     "ml2o": dict(size=dict(meta_steps=2, horizon=4, eval_steps=6, tasks=2, num_test=4, families=["quadratic"])),
@@ -35,7 +36,12 @@ def _run(name, out):
     return module.run(out, quick=True, seed=0, log=lambda *_: None, **TINY[name])
 
 
-@pytest.fixture(scope="module", params=sorted(TINY))
+# star and ml2o compile ~20 programs each even at these sizes (about 1.5 CPU-minutes together on
+# 2 cores): their schema/claims runs are in the slow set; every other study runs by default.
+SLOW = {"star", "ml2o"}
+
+
+@pytest.fixture(scope="module", params=[pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in sorted(TINY)])
 def study(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param)
     return request.param, out, _run(request.param, out)

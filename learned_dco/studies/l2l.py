@@ -182,8 +182,9 @@ def claims_for(data: dict) -> list[Claim]:
     claims = [Claim(
         "last_iterate_vanish_explode", "meta-gradients of f(w_t) vanish for eta < 2/L and explode for eta > 2/L",
         "polynomially small / exponentially large in t (Thm 3)",
-        f"float64 |grad| from t={hz[0]} to t={hz[-1]}: eta=1.5/L {lb[0]:.3g} -> {lb[-1]}, "
-        f"eta=2.5/L {la[0]:.3g} -> {la[-1] if la[-1] is not None else 'inf'}",
+        f"float64 abs. meta-gradient from t={hz[0]} to t={hz[-1]}: eta=1.5/L {lb[0]:.3g} -> "
+        f"{'inf' if lb[-1] is None else format(lb[-1], '.3g')}, eta=2.5/L {la[0]:.3g} -> "
+        f"{'inf' if la[-1] is None else format(la[-1], '.3g')}",
         "reproduced" if vanish and explode else ("partly" if vanish or explode else "not reproduced"),
         "l2l.png panels 1-4; results.json gradients")]
     stable_ok = all(row["first_wrong_t"]["log_stable"] is None

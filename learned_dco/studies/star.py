@@ -134,13 +134,13 @@ def summarise(ev: Evaluation, config: int, horizon: int) -> dict:
     }
 
 
-def tune_adam(family, task_batch, key, num_steps: int, eval_every: int) -> tuple[float, list]:
+def tune_adam(family, task_batch, key, num_steps: int, eval_every: int, grid=ADAM_GRID) -> tuple[float, list]:
     """Adam's learning rate with the lowest mean final training loss (diverged: inf)."""
-    lrs = jnp.asarray(ADAM_GRID)
+    lrs = jnp.asarray(grid)
     ev = evaluate(lambda lr: optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8), lrs, family, task_batch, key, num_steps, eval_every)
     final = ev.train_loss[:, :, -1]
     scores = np.where(np.all(np.isfinite(final), axis=1), np.mean(final, axis=1), np.inf)
-    return float(ADAM_GRID[int(np.argmin(scores))]), [float(x) for x in scores]
+    return float(grid[int(np.argmin(scores))]), [float(x) for x in scores]
 
 
 # --- meta-training ------------------------------------------------------------------------
@@ -259,7 +259,8 @@ def run(out_dir: str | Path = "results/star", *, quick: bool = False, seed: int 
         config: dict | None = None) -> dict:
     """Run the study and write ``star.png``, ``star_nqm.png``, ``report.md`` and ``results.json``.
 
-    ``config`` overrides entries of ``QUICK``/``FULL`` (tests use smaller sizes).
+    ``config`` overrides entries of ``QUICK``/``FULL`` (tests use smaller sizes), and may
+    restrict ``families`` (names) and the ``adam_grid``.
     """
     start_all = time.perf_counter()
     out = Path(out_dir)
@@ -287,12 +288,14 @@ def run(out_dir: str | Path = "results/star", *, quick: bool = False, seed: int 
             "meta_parameters": int(sum(np.size(x) for x in jax.tree.leaves(meta))), "history": history}
 
     num_steps = 10 * H
-    for f, (fam_name, family) in enumerate((("digits_mlp", mlp), ("digits_convnet", conv))):
+    grid = tuple(cfg.get("adam_grid", ADAM_GRID))
+    families = [(n, fam) for n, fam in (("digits_mlp", mlp), ("digits_convnet", conv)) if n in cfg.get("families", (n,))]
+    for f, (fam_name, family) in enumerate(families):
         eval_tasks = tasks.sample_tasks(family, jax.random.fold_in(k_eval_tasks, f), cfg["eval_tasks"])
         tune_tasks = tasks.sample_tasks(family, jax.random.fold_in(k_tune_tasks, f), cfg["tune_tasks"])
-        lr, scores = tune_adam(family, tune_tasks, k_tune, num_steps, cfg["eval_every"])
+        lr, scores = tune_adam(family, tune_tasks, k_tune, num_steps, cfg["eval_every"], grid)
         log(f"  {fam_name}: Adam learning rate {lr:g}")
-        fam_result = {"num_tasks": cfg["eval_tasks"], "adam_learning_rate": lr, "adam_grid": list(ADAM_GRID),
+        fam_result = {"num_tasks": cfg["eval_tasks"], "adam_learning_rate": lr, "adam_grid": list(grid),
                       "adam_grid_scores": scores, "optimizers": {}}
         evs = {}
         for name, (lopt, _) in learned.items():
