@@ -165,6 +165,7 @@ def test_gradient_at_a_weakly_active_constraint_is_a_one_sided_derivative(x64):
 _floats = st.floats(-2.0, 2.0, allow_nan=False, allow_subnormal=False)
 
 
+@pytest.mark.slow
 @settings(max_examples=8, deadline=None, derandomize=True, phases=(Phase.explicit, Phase.generate), print_blob=True)
 @given(
     diag=st.lists(st.floats(0.2, 5.0), min_size=5, max_size=5),
