@@ -26,20 +26,22 @@ through jaxopt, all jit- and vmap-compatible:
   is the identity. The implicit-differentiation linear system is therefore solved exactly at
   no cost, and the derivative with respect to ``(Q, c, l, u)`` flows through the operator's
   exact solve. Box constraints need a separable (diagonal) ``Q`` here.
-* :class:`EqQP` (``"eqqp"``): :class:`jaxopt.EqualityConstrainedQP` (unconstrained
-  problems), with a tight Krylov solve forward and backward.
-* :class:`OSQP` (``"osqp"``): :class:`jaxopt.BoxOSQP` (box constraints, any ``Q``), with an
-  exact dense ``implicit_diff_solve``: jaxopt's default iterative solve is loose at active
-  constraints.
+* :class:`EqQP` (``"eqqp"``): :class:`jaxopt.EqualityConstrainedQP` (unconstrained and
+  equality-constrained problems), with a tight Krylov solve forward and backward.
+* :class:`OSQP` (``"osqp"``): :class:`jaxopt.BoxOSQP` (any ``Q``; boxes, equality rows
+  ``Ax = b`` and inequality rows ``Gx <= h``), differentiated by the implicit function
+  theorem on the KKT system of the active set, solved exactly (dense).
 * :class:`CDQP` (``"cdqp"``): :class:`jaxopt.BoxCDQP` (box constraints; materialises ``Q``
   as a dense matrix, so for moderate sizes only).
 
 An optimizer checks its constraints against its solver when it is built
 (:meth:`QPSolver.require`), so an impossible combination fails there, naming both.
 
-Failures are reported, not raised: :class:`QPSolution` carries the fixed-point residual
-:math:`\|x - \Pi_{[l,u]}(x - (Qx + c))\|_\infty` (zero exactly at the optimum) and the
-iteration count, so a caller can inspect them inside ``jit``.
+Failures are reported, not raised: :class:`QPSolution` carries the primal residual (largest
+constraint violation), the dual residual (stationarity; for box problems the fixed-point
+residual :math:`\|x - \Pi_{[l,u]}(x - (Qx + c))\|_\infty`), the iteration count and a
+``status`` (``SOLVED``, ``NOT_CONVERGED``, ``PRIMAL_INFEASIBLE``, ``DUAL_INFEASIBLE``), so a
+caller can inspect them inside ``jit``.
 """
 
 from __future__ import annotations
@@ -193,8 +195,42 @@ class BlockDiagonal(NamedTuple):
 # Solvers as values
 # ------------------------------------------------------------------------------------------
 
-#: Constraint kinds a problem may carry: ``"box"`` (``lo <= x <= hi``).
-CONSTRAINT_KINDS = ("box",)
+#: Constraint kinds a problem may carry: ``"box"`` (``lo <= x <= hi``), ``"eq"``
+#: (``A x = b``), ``"ineq"`` (``G x <= h``).
+CONSTRAINT_KINDS = ("box", "eq", "ineq")
+
+#: ``QPSolution.status`` values (reported, never raised).
+SOLVED, NOT_CONVERGED, PRIMAL_INFEASIBLE, DUAL_INFEASIBLE = 0, 1, 2, 3
+
+
+class Constraints(NamedTuple):
+    """The constraints of one QP: ``A x = b``, ``G x <= h`` (``A``, ``G`` dense matrices on
+    the ravelled ``x``) and ``lo <= x <= hi`` (pytrees like ``x``); ``None`` where absent."""
+
+    A: Array | None = None
+    b: Array | None = None
+    G: Array | None = None
+    h: Array | None = None
+    lo: PyTree | None = None
+    hi: PyTree | None = None
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        out = []
+        if self.lo is not None or self.hi is not None:
+            out.append("box")
+        if self.A is not None:
+            out.append("eq")
+        if self.G is not None:
+            out.append("ineq")
+        return tuple(out)
+
+
+class _Raw(NamedTuple):
+    x: PyTree
+    iterations: Array
+    status: Array | None = None  # None: decided from the residuals
+    dual_residual: Array | None = None  # None: the box fixed-point residual
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,7 +277,7 @@ class QPSolver:
             raise ValueError(f"qp.{type(self).__name__} has no option {', '.join(unknown)} (options: {sorted(names) or 'none'})")
         return dataclasses.replace(self, **options)
 
-    def solve(self, Q, c, lo, hi) -> tuple[PyTree, Array]:  # pragma: no cover - abstract
+    def solve(self, Q, c, cons: Constraints) -> _Raw:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -253,13 +289,14 @@ class Exact(QPSolver):
     name: ClassVar[str] = "exact"
     handles: ClassVar[frozenset[str]] = frozenset({"box"})
 
-    def solve(self, Q, c, lo, hi):
+    def solve(self, Q, c, cons):
+        lo, hi = cons.lo, cons.hi
         if (lo is not None or hi is not None) and not Q.separable:
             raise ValueError(
                 "the 'exact' QP backend handles box constraints only for a separable "
                 f"(diagonal) curvature, got {type(Q).__name__}; use solver='osqp' or 'cdqp'"
             )
-        return _exact_root(c, Q, c, lo, hi), jnp.zeros((), jnp.int32)
+        return _Raw(_exact_root(c, Q, c, lo, hi), jnp.zeros((), jnp.int32))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,18 +309,20 @@ class EqQP(QPSolver):
     """
 
     name: ClassVar[str] = "eqqp"
+    handles: ClassVar[frozenset[str]] = frozenset({"eq"})
     tol: float | None = None
     maxiter: int | None = None
 
-    def solve(self, Q, c, lo, hi):
-        del lo, hi
-        return _solve_eqqp(Q, c, self.tol, self.maxiter)
+    def solve(self, Q, c, cons):
+        return _solve_eqqp(Q, c, cons.A, cons.b, self.tol, self.maxiter)
 
 
 @dataclasses.dataclass(frozen=True)
 class OSQP(QPSolver):
-    """:class:`jaxopt.BoxOSQP` (any curvature) with an exact dense implicit-differentiation
-    solve (jaxopt's default iterative one is loose at active constraints).
+    """OSQP through :class:`jaxopt.BoxOSQP` (any curvature, every constraint kind: the rows
+    ``A``, ``G`` and the box are stacked into ``l <= C x <= u``), with an exact dense
+    implicit-differentiation solve of the KKT system (jaxopt's default iterative one is
+    loose at active constraints), and infeasibility detection reported in ``status``.
 
     Attributes:
       tol: stopping tolerance (default 1e-12 in float64, 1e-6 in float32).
@@ -291,12 +330,12 @@ class OSQP(QPSolver):
     """
 
     name: ClassVar[str] = "osqp"
-    handles: ClassVar[frozenset[str]] = frozenset({"box"})
+    handles: ClassVar[frozenset[str]] = frozenset({"box", "eq", "ineq"})
     tol: float | None = None
     maxiter: int | None = None
 
-    def solve(self, Q, c, lo, hi):
-        return _solve_osqp(Q, c, lo, hi, self.tol, self.maxiter)
+    def solve(self, Q, c, cons):
+        return _solve_osqp(Q, c, cons, self.tol, self.maxiter)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,8 +353,8 @@ class CDQP(QPSolver):
     tol: float | None = None
     maxiter: int | None = None
 
-    def solve(self, Q, c, lo, hi):
-        return _solve_cdqp(Q, c, lo, hi, self.tol, self.maxiter)
+    def solve(self, Q, c, cons):
+        return _solve_cdqp(Q, c, cons.lo, cons.hi, self.tol, self.maxiter)
 
 
 #: YAML/CLI name -> solver class (``as_solver`` maps names to default-option values).
@@ -345,8 +384,11 @@ class QPSolution(NamedTuple):
     """A QP solution with diagnostics (never raised inside ``jit``)."""
 
     x: PyTree  # the minimiser, shaped like c
-    residual: Array  # ||x - proj(x - (Qx + c))||_inf; 0 at the optimum
+    residual: Array  # max(primal_residual, dual_residual); 0 at the optimum
     iterations: Array  # solver iterations (0 for the exact backend)
+    status: Array = SOLVED  # int32: SOLVED, NOT_CONVERGED, PRIMAL_INFEASIBLE, DUAL_INFEASIBLE
+    primal_residual: Array = 0.0  # max constraint violation of x (inf-norm)
+    dual_residual: Array = 0.0  # stationarity: box fixed-point residual, or ||Qx + c + C'y||_inf
 
 
 def _project(x: PyTree, lo: PyTree | None, hi: PyTree | None) -> PyTree:
@@ -357,40 +399,99 @@ def _project(x: PyTree, lo: PyTree | None, hi: PyTree | None) -> PyTree:
     return tree_map(lambda v, a, b: jnp.clip(v, a, b), x, lo, hi)
 
 
+def _inf_norm(tree: PyTree) -> Array:
+    diffs = [jnp.max(jnp.abs(v), initial=0.0) for v in jax.tree.leaves(tree)]
+    return jnp.max(jnp.stack(diffs)) if diffs else jnp.zeros(())
+
+
 def fixed_point_residual(Q: Any, c: PyTree, x: PyTree, lo=None, hi=None) -> Array:
     """``||x - proj(x - (Qx + c))||_inf``: zero exactly at the (box-constrained) optimum."""
     grad = tree_map(jnp.add, Q.matvec(x), c)
     step = _project(tree_map(jnp.subtract, x, grad), lo, hi)
-    diffs = [jnp.max(jnp.abs(a - b), initial=0.0) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(step))]
-    return jax.lax.stop_gradient(jnp.max(jnp.stack(diffs)))
+    return jax.lax.stop_gradient(_inf_norm(tree_map(jnp.subtract, x, step)))
+
+
+def primal_residual(x: PyTree, cons: Constraints) -> Array:
+    """Largest violation of ``A x = b``, ``G x <= h``, ``lo <= x <= hi`` (0 when feasible)."""
+    flat = ravel_pytree(x)[0]
+    parts = [jnp.zeros((), flat.dtype)]
+    if cons.A is not None:
+        parts.append(_inf_norm(cons.A @ flat - cons.b))
+    if cons.G is not None:
+        parts.append(jnp.max(jnp.maximum(cons.G @ flat - cons.h, 0.0), initial=0.0))
+    if cons.lo is not None or cons.hi is not None:
+        parts.append(_inf_norm(tree_map(jnp.subtract, x, _project(x, cons.lo, cons.hi))))
+    return jax.lax.stop_gradient(jnp.max(jnp.stack([p.astype(flat.dtype) for p in parts])))
+
+
+def _check_rows(name: str, M, v, rhs_name: str, n: int) -> tuple[Array, Array]:
+    if (M is None) != (v is None):
+        raise ValueError(f"solve_qp: give {name} and {rhs_name} together")
+    M, v = jnp.asarray(M), jnp.asarray(v)
+    if M.ndim != 2 or M.shape[1] != n or v.shape != (M.shape[0],):
+        raise ValueError(
+            f"solve_qp: {name} must be (m, {n}) and {rhs_name} (m,) for {n} unknowns, "
+            f"got {name} {M.shape} and {rhs_name} {v.shape}"
+        )
+    return M, v
 
 
 def solve_qp(
     Q: Any,
     c: PyTree,
-    *,
+    A: Array | None = None,
+    b: Array | None = None,
+    G: Array | None = None,
+    h: Array | None = None,
     lo: PyTree | None = None,
     hi: PyTree | None = None,
+    *,
     solver: SolverLike = "exact",
 ) -> QPSolution:
-    r"""Solve :math:`\min_x \tfrac12 x^\top Q x + c^\top x` s.t. ``lo <= x <= hi``.
+    r"""Solve :math:`\min_x \tfrac12 x^\top Q x + c^\top x` s.t. :math:`Ax = b`,
+    :math:`Gx \le h`, ``lo <= x <= hi`` (each optional).
 
     Args:
       Q: a structured operator (positive definite).
       c: the linear term, any pytree of float arrays.
+      A, b: equality rows, ``A`` of shape ``(m, n)`` on the ravelled ``x``
+        (``jax.flatten_util.ravel_pytree`` order), ``b`` of shape ``(m,)``.
+      G, h: inequality rows ``G x <= h``, likewise.
       lo, hi: optional bounds shaped like ``c`` (``-inf``/``inf`` allowed); give both or one.
       solver: a :class:`QPSolver` value (``Exact()``, ``EqQP(tol, maxiter)``, ``OSQP(...)``,
-        ``CDQP(...)``) or its name; the value carries its own options.
+        ``CDQP(...)``) or its name; the value carries its own options and must handle the
+        constraint kinds given (``ValueError`` otherwise).
 
     Returns:
-      A :class:`QPSolution`. Gradients with respect to ``Q``'s arrays, ``c``, ``lo`` and
-      ``hi`` come from the implicit function theorem.
+      A :class:`QPSolution`: the minimiser, residuals, iterations and a status (an
+      infeasible or unconverged problem is reported there, not raised). Gradients with
+      respect to ``Q``'s arrays, ``c``, ``A``, ``b``, ``G``, ``h``, ``lo`` and ``hi`` come
+      from the implicit function theorem (exact at active constraints).
     """
     solver = as_solver(solver)
-    if lo is not None or hi is not None:
-        solver.require(("box",), owner="solve_qp", setting="lo/hi")
-    x, iters = solver.solve(Q, c, lo, hi)
-    return QPSolution(x, fixed_point_residual(Q, c, x, lo, hi), iters)
+    n = ravel_pytree(c)[0].size
+    if A is not None or b is not None:
+        A, b = _check_rows("A", A, b, "b", n)
+    if G is not None or h is not None:
+        G, h = _check_rows("G", G, h, "h", n)
+    cons = Constraints(A, b, G, h, lo, hi)
+    kinds = cons.kinds
+    if kinds:
+        solver.require(kinds, owner="solve_qp", setting="/".join(
+            {"box": "lo/hi", "eq": "A/b", "ineq": "G/h"}[k] for k in kinds))
+    raw = solver.solve(Q, c, cons)
+    primal = primal_residual(raw.x, cons)
+    dual = fixed_point_residual(Q, c, raw.x, lo, hi) if raw.dual_residual is None else raw.dual_residual
+    dtype = ravel_pytree(c)[0].dtype
+    residual = jnp.maximum(primal, dual.astype(primal.dtype))
+    # The residuals decide SOLVED (an iterative solver's infeasibility flags are heuristic:
+    # BoxOSQP flags feasible float32 problems now and then); otherwise the solver's own
+    # verdict (infeasible) is kept, and "solved" with large residuals is NOT_CONVERGED.
+    scale = 1.0 + _inf_norm(c)
+    ok = jnp.isfinite(residual) & (residual <= 10 * jnp.sqrt(jnp.finfo(dtype).eps) * scale)
+    fallback = NOT_CONVERGED if raw.status is None else jnp.where(raw.status == SOLVED, NOT_CONVERGED, raw.status)
+    status = jnp.where(ok, SOLVED, fallback).astype(jnp.int32)
+    return QPSolution(raw.x, residual, raw.iterations, status, primal, dual.astype(primal.dtype))
 
 
 # ------------------------------------------------------------------------------------------
@@ -430,7 +531,7 @@ def _flat_problem(Q, c):
     return flat_c, unravel, matvec_Q
 
 
-def _solve_eqqp(Q, c, tol, maxiter):
+def _solve_eqqp(Q, c, A, b, tol, maxiter):
     flat_c, unravel, matvec_Q = _flat_problem(Q, c)
     tol = _default_tol(flat_c.dtype) if tol is None else tol
     maxiter = 10 * flat_c.size if maxiter is None else maxiter
@@ -441,9 +542,14 @@ def _solve_eqqp(Q, c, tol, maxiter):
         maxiter=maxiter,
         implicit_diff_solve=functools.partial(linear_solve.solve_gmres, tol=tol, maxiter=maxiter),
     )
-    no_rows = (jnp.zeros((0, flat_c.size), flat_c.dtype), jnp.zeros((0,), flat_c.dtype))
-    sol = qp.run(params_obj=(Q, flat_c), params_eq=no_rows).params
-    return unravel(sol.primal), jnp.zeros((), jnp.int32)
+    if A is None:
+        rows = (jnp.zeros((0, flat_c.size), flat_c.dtype), jnp.zeros((0,), flat_c.dtype))
+    else:
+        rows = (A.astype(flat_c.dtype), b.astype(flat_c.dtype))
+    sol = qp.run(params_obj=(Q, flat_c), params_eq=rows).params
+    stationarity = matvec_Q(Q, sol.primal) + flat_c + rows[0].T @ sol.dual_eq
+    dual = jax.lax.stop_gradient(_inf_norm(stationarity))
+    return _Raw(unravel(sol.primal), jnp.zeros((), jnp.int32), None, dual)
 
 
 def _flat_bounds(c, lo, hi):
@@ -467,20 +573,84 @@ def _dense_solve(matvec, b):
     return unravel(jnp.linalg.solve(matrix, flat_b))
 
 
-def _solve_osqp(Q, c, lo, hi, tol, maxiter):
+_OSQP_STATUS = jnp.array([NOT_CONVERGED, SOLVED, DUAL_INFEASIBLE, PRIMAL_INFEASIBLE], jnp.int32)
+
+
+def _rows(C, x):
+    """``C x`` for the stacked constraint matrix; ``C = None`` is the identity (box only)."""
+    return x if C is None else C @ x
+
+
+def _clamp(v, lo, hi):
+    """Projection onto ``[lo, hi]`` whose derivative at a bound is that of the free side
+    (``jnp.clip`` would average the two sides at a weakly active constraint)."""
+    return jnp.where(v < lo, lo, jnp.where(v > hi, hi, v))
+
+
+def _kkt_optimality(xy, matvec_Q, Q, c, C, lo, hi):
+    r"""KKT conditions of :math:`\min \tfrac12 x'Qx + c'x` s.t. :math:`l \le Cx \le u` with
+    dual ``y``: stationarity :math:`Qx + c + C^\top y = 0` and
+    :math:`Cx - \Pi_{[l,u]}(Cx + y) = 0` (``y`` in the normal cone of the box at ``Cx``).
+    Its Jacobian is the KKT matrix of the active set: rows with ``Cx + y`` outside the box
+    contribute ``C`` (active), the others ``-I`` on ``y`` (inactive: ``y = 0``)."""
+    x, y = xy
+    stationarity = matvec_Q(Q, x) + c + jax.vjp(lambda v: _rows(C, v), x)[1](y)[0]
+    Cx = _rows(C, x)
+    return stationarity, Cx - _clamp(Cx + y, lo, hi)
+
+
+def _solve_osqp(Q, c, cons, tol, maxiter):
+    """``l <= C x <= u`` with ``C = [A; G; I]`` (rows present only for the constraints
+    given): equalities as ``l = u = b``, inequalities as ``(-inf, h]``, the box as
+    ``[lo, hi]``; with only a box, ``C = I`` is applied without materialising it.
+
+    Forward: :class:`jaxopt.BoxOSQP`. Backward: the implicit function theorem on
+    :func:`_kkt_optimality`, i.e. an exact dense solve of the active set's KKT system (the
+    solver's own optimality function splits the dual of each row in two, which is singular
+    for equality rows and undefined for infinite bounds)."""
     flat_c, unravel, matvec_Q = _flat_problem(Q, c)
-    flo, fhi = _flat_bounds(c, lo, hi)
-    tol = (1e-12 if flat_c.dtype == jnp.float64 else 1e-6) if tol is None else tol
-    qp = jaxopt.BoxOSQP(
+    dtype, n = flat_c.dtype, flat_c.size
+    box = cons.lo is not None or cons.hi is not None
+    mats, lows, highs = [], [], []
+    if cons.A is not None:
+        mats.append(cons.A.astype(dtype))
+        lows.append(cons.b.astype(dtype))
+        highs.append(cons.b.astype(dtype))
+    if cons.G is not None:
+        mats.append(cons.G.astype(dtype))
+        lows.append(jnp.full(cons.h.shape, -jnp.inf, dtype))
+        highs.append(cons.h.astype(dtype))
+    if box or not mats:
+        flo, fhi = _flat_bounds(c, cons.lo, cons.hi)
+        lows.append(flo)
+        highs.append(fhi)
+        if mats:
+            mats.append(jnp.eye(n, dtype=dtype))
+    C = jnp.concatenate(mats, axis=0) if mats else None
+    lo_all, hi_all = jnp.concatenate(lows), jnp.concatenate(highs)
+    tol = (1e-12 if dtype == jnp.float64 else 1e-6) if tol is None else tol
+    solver = jaxopt.BoxOSQP(
         matvec_Q=matvec_Q,
-        matvec_A=lambda _, v: v,
+        matvec_A=lambda C, v: _rows(C, v),
         tol=tol,
         maxiter=20000 if maxiter is None else maxiter,
-        check_primal_dual_infeasability=False,
-        implicit_diff_solve=_dense_solve,
+        check_primal_dual_infeasability=True,
+        implicit_diff=False,
     )
-    sol, state = qp.run(params_obj=(Q, flat_c), params_eq=None, params_ineq=(flo, fhi))
-    return unravel(sol.primal[0]), state.iter_num
+    def optimality(xy, Q, c, C, lo, hi):
+        return _kkt_optimality(xy, matvec_Q, Q, c, C, lo, hi)
+
+    @custom_root(optimality, has_aux=True, solve=_dense_solve)
+    def kkt_point(init, Q, c, C, lo, hi):
+        del init
+        sol, state = solver.run(params_obj=(Q, c), params_eq=C, params_ineq=(lo, hi))
+        return jax.lax.stop_gradient((sol.primal[0], sol.dual_eq)), jax.lax.stop_gradient((state.status, state.iter_num))
+
+    init = (flat_c, jnp.zeros_like(lo_all))
+    (x, y), (raw_status, iters) = kkt_point(init, Q, flat_c, C, lo_all, hi_all)
+    stat, _ = _kkt_optimality((x, y), matvec_Q, Q, flat_c, C, lo_all, hi_all)
+    dual = jax.lax.stop_gradient(_inf_norm(stat))
+    return _Raw(unravel(x), iters, _OSQP_STATUS[raw_status], dual)
 
 
 def _solve_cdqp(Q, c, lo, hi, tol, maxiter):
@@ -491,4 +661,4 @@ def _solve_cdqp(Q, c, lo, hi, tol, maxiter):
     dense_q = Q.to_dense(c)
     init = jnp.clip(jnp.zeros_like(flat_c), flo, fhi)
     sol, state = qp.run(init, params_obj=(dense_q, flat_c), params_ineq=(flo, fhi))
-    return unravel(sol), state.iter_num
+    return _Raw(unravel(sol), state.iter_num)
