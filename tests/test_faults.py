@@ -33,7 +33,7 @@ CONFIG = {
 
 
 def _cli(args, cache: Path) -> list[str]:
-    return [sys.executable, "-m", "learned_dco.cli", *map(str, args), "--no-progress", "--compile-cache", str(cache)]
+    return [sys.executable, "-m", "learned_dco.app.cli", *map(str, args), "--no-progress", "--compile-cache", str(cache)]
 
 
 def _env(tmp: Path) -> dict:
