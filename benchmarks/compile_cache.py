@@ -41,7 +41,7 @@ CONFIGS = {
 def one_run(config: str, sets: list[str], workdir: Path, cache: Path | None) -> dict:
     out = Path(tempfile.mkdtemp(dir=workdir))
     shutil.rmtree(out)
-    cmd = [sys.executable, "-m", "learned_dco.cli", "train", str(ROOT / config), "--out", str(out), "--no-progress"]
+    cmd = [sys.executable, "-m", "learned_dco.app.cli", "train", str(ROOT / config), "--out", str(out), "--no-progress"]
     for s in sets:
         cmd += ["--set", s]
     cmd += ["--compile-cache", str(cache)] if cache is not None else ["--no-compile-cache"]

@@ -19,7 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "environment"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "remove_temporaries", "environment"]
+
+
+_TMP = ".tmp-"  # temporary files are ".<name>.tmp-<pid>" next to their destination
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -29,7 +32,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{_TMP}{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -65,6 +68,18 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None =
     them to ``null`` first or pass ``allow_nan=True`` deliberately.
     """
     return atomic_write_text(path, json.dumps(obj, indent=indent, allow_nan=allow_nan) + "\n")
+
+
+def remove_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that writers killed mid-write (``kill -9``, power loss) left
+    in ``directory``; returns them. Call it only where no other writer is active (e.g. when a
+    run is resumed)."""
+    removed = []
+    for p in Path(directory).glob(f".*{_TMP}*"):
+        if p.is_file() and p.name.rpartition(_TMP)[2].isdigit():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def environment() -> dict[str, Any]:

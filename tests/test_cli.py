@@ -443,7 +443,7 @@ def test_the_cli_fills_the_compile_cache_by_default(tiny_config, tmp_path):
     """A fresh process with only LEARNED_DCO_CACHE_DIR set writes compiled programs there."""
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "LEARNED_DCO_CACHE_DIR": str(tmp_path / "cache"),
            "XLA_FLAGS": "--xla_backend_optimization_level=0", "HOME": str(tmp_path)}
-    cmd = [sys.executable, "-m", "learned_dco.cli", "train", str(tiny_config), "--out", str(tmp_path / "r"),
+    cmd = [sys.executable, "-m", "learned_dco.app.cli", "train", str(tiny_config), "--out", str(tmp_path / "r"),
            "--no-progress", "--set", "train.num_steps=1"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr

@@ -33,7 +33,7 @@ CONFIG = {
 
 
 def _cli(args, cache: Path) -> list[str]:
-    return [sys.executable, "-m", "learned_dco.cli", *map(str, args), "--no-progress", "--compile-cache", str(cache)]
+    return [sys.executable, "-m", "learned_dco.app.cli", *map(str, args), "--no-progress", "--compile-cache", str(cache)]
 
 
 def _env(tmp: Path) -> dict:
@@ -70,8 +70,9 @@ def _lines(path: Path) -> int:
 
 
 def _killed_until_done(tmp: Path, cache: Path, run: Path, seconds: float, rng: random.Random, max_kills: int):
-    """Restart until a run finishes; the first ``max_kills`` attempts are killed with SIGKILL,
-    either at a uniform time in the run's length (start-up, compilation...) or a random
+    """Restart until a run finishes; up to ``max_kills`` attempts are killed with SIGKILL,
+    the first a random 1-40 meta-steps into training plus a random delay within a step, later
+    ones either at a uniform time in the run's length (start-up, compilation...) or a random
     1-40 meta-steps into training plus a random delay within a step (appends, checkpoints)."""
     kills, moments = 0, []
     while True:
@@ -79,7 +80,7 @@ def _killed_until_done(tmp: Path, cache: Path, run: Path, seconds: float, rng: r
         args = ["train", "--resume", run] if resume else ["train", tmp / "c.yaml", "--out", run]
         proc = subprocess.Popen(_cli(args, cache), env=_env(tmp), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if kills < max_kills:
-            if rng.random() < 0.3:
+            if kills and rng.random() < 0.3:  # the first kill always lands in training
                 deadline, target = time.perf_counter() + rng.uniform(0.0, seconds), None
             else:
                 deadline, target = None, _lines(run / "metrics.jsonl") + rng.randint(1, 40)

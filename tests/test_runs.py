@@ -14,7 +14,7 @@ import pytest
 import learned_dco as ldco
 from learned_dco import meta, tasks
 from learned_dco.app import runs
-from learned_dco.io import atomic_write_bytes, atomic_write_json, atomic_write_text, environment
+from learned_dco.io import atomic_write_bytes, atomic_write_json, atomic_write_text, environment, remove_temporaries
 from learned_dco.meta import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,6 +191,12 @@ def test_a_killed_writer_leaves_the_old_file(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert out.returncode == -9
     assert target.read_bytes() == b"old" * 1000
+    # the killed writer's temporary file is left behind; remove_temporaries cleans it up
+    (tmp_path / ".keep.tmp-notapid").write_text("not ours")
+    leftover = [p.name for p in tmp_path.iterdir() if p.name.startswith(".f.bin.tmp-")]
+    assert len(leftover) == 1
+    assert [p.name for p in remove_temporaries(tmp_path)] == leftover
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".keep.tmp-notapid", "f.bin"]
 
 
 def test_environment_records_versions_and_device():

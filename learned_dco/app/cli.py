@@ -350,6 +350,13 @@ def run_reproduce(args: argparse.Namespace) -> int:
     existing = [out / n for n in STUDY_OUTPUTS if (out / n).exists()]
     if existing and not args.overwrite:
         raise OutputExists(f"--out: {out} already holds results ({existing[0].name}); pass --overwrite or another --out")
+    if args.quick:
+        # Quick runs are dominated by XLA compilation (many small programs, each run a few
+        # times): backend optimisation level 0 halves the DCO study's time here (275 s -> 152 s
+        # on 2 cores) with the same numbers. Must precede the first JAX computation.
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_backend_optimization_level" not in flags:
+            os.environ["XLA_FLAGS"] = (flags + " --xla_backend_optimization_level=0").strip()
     out.mkdir(parents=True, exist_ok=True)
     table[args.study].run(out, quick=args.quick, seed=args.seed)
     print(f"wrote {out / 'report.md'} and {out / 'results.json'}")

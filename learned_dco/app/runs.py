@@ -46,7 +46,7 @@ import numpy as np
 
 from learned_dco import meta, tasks
 from learned_dco.app import config as C
-from learned_dco.io import atomic_write_json, atomic_write_text, environment
+from learned_dco.io import atomic_write_json, atomic_write_text, environment, remove_temporaries
 from learned_dco.meta import checkpoint
 
 CONFIG_FILE = "config.yaml"
@@ -294,6 +294,9 @@ def train(
     key = C.stream_key(cfg.seed, "trainer")
     fingerprint = cfg.fingerprint()
     if resume:
+        stale = remove_temporaries(run_dir)
+        if stale:
+            warn(f"removed {len(stale)} temporary file(s) left by an interrupted write: {', '.join(p.name for p in stale)}")
         for msg in changed_defaults(run_dir, cfg):
             warn(msg)
         ckpt = run_dir / CHECKPOINT
