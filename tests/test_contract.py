@@ -136,3 +136,41 @@ def test_learned_optimizer_on_another_model(name):
     assert all(jnp.all(jnp.isfinite(u)) for u in jax.tree.leaves(updates))
     with pytest.raises(ValueError):  # gradients that do not match the parameters
         tx.update({"w": jnp.ones((2, 2)), "b": jnp.ones(3)}, state, other)
+
+
+# --- the public API list -------------------------------------------------------------------
+
+
+def test_public_api_is_one_list_without_internals():
+    import learned_dco.optimizers as opt_pkg
+    from learned_dco import meta, pretrained, tasks
+
+    names = set(ldco.__all__)
+    assert len(names) == len(ldco.__all__), "duplicate names in ldco.__all__"
+    for name in ldco.__all__:
+        assert getattr(ldco, name) is not None
+    # what the README teaches
+    assert {"dcog", "dcogd", "dcom", "DCOG", "STAR", "solve_qp", "qp", "tasks", "meta", "pretrained"} <= names
+    assert ldco.solve_qp is ldco.qp.solve_qp and ldco.tasks is tasks and ldco.meta is meta
+    assert ldco.pretrained is pretrained
+    # internals stay in their subpackage
+    assert not {"AdafacState", "adafac_mlp", "DCOState", "blackbox_weight_mask"} & names
+    assert "AdafacState" in opt_pkg.__all__
+    # optimizers.__all__ is derived: exactly its public, non-module names
+    import types
+
+    public = {n for n, v in vars(opt_pkg).items() if not n.startswith("_") and not isinstance(v, types.ModuleType)}
+    assert set(opt_pkg.__all__) == public
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        ldco.nope  # noqa: B018
+
+
+def test_protocols_are_structural():
+    from learned_dco import tasks
+
+    for cls in ldco.LEARNED_OPTIMIZERS.values():
+        assert isinstance(cls(), ldco.LearnedOptimizer)
+    for cls in tasks.FAMILIES.values():
+        assert isinstance(cls(), tasks.TaskFamily)
+    assert isinstance(ldco.qp.Diagonal(1.0), ldco.QPOperator)
+    assert not isinstance(object(), ldco.QPOperator) and not isinstance(object(), tasks.TaskFamily)
