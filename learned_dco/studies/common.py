@@ -122,7 +122,7 @@ def fmt(x: Any) -> str:
 
 
 def claims_table(claims: list[dict[str, Any]]) -> str:
-    cell = lambda v: fmt(v).replace("|", "/").replace("\n", " ")
+    cell = lambda v: fmt(v).replace("|", "\\|").replace("\n", " ")
     rows = ["| claim | paper | measured | verdict | evidence |", "|---|---|---|---|---|"]
     rows += [f"| {cell(c['claim'])} (`{c['id']}`) | {cell(c['paper_value'])} | {cell(c['measured'])} "
              f"| **{c['verdict']}** | {cell(c['evidence'])} |" for c in claims]
