@@ -297,24 +297,9 @@ table: paper value, measured value, verdict), results.json and figures to --out.
 
 def studies() -> dict:
     """``learned_dco.studies.STUDIES`` (name -> Study with .name, .paper, .description, .run)."""
-    try:
-        from learned_dco.studies import STUDIES
-    except ImportError:  # FALLBACK until the studies package lands: delete this branch then.
-        return {"dco": _LegacyDCOStudy()}
+    from learned_dco.studies import STUDIES
+
     return STUDIES
-
-
-class _LegacyDCOStudy:
-    """The DCO reproduction of ``learned_dco.reproduce`` behind the Study interface (fallback)."""
-
-    name = "dco"
-    paper = "Gautam, Pfrommer, Sojoudi: Meta-learning via differentiable convex optimization (DCO)"
-    description = "DCO paper: Figures 1-3 (least squares, Beverton-Holt, interpolation) and Theorem 1"
-
-    def run(self, out_dir: Path, *, quick: bool, seed: int) -> dict:
-        from learned_dco.reproduce import reproduce
-
-        return reproduce(quick=quick, out=out_dir, seed=seed)
 
 
 STUDY_OUTPUTS = ("report.md", "results.json")
