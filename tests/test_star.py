@@ -463,6 +463,8 @@ def test_validation_errors():
         ldco.STAR(learn_decays=False).opt_fn(star_meta)
     with pytest.raises(ValueError, match="hidden layers"):
         ldco.STAR(hidden_sizes=(4, 4, 4)).opt_fn(star_meta)
+    with pytest.raises(ValueError, match="fuse_features"):
+        ldco.STAR(fuse_features=1)
     for kwargs in (dict(learning_rate=0.0), dict(weight_decay_factor=-0.1), dict(clip=0.0)):
         with pytest.raises(ValueError):
             ldco.star_meta_optimizer(**kwargs)
@@ -484,3 +486,106 @@ def test_meta_training_with_pes_and_adamw_on_the_nqm():
     assert np.all(np.isfinite(np.asarray(metrics.meta_loss)))
     assert int(state.skipped) == 0
     assert not np.array_equal(np.asarray(state.meta["heads"]["direction"]["w"]), np.zeros(4))
+
+
+# --- the fused update (fuse_features=True) against the materialised one --------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _pair_fns(lopt):
+    """Jitted ``(meta, grads, state, params) -> (updates, state)`` of the materialised
+    (default) and the fused update of one optimizer config."""
+    fused = dataclasses.replace(lopt, fuse_features=True)
+    return _update_fn(lopt), _update_fn(fused)
+
+
+@pytest.mark.parametrize(
+    "lopt",
+    [
+        ldco.Blackbox(direction_init="random"),
+        ldco.STAR(nominal_step=3e-3, direction_init="random"),
+        ldco.Hyperparam(max_consecutive_nonfinite=None),
+        ldco.STAR(direction_init="random", max_consecutive_nonfinite=None, bias_correction=False),
+    ],
+    ids=["blackbox", "star", "hyperparam-noguard", "star-noguard-nobc"],
+)
+def test_fused_update_equals_materialised(lopt, x64):
+    """Every tensor kind (matrix, vector, scalar, 4-D conv kernel) at steps 1-4: the fused
+    first layer (normalisation in the weights, time in the bias) gives the same updates and
+    the same state."""
+    params = _params()
+    meta = _perturb(lopt.init(jax.random.PRNGKey(20), params), 21, 0.05)
+    old, new = _pair_fns(lopt)
+    state = lopt.opt_fn(meta).init(params)
+    for k in range(4):
+        grads = _grads(params, k)
+        u_old, s_old = old(meta, grads, state, params)
+        u_new, s_new = new(meta, grads, state, params)
+        for a, b in zip(jax.tree.leaves(u_new), jax.tree.leaves(u_old)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-15)
+        for a, b in zip(jax.tree.leaves(s_new), jax.tree.leaves(s_old)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        params, state = optax.apply_updates(params, u_old), s_old
+
+
+def test_fused_update_float32_within_1e6():
+    """In float32 the two paths round differently: equal to 1e-6 of each tensor's largest
+    update (the sums are reordered, so single entries near a cancellation can differ more
+    in relative terms)."""
+    lopt = ldco.STAR(direction_init="random")
+    params = _params()
+    meta = _perturb(lopt.init(jax.random.PRNGKey(22), params), 23, 0.05)
+    old, new = _pair_fns(lopt)
+    state = lopt.opt_fn(meta).init(params)
+    for k in range(3):
+        grads = _grads(params, k)
+        u_old, state_next = old(meta, grads, state, params)
+        u_new, _ = new(meta, grads, state, params)
+        for a, b in zip(jax.tree.leaves(u_new), jax.tree.leaves(u_old)):
+            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            assert np.max(np.abs(a - b)) <= 1e-6 * np.max(np.abs(b)) * 4, (np.max(np.abs(a - b)), np.max(np.abs(b)))
+        params, state = optax.apply_updates(params, u_old), state_next
+
+
+def test_fused_meta_gradient_equals_materialised(x64):
+    """jax.grad w.r.t. every meta-parameter (MLP, heads, learned decays) of a loss of the
+    parameters after 3 inner steps: the same through both paths."""
+    lopt = ldco.STAR(nominal_step=3e-3, direction_init="random", max_consecutive_nonfinite=None)
+    params = _params()
+    meta = _perturb(lopt.init(jax.random.PRNGKey(24), params), 25, 0.05)
+    target = jax.tree.map(lambda p: 0.5 * p + 0.1, params)
+
+    def loss_after(meta, fused):
+        tx = dataclasses.replace(lopt, fuse_features=fused).opt_fn(meta)
+        p, s = params, tx.init(params)
+        for k in range(3):
+            g = jax.tree.map(lambda a, b, c: (a - b) + c, p, target, _grads(params, k))
+            u, s = tx.update(g, s, p)
+            p = optax.apply_updates(p, u)
+        return sum(jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(target)))
+
+    g_old = jax.jit(jax.grad(lambda m: loss_after(m, False)))(meta)
+    g_new = jax.jit(jax.grad(lambda m: loss_after(m, True)))(meta)
+    assert any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(g_old["decays"]))
+    for path, a in jax.tree_util.tree_flatten_with_path(g_new)[0]:
+        b = np.asarray(functools.reduce(lambda t, k: t[k.key if hasattr(k, "key") else k.idx], path, g_old))
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-8, atol=1e-14 * np.max(np.abs(b)), err_msg=jax.tree_util.keystr(path))
+
+
+def test_channels_and_second_moments_match_the_feature_tensor(x64):
+    """features.channels broadcast to the tensor and stacked is raw_features; the one-pass
+    second moments are the per-channel means of its squares."""
+    params = _params()
+    dec = jnp.asarray([0.9, 0.99, 0.999])
+    state = F.init_state(params, 3, 3)
+    for k in range(2):
+        state = F.update_state(state, _grads(params, k), dec, jnp.asarray(0.999), dec)
+    fields = [jax.tree.leaves(getattr(state, f)) for f in ("momentum", "rms", "fac_row", "fac_col", "fac_full")]
+    for i, (p, g) in enumerate(zip(jax.tree.leaves(params), jax.tree.leaves(_grads(params, 1)))):
+        args = (p, g, *[f[i] for f in fields])
+        raw = np.asarray(F.raw_features(*args))
+        chans = F.channels(*args)
+        stacked = np.stack([np.broadcast_to(np.asarray(c), p.shape) for c in chans], -1)
+        np.testing.assert_array_equal(stacked, raw)
+        m2 = np.asarray(F.second_moments(chans, p.shape))
+        np.testing.assert_allclose(m2, np.mean(raw.reshape(-1, raw.shape[-1]) ** 2, 0), rtol=1e-12)

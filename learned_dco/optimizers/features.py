@@ -62,6 +62,7 @@ Everything here is a pure function of arrays; shapes and dtypes of the state nev
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Sequence
 
 import jax
@@ -270,3 +271,114 @@ def trunk_apply(trunk: Sequence[dict[str, Array]], x: Array) -> Array:
 def head_apply(head: dict[str, Array], h: Array) -> Array:
     """One scalar output head (linear): ``h @ w + b`` with ``w: (width,)``, ``b: ()``."""
     return h @ head["w"].astype(h.dtype) + head["b"].astype(h.dtype)
+
+
+# --- lean path: the first layer without the (n, 39) feature tensor -------------------------
+#
+# The MLP's first layer is linear in the normalised features, so for one tensor
+#
+#   W1^T x + b1 = sum_j (s_j W1[j]) f_j + (b1 + W1[time]^T tau(t)),   s_j = (eps + mean f_j^2)^(-1/2),
+#
+# with f_j the raw channels of the module table: the per-tensor normalisation folds into
+# the rows of W1 (28 scalars per tensor) and the time features, constant over a tensor,
+# into the bias. Each channel is produced in its natural, un-broadcast shape -- a factored
+# tensor's row channels have shape (..., r, 1), its column channels (..., 1, c) -- so its
+# second moment is a reduction over r (or c) entries instead of r*c, and XLA fuses the
+# channels, the weighted sum and the rest of the per-parameter MLP into a few loops per
+# tensor: nothing of size n x 39 is written to memory.
+
+
+def channels(p: Array, g: Array, m: Array, v: Array, row: Array, col: Array, full: Array) -> list[Array]:
+    """The raw channels of :func:`raw_features` (same order, same values), each in a shape that
+    broadcasts to ``p.shape`` without being broadcast: row channels of a factored tensor are
+    ``(..., r, 1)``, column channels ``(..., 1, c)``, the others ``p.shape``."""
+    num_momenta, num_factored = m.shape[-1], (row if factored(p) else full).shape[-1]
+    if num_momenta != num_factored:
+        raise ValueError(
+            f"the fac_mom features pair momentum k with factored decay k: need as many "
+            f"momentum decays ({num_momenta}) as adafactor decays ({num_factored})"
+        )
+    # Each transcendental is evaluated once on a whole (..., K) array and then sliced: XLA
+    # keeps an rsqrt used by two loops (the moments and the first layer) in memory rather
+    # than recompute it, and one array per kind is one loop instead of K.
+    rsqrt_v = _rho(v)
+    adam = m * rsqrt_v[..., None]
+    if factored(p):
+        row_b, col_b = row[..., :, None, :], col[..., None, :, :]  # (..., r, 1, K), (..., 1, c, K)
+        row_factor = _rho_safe(row / (jnp.mean(row, axis=-2, keepdims=True) + SAFE_MIN))
+        precond = row_factor[..., :, None, :] * _rho_safe(col)[..., None, :, :]
+        fac_grad, fac_mom = g[..., None] * precond, m * precond
+    else:
+        row_b = col_b = full
+        fac_grad = g[..., None] * _rho_safe(full + SAFE_MIN)
+        fac_mom = m * jax.lax.rsqrt(full + FAC_MOM_EPS)
+    rsqrt_row = _rho(row_b)
+    rsqrt_col = rsqrt_row if col_b is row_b else _rho(col_b)
+    split = lambda a: [a[..., k] for k in range(num_momenta)]
+    return (
+        [g, p, *split(m), v, *split(adam), rsqrt_v, *split(fac_grad), *split(row_b), *split(col_b)]
+        + split(rsqrt_row) + split(rsqrt_col) + split(fac_mom)
+    )
+
+
+def second_moments(chans: Sequence[Array], shape: tuple[int, ...]) -> Array:
+    """``mean(x^2)`` of each channel over a tensor of ``shape`` (channels broadcast to it),
+    shape ``(C,)``, in one pass (:func:`_sum_squares`)."""
+    sums = _sum_squares(tuple(jnp.broadcast_to(x, shape) for x in chans))
+    return jnp.stack(sums) / math.prod(shape)
+
+
+@jax.custom_jvp
+def _sum_squares(xs: tuple[Array, ...]) -> tuple[Array, ...]:
+    """``tuple(sum(x**2) for x in xs)`` (equal shapes) as ONE variadic XLA reduction: XLA
+    fuses the channels into a single loop over the tensor, where 28 separate sums (or a sum
+    over their stack) run as 28 loops (or store the stack) on CPU. JAX cannot differentiate
+    a variadic reduction, hence the explicit JVP (linear in the tangents, so reverse mode
+    transposes it into elementwise products, no reductions)."""
+    if not xs[0].ndim:
+        return tuple(jnp.square(x) for x in xs)
+    zero = tuple(jnp.zeros((), x.dtype) for x in xs)
+    return tuple(
+        jax.lax.reduce(
+            tuple(jnp.square(x) for x in xs), zero, lambda a, b: tuple(u + w for u, w in zip(a, b)), tuple(range(xs[0].ndim))
+        )
+    )
+
+
+@_sum_squares.defjvp
+def _sum_squares_jvp(primals, tangents):
+    (xs,), (dxs,) = primals, tangents
+    return _sum_squares(xs), tuple(2 * jnp.sum(x * dx) for x, dx in zip(xs, dxs))
+
+
+def first_layer(
+    p: Array, g: Array, m: Array, v: Array, row: Array, col: Array, full: Array, count: Array,
+    layer: dict[str, Array], feature_eps: float, dtype=None,
+) -> Array:
+    """Pre-activation of the first hidden layer on one tensor, ``p.shape + (width,)``:
+    :func:`tensor_inputs` ``@ layer["w"] + layer["b"]`` without forming the inputs.
+
+    The normalisation scales are folded into the rows of ``w`` and the time features into
+    the bias (comment above); ``dtype`` (default: ``p``'s) is the MLP's compute dtype.
+    """
+    chans = channels(p, g, m, v, row, col, full)
+    dtype = jnp.result_type(p) if dtype is None else dtype
+    scale = jax.lax.rsqrt(feature_eps + second_moments(chans, jnp.shape(p)))  # as normalize()
+    w, b = layer["w"].astype(dtype), layer["b"].astype(dtype)
+    num = len(chans)
+    w_feat = w[:num] * scale.astype(dtype)[:, None]
+    out = b + time_features(count, dtype) @ w[num:]
+    for x, wj in zip(chans, w_feat):
+        out = out + x.astype(dtype)[..., None] * wj
+    return jnp.broadcast_to(out, jnp.shape(p) + w.shape[-1:])
+
+
+def dense_elementwise(x: Array, layer: dict[str, Array]) -> Array:
+    """``x @ w + b`` written as ``b + sum_i x[..., i] w[i]``: for the MLP's few units an
+    elementwise expression XLA fuses with its neighbours instead of a separate matmul
+    (a hidden layer ``w: (n, width)`` or a scalar head ``w: (n,)``)."""
+    w, b = layer["w"].astype(x.dtype), layer["b"].astype(x.dtype)
+    out = b
+    for i in range(w.shape[0]):
+        out = out + (x[..., i] * w[i] if w.ndim == 1 else x[..., i, None] * w[i])
+    return out
