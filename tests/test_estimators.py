@@ -126,22 +126,22 @@ def _pes_check(num_tasks, episodes, *, sigma=SIGMA, lopt=LOPT, z=4.0, power=0.15
 
 def test_pes_is_unbiased_for_the_smoothed_full_horizon_gradient(x64):
     """32768 tasks x 8 episodes at lr 0.3, sigma 0.25: standard error 0.95% of the
-    gradient (asserted < 0.97%), |bias| < 3.5 se. Power: a 5% bias is >= 5.15 se, caught
-    with probability >= 95%; the plain (unsmoothed) gradient is 14.7 se away (asserted
+    gradient (asserted < 1.1%), |bias| < 3.5 se. Power: a 5% bias is 5.3 se, caught with
+    probability 96% (>= 85% at the asserted bound); the plain (unsmoothed) gradient is 14.7 se away (asserted
     >= 5 se), so an estimator of the plain gradient fails. Seen to fail when the estimate
     is scaled by 1.05 and when the accumulator is not reset at episode boundaries."""
-    _pes_check(TASKS_SMOOTH, EPISODES_SMOOTH, sigma=SIGMA_SMOOTH, lopt=LOPT_SMOOTH, z=3.5, power=0.0097,
+    _pes_check(TASKS_SMOOTH, EPISODES_SMOOTH, sigma=SIGMA_SMOOTH, lopt=LOPT_SMOOTH, z=3.5, power=0.011,
                separation=5.0)
 
 
 def test_es_is_unbiased_for_the_smoothed_full_horizon_gradient(x64):
     """32768 tasks x 8 episodes at lr 0.3, sigma 0.25: standard error 0.87% of the
-    gradient (asserted < 0.9%), |bias| < 3.5 se. Power: a 5% bias is >= 5.5 se, caught
-    with probability >= 98%; the plain gradient is 10.8 se away (asserted >= 5 se)."""
+    gradient (asserted < 1%), |bias| < 3.5 se. Power: a 5% bias is 5.7 se, caught with
+    probability 99% (>= 93% at the asserted bound); the plain gradient is 10.8 se away (asserted >= 5 se)."""
     est = meta.ES(horizon=T, truncation=K, num_tasks=TASKS_SMOOTH, sigma=SIGMA_SMOOTH, meta_loss="mean_train")
     grads, _, phi = _collect(est, TASKS_SMOOTH, warmup=T // K, steps=EPISODES_SMOOTH * T // K, lopt=LOPT_SMOOTH)
     reference = _smoothed_grad(phi, 0, per_segment=False, sigma=SIGMA_SMOOTH)
-    _check_unbiased(grads, reference, z=3.5, power=0.009, plain=_plain_grad(phi), separation=5.0)
+    _check_unbiased(grads, reference, z=3.5, power=0.01, plain=_plain_grad(phi), separation=5.0)
 
 
 def test_truncated_bptt_bias_is_visible(x64):
@@ -202,3 +202,45 @@ def test_full_unroll_equals_jax_grad_of_the_unrolled_meta_loss(x64):
 def test_bad_estimator_settings_raise(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cls(**kwargs)
+
+
+@pytest.mark.parametrize("fresh_batch", [True, False])
+def test_mean_train_both_conventions_equal_jax_grad_of_a_hand_written_unroll(x64, fresh_batch):
+    """MeanTrain(fresh_batch=True) scores theta_{t+1} on a fresh batch; fresh_batch=False
+    reuses l(theta_t; b_t) computed with the gradient (learned_optimization's convention).
+    Both against jax.grad of a Python loop drawing the same minibatches."""
+    T_ = 3
+    est = meta.FullUnroll(horizon=T_, num_tasks=2, meta_loss=meta.MeanTrain(fresh_batch=fresh_batch))
+    params = FAMILY.init_params(None, FAMILY.sample(jax.random.PRNGKey(0)))
+    theta = LOPT.init(None, params)
+    bound = est.bind(LOPT, FAMILY)
+    states = bound.start(theta, (), jax.random.PRNGKey(1))
+    got, _ = bound.estimate(theta, states, None)
+
+    def by_hand(theta, s):
+        tx, p, key, total = LOPT.opt_fn(theta), s.params, s.key, 0.0
+        opt_state = s.opt_state
+        for _ in range(T_):
+            key, k_batch, k_meta, _ = jax.random.split(key, 4)
+            value, g = jax.value_and_grad(FAMILY.loss)(p, s.task, FAMILY.sample_batch(k_batch, s.task))
+            u, opt_state = tx.update(g, opt_state, p)
+            p = optax.apply_updates(p, u)
+            fresh = FAMILY.loss(p, s.task, FAMILY.sample_batch(k_meta, s.task))
+            total = total + (fresh if fresh_batch else value) / T_
+        return total
+
+    for i in range(2):
+        s = jax.tree.map(lambda x: x[i], states)
+        value, grad = jax.value_and_grad(by_hand)(theta, s)
+        np.testing.assert_allclose(got.meta_loss[i], value, rtol=1e-10)
+        np.testing.assert_allclose(got.grad["log_lr"][i], grad["log_lr"], rtol=1e-8)
+
+
+def test_meta_losses_are_values_validated_at_construction():
+    assert meta.as_meta_loss("mean_train") == meta.MeanTrain(fresh_batch=True)
+    assert meta.PES(meta_loss="final_val").meta_loss == meta.FinalVal()
+    assert meta.TruncatedBPTT(meta_loss=meta.MeanTrain(fresh_batch=False)).meta_loss.fresh_batch is False
+    with pytest.raises(ValueError, match="fresh_batch"):
+        meta.MeanTrain(fresh_batch="no")
+    with pytest.raises(ValueError, match="unknown meta_loss 'final_accuracy'"):
+        meta.FullUnroll(meta_loss="final_accuracy")

@@ -75,10 +75,22 @@ class Unroll:
             step.next,
         )
 
-    def _restart(self, meta: MetaParams, step: Step) -> InnerState:
-        k_task, k_fresh = jax.random.split(step.reset_key)
+    def _restart(self, meta: MetaParams, reset_key) -> InnerState:
+        k_task, k_fresh = jax.random.split(reset_key)
         task = sample_task(self.family, self.pool, k_task)
         return fresh_state(self.lopt, self.family, meta, task, k_fresh)
+
+    def _next_episode(self, meta: MetaParams, state: InnerState, num_steps: int) -> InnerState:
+        """The fresh state that replaces ``state``'s episode if it ends inside these
+        ``num_steps`` steps, computed once, before the scan (at most one boundary falls
+        inside). It is the state the boundary step would draw: the key chain is fixed in
+        advance (:func:`~learned_dco.meta.inner.inner_step` splits ``key`` into the next
+        key and three others), so the boundary step's reset key is known from
+        ``state.step``. Under ``vmap`` a per-step ``lax.cond`` becomes a select that
+        computes the fresh state of every task at every step."""
+        chain = jax.lax.scan(lambda k, _: (jax.random.split(k, 4)[0], k), state.key, length=num_steps)[1]
+        boundary = jnp.clip(self.horizon - 1 - state.step, 0, num_steps - 1)
+        return self._restart(meta, jax.random.split(chain[boundary], 4)[3])
 
     def __call__(self, meta: MetaParams, state: InnerState, num_steps: int,
                  meta_after: MetaParams | None = None) -> tuple[InnerState, TruncationOutput]:
@@ -94,12 +106,13 @@ class Unroll:
                 return self.lopt.opt_fn(meta)
             return self.lopt.opt_fn(jax.tree.map(lambda a, b: jnp.where(after, a, b), meta_after, meta))
 
+        fresh = self._next_episode(next_meta, state, num_steps) if self.reset else None
+
         def transition(after, step):
             ended = step.next.step >= self.horizon
             if not self.reset:
                 return after | ended, step.next
-            new = jax.lax.cond(ended, lambda _: self._restart(next_meta, step), lambda _: step.next, None)
-            return after | ended, new
+            return after | ended, jax.tree.map(lambda a, b: jnp.where(ended, a, b), fresh, step.next)
 
         def record(step):
             return self._term(step), step.loss, step.next.step >= self.horizon
