@@ -96,7 +96,7 @@ def test_unknown_keys_are_named(data, message):
         (_with(optimizer={"name": "dcog", "learning_rate": "fast"}), "optimizer.learning_rate: expected float, got str 'fast'"),
         (_with(optimizer={"name": "dcog", "learning_rate": None}), "optimizer.learning_rate: expected float, got null"),
         (_with(optimizer={"name": "dcog", "maxiter": 2.5}), "optimizer.maxiter: expected int, got float 2.5"),
-        (_with(optimizer={"name": "dcog", "solver": 3}), "optimizer.solver: expected str, got int 3"),
+        (_with(optimizer={"name": "dcog", "solver": 3}), "optimizer.solver: expected str or QPSolver, got int 3"),
         (_with(task={"name": "beverton_holt", "hidden": [5, "five"]}), "task.hidden[1]: expected int, got str 'five'"),
         (_with(task={"name": "beverton_holt", "hidden": 5}), "task.hidden: expected list of int, got int 5"),
         (_with(task={"name": "beverton_holt", "k_range": [1.0, 2.0, 3.0]}), "task.k_range: expected list of 2 (float, float), got 3 items"),

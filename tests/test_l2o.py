@@ -12,7 +12,7 @@ from jax.flatten_util import ravel_pytree
 import learned_dco as ldco
 from learned_dco import meta as M
 from learned_dco import tasks
-from learned_dco.optimizers.l2o import preprocess
+from learned_dco.optimizers.lstm import preprocess
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -26,44 +26,6 @@ def _same(a, b):
     return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def test_resume_equals_uninterrupted_run(tmp_path):
-    est = meta.TruncatedBPTT(horizon=6, truncation=2, num_tasks=4)
-    key = jax.random.PRNGKey(0)
-    full = _trainer(est).run(_trainer(est).init(key), 7, run_dir=tmp_path / "full", progress=False)
-
-    first = _trainer(est)
-    first.run(first.init(key), 4, run_dir=tmp_path / "cut", checkpoint_every=2, progress=False)
-    # A new process would build a new trainer and restore from the run directory.
-    second = _trainer(est)
-    restored = second.restore(tmp_path / "cut", key)
-    assert int(restored.step) == 4
-    resumed = second.run(restored, 7, run_dir=tmp_path / "cut", progress=False)
-    assert _same(resumed, full)
-    lines = [json.loads(ln) for ln in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in lines] == list(range(7))
-    full_lines = [json.loads(ln) for ln in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["meta_loss"] for r in lines] == [r["meta_loss"] for r in full_lines]
-
-
-def test_checkpoint_write_is_atomic(tmp_path):
-    """A failed write leaves the previous checkpoint readable."""
-    est = meta.FullUnroll(horizon=2, num_tasks=2)
-    trainer = _trainer(est)
-    state = trainer.run(trainer.init(jax.random.PRNGKey(0)), 2, run_dir=tmp_path, progress=False)
-    before = (tmp_path / "checkpoint.msgpack").read_bytes()
-
-    class Boom(Exception):
-        pass
-
-    def explode(*_):
-        raise Boom
-
-    with pytest.raises(Boom):
-        trainer.run(state, 4, run_dir=tmp_path, checkpoint_every=1, progress=False, on_step=explode)
-    assert (tmp_path / "checkpoint.msgpack").read_bytes() == before
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
-
-
 def _pool_with_nan(n):
     pool = tasks.sample_tasks(FAMILY, jax.random.PRNGKey(3), n)
     bad = jax.tree.map(lambda x: x[:1], pool)._replace(X=jnp.full((1, 12, 6), jnp.nan))
@@ -129,21 +91,6 @@ def test_vmapped_seed_sweep_matches_separate_runs():
         for a, b in zip(jax.tree.leaves(single[0].meta), jax.tree.leaves(sweep[0].meta)):
             np.testing.assert_allclose(a, b[i], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(single[1].meta_loss, sweep[1].meta_loss[i], rtol=1e-5)
-
-
-def test_saved_meta_params_load_into_opt_fn(tmp_path):
-    lopt = ldco.DCOM(learning_rate=0.01)
-    trainer = meta.MetaTrainer(lopt, FAMILY, meta.FullUnroll(horizon=2, num_tasks=2))
-    state = trainer.run(trainer.init(jax.random.PRNGKey(0)), 2, run_dir=tmp_path, progress=False)
-    # "Another program": only the optimizer class, a model and the file.
-    params = jnp.zeros(FAMILY.dim)
-    loaded = meta.load_meta(tmp_path / "meta.msgpack", template=lopt.init(jax.random.PRNGKey(9), params))
-    assert _same(loaded, state.meta)
-    tx = lopt.opt_fn(loaded)
-    updates, _ = tx.update(jnp.ones(FAMILY.dim), tx.init(params), params)
-    assert updates.shape == (FAMILY.dim,)
-    raw = meta.load_meta(tmp_path / "meta.msgpack")  # no template: nested dicts of arrays
-    np.testing.assert_array_equal(raw["log_lam"], state.meta["log_lam"])
 
 
 def test_task_batch_must_divide_over_devices():

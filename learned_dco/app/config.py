@@ -183,7 +183,7 @@ class EvalConfig:
       num_tasks: held-out tasks to evaluate on.
       num_steps: inner steps per task.
       baselines: optax baselines (``meta.BASELINES`` names) whose learning rates are tuned.
-      lr_grid: learning rates swept per baseline (``null``: ``meta.evaluate.DEFAULT_GRID``,
+      lr_grid: learning rates swept per baseline (``null``: ``meta.DEFAULT_GRID``,
         1e-4 to 1 with four points per decade).
       seed: seed of the held-out tasks (``null``: the run's ``seed + 1``).
     """

@@ -45,7 +45,7 @@ from learned_dco import meta
 from learned_dco.app import config as C
 from learned_dco.app import runs
 from learned_dco.io import atomic_write_bytes, atomic_write_json, atomic_write_text, environment
-from learned_dco.meta.evaluate import DEFAULT_GRID  # not exported by learned_dco.meta yet
+
 from learned_dco.tasks import sample_tasks
 
 EVAL_DIR = "eval"
@@ -116,7 +116,7 @@ def evaluate(
             raise C.ConfigError(f"{flag}: must be a positive integer, got {value!r}")
     built = runs.build(cfg)
     family = built.family
-    grid = tuple(ev.lr_grid) if ev.lr_grid is not None else DEFAULT_GRID
+    grid = tuple(ev.lr_grid) if ev.lr_grid is not None else meta.DEFAULT_GRID
 
     heldout = sample_tasks(family, C.stream_key(eval_seed, "heldout"), n)
     if built.pool is not None:

@@ -2,7 +2,7 @@ r"""M-L2O: meta-training a learned optimizer for fast test-time self-adaptation.
 
 Yang et al., "M-L2O: Towards generalizable learning-to-optimize by test-time fast
 self-adaptation" (ICLR 2023). For an L2O optimizer with weights :math:`\phi` (e.g.
-:class:`learned_dco.optimizers.l2o.LSTMOptimizer`) and a task :math:`\tau`, let
+:class:`learned_dco.optimizers.lstm.LSTMOptimizer`) and a task :math:`\tau`, let
 
 .. math::
     \mathcal L(\phi; \tau, \xi) = \frac1T \sum_{t=1}^{T} \ell\big(f_\tau(\theta_t)\big),
