@@ -14,7 +14,7 @@ meta-optimizer state, the estimator's per-task state and a key):
    meta-parameters are kept and the skip is counted.
 
 Meta-step ``k`` uses the key ``fold_in(key, k)``, so a run restored from a checkpoint at
-step ``k`` continues exactly as the uninterrupted run would (:meth:`MetaTrainer.run`).
+step ``k`` continues exactly as the uninterrupted run would (:func:`learned_dco.app.runs.run`).
 :meth:`MetaTrainer.train` is the same loop as a pure ``lax.scan``, so a grid of seeds can
 be meta-trained in one ``jax.vmap``-ed call.
 """
