@@ -280,6 +280,19 @@ def _is_plain(value: Any) -> bool:
     return isinstance(value, _PLAIN)
 
 
+def _yaml_spelling(value: Any) -> Any:
+    """A choice stored as a value (a QP solver, a meta-loss) by the name YAML gives it, when
+    that name alone rebuilds it (default options); other values are returned unchanged."""
+    name = getattr(value, "name", None)
+    if dataclasses.is_dataclass(value) and isinstance(name, str):
+        try:
+            if type(value)() == value:
+                return name
+        except TypeError:
+            pass
+    return value
+
+
 def _resolve_component(section: str, comp: ComponentConfig) -> ComponentConfig:
     _, registry = REGISTRIES[section]
     obj = registry[comp.name](**comp.kwargs)
@@ -287,8 +300,8 @@ def _resolve_component(section: str, comp: ComponentConfig) -> ComponentConfig:
     options = dict(given)
     for f in dataclasses.fields(obj):
         if f.init and f.name not in given:
-            value = getattr(obj, f.name)
-            if _is_plain(value):  # a non-YAML default (none today) stays implicit
+            value = _yaml_spelling(getattr(obj, f.name))
+            if _is_plain(value):  # a value YAML cannot spell stays implicit
                 options[f.name] = value
     return ComponentConfig(comp.name, tuple(sorted(options.items())))
 
