@@ -74,7 +74,7 @@ class Watchdog:
     """
 
     def __init__(self, client, process_id: int, num_processes: int, timeout: float, command: str,
-                 interval: float | None = None):
+                 interval: float | None = None, on_exit=os._exit):
         self.client, self.pid, self.n = client, process_id, num_processes
         self.timeout, self.command = float(timeout), command
         self.interval = interval if interval is not None else max(0.2, min(2.0, self.timeout / 10))
@@ -85,6 +85,8 @@ class Watchdog:
         self.finished: set[int] = set()
         self._stopping = threading.Event()
         self._count = 0
+        self._on_exit = on_exit  # os._exit; tests pass a recorder
+        self.linger = min(self.timeout, 10.0)
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> Watchdog:
@@ -102,18 +104,39 @@ class Watchdog:
     def announce_stop(self, code: int, reason: str) -> None:
         """Ask every other process to stop with status ``code`` (first announcement wins)."""
         with contextlib.suppress(Exception):
-            self.client.key_value_set(f"{PREFIX}stop", f"{code}|{self.pid}|{reason}")
+            self.client.key_value_set(f"{PREFIX}stop/record", f"{code}|{self.pid}|{reason}")
+
+    def leave(self, dead=()) -> None:
+        """Acknowledge a stop. Process 0 hosts the coordination service, so it waits (at
+        most ``linger`` seconds) for every live process to acknowledge before it exits:
+        leaving first would make JAX abort the others with its own fatal error."""
+        with contextlib.suppress(Exception):
+            self.client.key_value_set(f"{PREFIX}ack/{self.pid}", "1", allow_overwrite=True)
+        if self.pid != 0:
+            return
+        waiting = set(range(1, self.n)) - set(dead)
+        deadline = time.monotonic() + self.linger
+        while time.monotonic() < deadline:
+            try:
+                acks = {int(k.rsplit("/", 1)[1]) for k, _ in self.client.key_value_dir_get(f"{PREFIX}ack/")}
+            except Exception:  # noqa: BLE001
+                return
+            if not waiting - acks - self.finished:
+                return
+            time.sleep(min(self.interval, 0.1))
 
     # --- threads --------------------------------------------------------------------------
-    def _exit(self, code: int, message: str) -> None:
+    def _exit(self, code: int, message: str, dead=()) -> None:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        self.announce_stop(code, message)  # no-op if another process announced first
         word = "stopped" if code == 130 else "error"
         with contextlib.suppress(Exception):
             sys.stdout.flush()
         print(f"learned-dco {self.command}: {word}: process {self.pid}: {message}", file=sys.stderr, flush=True)
-        os._exit(code)
+        self.leave(dead)
+        self._on_exit(code)
 
     def _beat(self) -> None:
         while not self._stopping.is_set():
@@ -122,7 +145,7 @@ class Watchdog:
                 self.client.key_value_set(f"{PREFIX}beat/{self.pid}", str(self._count), allow_overwrite=True)
                 beats = dict(self.client.key_value_dir_get(f"{PREFIX}beat/"))
                 done = dict(self.client.key_value_dir_get(f"{PREFIX}done/"))
-                stop = dict(self.client.key_value_dir_get(f"{PREFIX}stop"))
+                stop = dict(self.client.key_value_dir_get(f"{PREFIX}stop/"))
             except Exception:  # noqa: BLE001 -- the service is unreachable; _watch times it out
                 time.sleep(self.interval)
                 continue
@@ -151,7 +174,7 @@ class Watchdog:
                 if p not in self.finished and now - seen > self.timeout:
                     self._exit(EXIT_PEER, f"process {p} sent no heartbeat for {now - seen:.0f} s > --peer-timeout "
                                f"{self.timeout:g} s: it died, hung or lost its network; stopping (resume every "
-                               f"process with --resume)")
+                               f"process with --resume)", dead=(p,))
 
 
 def _hard_exit(code: int) -> None:
@@ -212,7 +235,8 @@ def session(args: argparse.Namespace, command: str) -> Iterator[Job]:
 
         code, message = classify(e)
         if isinstance(e, jax.errors.JaxRuntimeError):  # a collective failed: a peer is gone
-            code, message = EXIT_PEER, f"a cross-process operation failed; another process probably died ({message})"
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            code, message = EXIT_PEER, f"a cross-process operation failed; another process probably died ({first})"
             _fail(dog, code, message)
             raise distributed.PeerError(message) from e
         _fail(dog, code, message)
@@ -230,4 +254,5 @@ def session(args: argparse.Namespace, command: str) -> Iterator[Job]:
 def _fail(dog: Watchdog, code: int, message: str) -> None:
     dog.announce_stop(code, f"{'interrupted' if code == 130 else 'failed'}: {message}")
     dog.close(finished=False)
+    dog.leave()
     atexit.register(_hard_exit, code)  # after the CLI prints the error: skip the shutdown barrier
