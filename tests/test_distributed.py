@@ -239,9 +239,10 @@ def test_resume_on_another_process_count(tmp_path):
     config error naming num_tasks."""
     run = train(PES, tmp_path, "run", 2, 2, "--set", "train.num_steps=2")
     one = train(PES, tmp_path, "one", 1, 1)
-    results = finish(start(tmp_path / "config.yaml", run, 1, 1, resume=True))
+    results = finish(start(tmp_path / "config.yaml", run, 1, 1, "--set", "train.num_steps=4", resume=True))
     assert results[0][0] == 0, results[0][2][-2000:]
     assert_states(final_state(run), final_state(one), exact=False)
+    assert [r["step"] for r in metrics(run)] == [0, 1, 2, 3]
     code, _, err = finish(start(tmp_path / "config.yaml", run, 1, 3, "--set", "train.num_steps=6", resume=True))[0]
     assert code == cli.EXIT_CONFIG and "num_tasks" in err, err[-2000:]
 
