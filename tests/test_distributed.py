@@ -95,13 +95,15 @@ def finish(procs, timeout=120) -> list[tuple[int, str, str]]:
     return out
 
 
-def train(config: str, tmp: Path, name: str, processes: int, devices: int, *extra: str) -> Path:
+def train(config: str, tmp: Path, name: str, processes: int, devices: int, *extra: str, outputs=None) -> Path:
     path = tmp / "config.yaml"
     path.write_text(config)
     out = tmp / name
     results = finish(start(path, out, processes, devices, *extra))
     for i, (code, o, e) in enumerate(results):
         assert code == 0, f"process {i} of {name}: exit {code}\n{o}\n{e[-3000:]}"
+    if outputs is not None:
+        outputs.extend(results)
     return out
 
 
@@ -129,8 +131,12 @@ def metrics(run: Path) -> list[dict]:
 
 def test_two_processes_match_one_device(tmp_path):
     """FullUnroll: 2 processes x 2 devices end where 1 process x 1 device ends (module
-    docstring for the tolerance); only process 0 writes metrics (one line per step)."""
-    two = train(FULL, tmp_path, "p2d2", 2, 2)
+    docstring for the tolerance); only process 0 writes metrics (one line per step) and
+    prints; process 1 says nothing on stdout."""
+    outputs = []
+    two = train(FULL, tmp_path, "p2d2", 2, 2, outputs=outputs)
+    ours = [[ln for ln in o.splitlines() if not ln.startswith("[Gloo]")] for _, o, _ in outputs]  # gloo's own chatter
+    assert any(ln.startswith("done: 3 meta-steps") for ln in ours[0]) and ours[1] == []
     one = train(FULL, tmp_path, "p1d1", 1, 1)
     assert_states(final_state(two), final_state(one), exact=False)
     assert [r["step"] for r in metrics(two)] == [0, 1, 2]
