@@ -343,3 +343,29 @@ def test_watchdog_follows_a_stop_record_and_a_lost_service(capsys):
     client.down = True  # ...but the service itself must answer
     _wait(exits, 5)
     assert exits == [launch.EXIT_PEER] and "lost contact with the coordination service" in capsys.readouterr().err
+
+
+def _report_is_distributed() -> bool:
+    return "distributed.shard_tasks" in (ROOT / "learned_dco" / "app" / "report.py").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _report_is_distributed(), reason="needs the report.py hunk (shard_tasks/to_host) to be merged")
+def test_eval_on_two_processes_matches_one(tmp_path):
+    """`learned-dco eval` over 2 processes x 2 devices (held-out and tuning tasks sharded over
+    the global mesh): same tuned learning rates and curves as 1 x 1 within float tolerance."""
+    run = train(FULL, tmp_path, "run", 1, 1)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), LEARNED_DCO_COMPILE_CACHE="0")
+    cmd = [sys.executable, "-m", "learned_dco.app.cli", "eval", str(run), "--num-tasks", "8", "--num-steps", "5"]
+    port = free_port()
+    procs = [subprocess.Popen(cmd + ["--out", str(tmp_path / "ev2"), "--coordinator", f"localhost:{port}",
+                                     "--num-processes", "2", "--process-id", str(i)],
+                              env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    assert [c for c, _, _ in finish(procs)] == [0, 0]
+    one = subprocess.run(cmd + ["--out", str(tmp_path / "ev1")], env=env, capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0, one.stderr[-2000:]
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("ev2", "ev1"))
+    assert a["tuned_lr"] == b["tuned_lr"] and a["device"]["count"] == 4
+    for name in b["curves"]:
+        np.testing.assert_allclose(a["curves"][name]["mean"], b["curves"][name]["mean"], rtol=1e-5)
