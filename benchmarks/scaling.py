@@ -63,7 +63,7 @@ def run_layout(workdir: Path, config: Path, processes: int, devices: int, steps:
     port = free_port()
     procs = []
     for i in range(processes):
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         if platform == "cpu":
             env["JAX_PLATFORMS"] = "cpu"
             env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
@@ -103,10 +103,13 @@ def main(argv=None) -> dict:
         if args.smoke else CONFIG
 
     layouts = [("cpu", "1x1", 1, 1, None), ("cpu", "1x2", 1, 2, None), ("cpu", "2x1", 2, 1, None)]
+    if (os.cpu_count() or 1) >= 8 and not args.smoke:
+        layouts += [("cpu", "1x4", 1, 4, None), ("cpu", "4x1", 4, 1, None)]
     n_gpu = 0 if args.no_gpu or args.smoke else gpu_count()
     if n_gpu:
-        layouts += [("gpu", "1 GPU", 1, 1, [[0]]), (f"gpu", f"1 process x {n_gpu} GPUs", 1, n_gpu, [list(range(n_gpu))])]
+        layouts += [("gpu", "1 GPU", 1, 1, [[0]])]
         if n_gpu > 1:
+            layouts.append(("gpu", f"1 process x {n_gpu} GPUs", 1, n_gpu, [list(range(n_gpu))]))
             layouts.append(("gpu", f"{n_gpu} processes x 1 GPU", n_gpu, 1, [[i] for i in range(n_gpu)]))
 
     samples: dict[str, list[float]] = {name: [] for _, name, *_ in layouts}
