@@ -203,6 +203,33 @@ def test_killed_peer_stops_the_other_and_resume_matches(tmp_path):
 
 
 @pytest.mark.slow
+def test_distributed_flag_reads_a_slurm_environment(tmp_path):
+    """`--distributed` (no coordinator/count/index on the command line): JAX reads SLURM's
+    variables (simulated here: 2 tasks on localhost); same result as 1 x 1."""
+    for job in range(4096):  # SLURM's coordinator port is 61440 + job id % 4096
+        try:
+            with socket.socket() as s:
+                s.bind(("localhost", 61440 + job))
+            break
+        except OSError:
+            continue
+    path = tmp_path / "config.yaml"
+    path.write_text(FULL)
+    cmd = [sys.executable, "-m", "learned_dco.app.cli", "train", str(path), "--out", str(tmp_path / "slurm"),
+           "--no-progress", "--distributed", "--peer-timeout", "10"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), LEARNED_DCO_COMPILE_CACHE="0", SLURM_JOB_ID=str(job),
+               SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2", SLURM_STEP_NUM_NODES="1",
+               XLA_FLAGS="--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0")
+    procs = [subprocess.Popen(cmd, env=dict(env, SLURM_PROCID=str(i), SLURM_LOCALID=str(i)), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    results = finish(procs)
+    assert [r[0] for r in results] == [0, 0], results[0][2][-2000:] + results[1][2][-2000:]
+    one = train(FULL, tmp_path, "one", 1, 1)
+    assert json.loads((tmp_path / "slurm" / "run.json").read_text())["device"]["count"] == 4
+    assert_states(final_state(tmp_path / "slurm"), final_state(one), exact=False)
+
+
+@pytest.mark.slow
 def test_killed_primary_stops_the_other(tmp_path):
     """kill -9 of process 0 (which hosts the coordination service): process 1 exits non-zero
     within the peer timeout -- by this watchdog's message, or (usually first) by JAX's own
