@@ -46,6 +46,7 @@ EXIT_DISK_FULL = 4
 EXIT_CHECKPOINT = 5
 EXIT_EXISTS = 6
 EXIT_MEMORY = 7
+EXIT_PEER = 8  # multi-process: another process died or hung (learned_dco.app.launch)
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES = {
@@ -57,6 +58,7 @@ EXIT_CODES = {
     EXIT_CHECKPOINT: "bad run directory: unreadable or mismatched checkpoint, corrupt metrics",
     EXIT_EXISTS: "outputs exist: pass --overwrite, another --out, or --resume",
     EXIT_MEMORY: "the config needs more memory than this machine has (the estimate is printed)",
+    EXIT_PEER: "multi-process run: another process died, hung or stopped (the message names it)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C or SIGTERM); a training run can be resumed",
 }
 
@@ -173,6 +175,9 @@ def add_train(subparsers) -> argparse.ArgumentParser:
         "config is used (a CONFIG given too must match it except train.num_steps/checkpoint_every)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics still go to metrics.jsonl)")
+    from learned_dco.app import launch
+
+    launch.add_options(p)
     p.set_defaults(handler=run_train)
     return p
 
@@ -193,6 +198,7 @@ def _warn(command: str) -> Callable[[str], None]:
 def run_train(args: argparse.Namespace) -> int:
     from learned_dco.app import config as C
     from learned_dco.app import runs
+    from learned_dco.meta import distributed
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -205,12 +211,14 @@ def run_train(args: argparse.Namespace) -> int:
         if not args.config:
             raise C.ConfigError("train: give a CONFIG.yaml (or --resume RUN_DIR)")
         cfg = C.load_config(args.config, args.overrides)
-        run_dir = Path(args.out) if args.out else default_run_dir(args.config)
-        if runs.has_run(run_dir):
+        # several processes: process 0 names the directory and checks it (the others may have no view of it)
+        run_dir = Path(distributed.from_primary(lambda: str(Path(args.out) if args.out else default_run_dir(args.config))))
+        if distributed.from_primary(lambda: runs.has_run(run_dir)):
             raise OutputExists(f"--out: {run_dir} already holds a run; pick another directory or --resume it")
 
-    print(f"{'resuming' if args.resume else 'meta-training'} {cfg.optimizer.name} on {cfg.task.name} "
-          f"with {cfg.estimator.name} in {run_dir}", flush=True)
+    say = print if distributed.is_primary() else (lambda *a, **k: None)
+    say(f"{'resuming' if args.resume else 'meta-training'} {cfg.optimizer.name} on {cfg.task.name} "
+        f"with {cfg.estimator.name} in {run_dir}", flush=True)
     try:
         state = runs.train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
                            warn=_warn("train"))
@@ -218,7 +226,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"\nlearned-dco train: interrupted; continue with: learned-dco train --resume {run_dir}",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(
+    say(
         f"done: {int(state.step)} meta-steps ({int(state.skipped)} skipped updates)\n"
         f"  config        {run_dir / runs.CONFIG_FILE}\n"
         f"  metrics       {run_dir / runs.METRICS}\n"
@@ -260,21 +268,27 @@ def add_eval(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, metavar="S", help="seed of the held-out tasks (default: eval.seed, else seed + 1)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: RUN_DIR/eval)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in the output directory")
+    from learned_dco.app import launch
+
+    launch.add_options(p)
     p.set_defaults(handler=run_eval)
     return p
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from learned_dco.app import report
+    from learned_dco.meta import distributed
 
     out = Path(args.out) if args.out else Path(args.run_dir) / report.EVAL_DIR
-    existing = report.existing_outputs(out)
+    existing = distributed.from_primary(lambda: [p.name for p in report.existing_outputs(out)])
     if existing and not args.overwrite:
-        raise OutputExists(f"--out: {out} already holds results ({existing[0].name}); pass --overwrite or another --out")
+        raise OutputExists(f"--out: {out} already holds results ({existing[0]}); pass --overwrite or another --out")
     results = report.evaluate(
         args.run_dir, num_tasks=args.num_tasks, num_steps=args.num_steps, seed=args.seed,
-        log=lambda msg: print(msg, flush=True),
+        log=lambda msg: print(msg, flush=True) if distributed.is_primary() else None,
     )
+    if not distributed.is_primary():
+        return EXIT_OK  # process 0 writes the results
     paths = report.write(results, out)
     print(report.markdown(results).split("\n\n![")[0])
     print("\nwrote " + ", ".join(str(p) for p in paths.values()))
@@ -378,6 +392,7 @@ def classify(exc: BaseException) -> tuple[int, str]:
     from learned_dco.app.config import ConfigError, ResourceError
     from learned_dco.app.runs import RunError
     from learned_dco.meta.checkpoint import CheckpointError
+    from learned_dco.meta.distributed import PeerError
 
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED, "interrupted"
@@ -389,6 +404,8 @@ def classify(exc: BaseException) -> tuple[int, str]:
         return EXIT_CHECKPOINT, str(exc)
     if isinstance(exc, OutputExists):
         return EXIT_EXISTS, str(exc)
+    if isinstance(exc, PeerError):
+        return EXIT_PEER, str(exc)
     if isinstance(exc, OSError):
         where = exc.filename if exc.filename is not None else "?"
         reason = exc.strerror or str(exc)
@@ -416,7 +433,10 @@ def main(argv: list[str] | None = None) -> int:
         cache = compile_cache_dir(args)
         if cache is not None and (getattr(args, "cache_dir", None) or not _cache_already_set()):
             enable_compile_cache(cache)
-        return args.handler(args)
+        from learned_dco.app import launch
+
+        with launch.session(args, args.command) as job:  # no-op unless multi-process options were given
+            return job.exit_status(args.handler(args))
     except BaseException as e:  # noqa: BLE001 -- every failure becomes one line and a status
         if isinstance(e, SystemExit):
             raise

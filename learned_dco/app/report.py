@@ -42,6 +42,7 @@ import jax
 import numpy as np
 
 from learned_dco import meta
+from learned_dco.meta import distributed
 from learned_dco.app import config as C
 from learned_dco.app import runs
 from learned_dco.io import atomic_write_bytes, atomic_write_json, atomic_write_text, environment
@@ -118,12 +119,13 @@ def evaluate(
     family = built.family
     grid = tuple(ev.lr_grid) if ev.lr_grid is not None else meta.DEFAULT_GRID
 
-    heldout = sample_tasks(family, C.stream_key(eval_seed, "heldout"), n)
+    # task batches are sharded over every device of every process (meta/distributed.py)
+    heldout = distributed.shard_tasks(sample_tasks(family, C.stream_key(eval_seed, "heldout"), n))
     if built.pool is not None:
-        tuning = built.pool
+        tuning = distributed.shard_tasks(built.pool)
         tuning_desc = f"the run's pool of {cfg.train.num_train_tasks} training tasks (seed {cfg.seed})"
     else:
-        tuning = sample_tasks(family, C.stream_key(cfg.seed, "tuning"), n)
+        tuning = distributed.shard_tasks(sample_tasks(family, C.stream_key(cfg.seed, "tuning"), n))
         tuning_desc = f"{n} tasks from the training distribution (seed {cfg.seed}, tuning stream)"
 
     tuned = {}
@@ -138,12 +140,12 @@ def evaluate(
     lr_of: dict[str, float | None] = {}
     label = cfg.optimizer.name
     log(f"rolling out {label} (meta-trained and initial) on {n} held-out tasks for {steps} steps")
-    curves[f"{label} (meta-trained)"] = np.asarray(learned(trained.meta, heldout, key))
-    curves[f"{label} (initial)"] = np.asarray(learned(runs.initial_meta(built), heldout, key))
+    curves[f"{label} (meta-trained)"] = distributed.to_host(learned(trained.meta, heldout, key))
+    curves[f"{label} (initial)"] = distributed.to_host(learned(runs.initial_meta(built), heldout, key))
     lr_of[f"{label} (meta-trained)"] = lr_of[f"{label} (initial)"] = None
     baseline = jax.jit(lambda lr, tasks, k, make: meta.rollout(make(lr), family, tasks, k, steps).val, static_argnums=3)
     for name, t in tuned.items():
-        curves[name] = np.asarray(baseline(t.learning_rate, heldout, key, meta.BASELINES[name]))
+        curves[name] = distributed.to_host(baseline(t.learning_rate, heldout, key, meta.BASELINES[name]))
         lr_of[name] = t.learning_rate
 
     stats = {name: curve_stats(v) for name, v in curves.items()}

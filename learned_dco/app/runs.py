@@ -47,7 +47,7 @@ import numpy as np
 from learned_dco import meta, tasks
 from learned_dco.app import config as C
 from learned_dco.io import atomic_write_json, atomic_write_text, environment, remove_temporaries
-from learned_dco.meta import checkpoint
+from learned_dco.meta import checkpoint, distributed
 
 CONFIG_FILE = "config.yaml"
 RUN_INFO = "run.json"
@@ -210,9 +210,8 @@ def restore(trainer: meta.MetaTrainer, run_dir: str | Path, key, fingerprint: st
     """The state saved in ``run_dir`` (newest readable generation; the template comes from
     ``trainer.init(key)``), placed on the trainer's devices."""
     template = trainer.init(key)
-    state = checkpoint.restore_latest(Path(run_dir) / CHECKPOINT, jax.device_get(template), fingerprint, warn=warn)
-    shardings = jax.tree.map(lambda x: x.sharding, template)
-    return jax.device_put(state, shardings)
+    # read by process 0 and broadcast when there are several processes (meta/distributed.py)
+    return distributed.restore_checkpoint(Path(run_dir) / CHECKPOINT, template, fingerprint, warn=warn)
 
 
 def run(
@@ -235,14 +234,16 @@ def run(
     from a restored state drops the metrics lines at or after its step, then appends.
     """
     start = int(state.step)
+    primary = distributed.is_primary()  # several processes: only process 0 writes and prints
     metrics_file = None
     if run_dir is not None:
         run_dir = Path(run_dir)
+    if run_dir is not None and primary:
         run_dir.mkdir(parents=True, exist_ok=True)
         recover_metrics(run_dir / METRICS, start, warn)
         metrics_file = open(run_dir / METRICS, "a")
     bar = None
-    if progress:
+    if progress and primary:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=num_steps, initial=start, desc="meta-train", unit="step", dynamic_ncols=True)
@@ -261,14 +262,14 @@ def run(
             if on_step is not None:
                 on_step(k, record)
             if run_dir is not None and checkpoint_every and (k + 1) % checkpoint_every == 0:
-                checkpoint.save_generation(run_dir / CHECKPOINT, state, fingerprint)
+                distributed.save_checkpoint(run_dir / CHECKPOINT, state, fingerprint)
     finally:
         if bar is not None:
             bar.close()
         if metrics_file is not None:
             metrics_file.close()
     if run_dir is not None:
-        checkpoint.save_generation(run_dir / CHECKPOINT, state, fingerprint)
+        distributed.save_checkpoint(run_dir / CHECKPOINT, state, fingerprint)
     return state
 
 
@@ -289,6 +290,8 @@ def train(
     keys). Returns the final :class:`~learned_dco.meta.TrainState`.
     """
     run_dir = Path(run_dir)
+    if not distributed.is_primary():
+        warn = lambda msg: None  # noqa: E731 -- process 0 reports
     built = build(cfg)
     trainer = make_trainer(built, devices)
     key = C.stream_key(cfg.seed, "trainer")
@@ -299,8 +302,7 @@ def train(
             warn(f"removed {len(stale)} temporary file(s) left by an interrupted write: {', '.join(p.name for p in stale)}")
         for msg in changed_defaults(run_dir, cfg):
             warn(msg)
-        ckpt = run_dir / CHECKPOINT
-        if not ckpt.exists() and not checkpoint.previous(ckpt).exists():
+        if not distributed.checkpoint_exists(run_dir / CHECKPOINT):
             warn(f"{run_dir}: no checkpoint yet (stopped before the first one); starting from step 0")
             state = trainer.init(key)
         else:
@@ -311,10 +313,11 @@ def train(
             )
     else:
         state = trainer.init(key)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / CONFIG_FILE)
-    if not resume or not (run_dir / RUN_INFO).exists():
-        write_run_info(run_dir, cfg)
+    if distributed.is_primary():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / CONFIG_FILE)
+        if not resume or not (run_dir / RUN_INFO).exists():
+            write_run_info(run_dir, cfg)
     state = run(
         trainer, state, cfg.train.num_steps, run_dir=run_dir, checkpoint_every=cfg.train.checkpoint_every,
         progress=progress, on_step=on_step, fingerprint=fingerprint, warn=warn,
@@ -326,7 +329,8 @@ def train(
         "skipped_updates": int(state.skipped),
         "load": "learned_dco.app.runs.load_trained(run_dir) -> .lopt.opt_fn(.meta)",
     }
-    checkpoint.save_meta(run_dir / META, state.meta, info)
+    if distributed.is_primary():
+        checkpoint.save_meta(run_dir / META, state.meta, info)
     return state
 
 
