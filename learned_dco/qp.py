@@ -573,7 +573,9 @@ def _dense_solve(matvec, b):
     return unravel(jnp.linalg.solve(matrix, flat_b))
 
 
-_OSQP_STATUS = jnp.array([NOT_CONVERGED, SOLVED, DUAL_INFEASIBLE, PRIMAL_INFEASIBLE], jnp.int32)
+# jaxopt's BoxOSQP status codes (0..3) -> ours; a tuple, not an array: a module-level array
+# would initialise the XLA backend at import, before ``jax.distributed.initialize`` can run.
+_OSQP_STATUS = (NOT_CONVERGED, SOLVED, DUAL_INFEASIBLE, PRIMAL_INFEASIBLE)
 
 
 def _rows(C, x):
@@ -650,7 +652,7 @@ def _solve_osqp(Q, c, cons, tol, maxiter):
     (x, y), (raw_status, iters) = kkt_point(init, Q, flat_c, C, lo_all, hi_all)
     stat, _ = _kkt_optimality((x, y), matvec_Q, Q, flat_c, C, lo_all, hi_all)
     dual = jax.lax.stop_gradient(_inf_norm(stat))
-    return _Raw(unravel(x), iters, _OSQP_STATUS[raw_status], dual)
+    return _Raw(unravel(x), iters, jnp.asarray(_OSQP_STATUS, jnp.int32)[raw_status], dual)
 
 
 def _solve_cdqp(Q, c, lo, hi, tol, maxiter):
