@@ -282,7 +282,7 @@ class SimplexExact(qp.QPSolver):
         if isinstance(Q, qp.Diagonal):
             q = ravel_pytree(tree_map(lambda d, v: jnp.broadcast_to(d, jnp.shape(v)).astype(v.dtype), Q.d, c))[0]
         elif isinstance(Q, qp.ScaledIdentity):
-            q = jnp.broadcast_to(jnp.asarray(Q.s, flat_c.dtype), flat_c.shape)
+            q = jnp.broadcast_to(jnp.asarray(Q.scale, flat_c.dtype), flat_c.shape)
         else:
             raise ValueError(f"SimplexExact needs a qp.Diagonal or qp.ScaledIdentity curvature, got {type(Q).__name__}")
         lo = ravel_pytree(cons.lo)[0].astype(flat_c.dtype)

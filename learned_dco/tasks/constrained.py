@@ -234,7 +234,7 @@ class BoxLQR(ConstrainedBase):
     state_dim: int = 4
     input_dim: int = 2
     horizon: int = 10
-    rho: float = 0.95
+    rho: float = 0.9
     u_max: float = 0.5
     r: float = 0.1
     x0_scale: float = 3.0
