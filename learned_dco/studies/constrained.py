@@ -272,18 +272,27 @@ def run(out_dir, *, quick: bool = False, seed: int = 0, config: Config | None = 
                        title="Constrained DCO study")
 
 
+COLORS = {"projected GD": "C0", "projected Adam": "C1", "exponentiated gradient": "C4", "learned DCO": "C2",
+          "DCO at init (= projected GD)": "C3"}
+
+
 def _figure(data, out: Path):
     plt = _pyplot()
     out.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, len(data), figsize=(4.5 * len(data), 3.6), squeeze=False)
     for ax, (name, fam) in zip(axes[0], data.items()):
         for oname, o in fam["optimizers"].items():
-            ax.semilogy(np.maximum(o["median_curve"], 1e-12), label=oname,
+            ax.semilogy(np.maximum(o["median_curve"], 1e-12), label=oname, color=COLORS.get(oname),
                         linestyle="--" if "init" in oname else "-")
+        ax.axhline(FLOOR, color="0.6", linewidth=0.8, linestyle=":", label="float32 floor (ties)")
         ax.set_title(name)
         ax.set_xlabel("inner step")
         ax.set_ylabel("median relative suboptimality")
-    axes[0][0].legend(fontsize=7)
+    handles = {}
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    axes[0][0].legend(handles.values(), handles.keys(), fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=110)
     plt.close(fig)
