@@ -17,7 +17,9 @@ from learned_dco.tasks.constrained import SimplexLeastSquares
 def test_tiny_run_writes_the_schema(tmp_path):
     cfg = C.Config(meta_steps=3, tasks_per_step=2, horizon=5, train_tasks=4, test_tasks=6, grid_size=3,
                    families=("simplex_least_squares",))
-    res = C.run(tmp_path, quick=True, seed=1, config=cfg)
+    lines = []
+    res = C.run(tmp_path, quick=True, seed=1, config=cfg, log=lines.append)
+    assert len(lines) == 1
     validate_results(res)
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["study"] == "constrained" and on_disk["claims"] == res["claims"]

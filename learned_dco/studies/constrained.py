@@ -230,15 +230,17 @@ def _verdict_beats(fam: dict) -> tuple[str, str, dict]:
                            "fraction_tasks_tied_at_floor": float(np.mean(d == 0))}
 
 
-def run(out_dir, *, quick: bool = False, seed: int = 0, config: Config | None = None) -> dict:
+def run(out_dir, *, quick: bool = False, seed: int = 0, config: Config | None = None, log=print) -> dict:
     """Run the study, write ``report.md``, ``results.json`` and ``curves.png`` into
-    ``out_dir``; returns the results dict. ``config`` overrides the quick/full sizes (tests)."""
+    ``out_dir``; returns the results dict. ``config`` overrides the quick/full sizes (tests);
+    ``log`` receives one progress line per family."""
     start = time.perf_counter()
     cfg = config if config is not None else (QUICK if quick else FULL)
     key = jax.random.PRNGKey(seed)
     data = {}
     for i, name in enumerate(cfg.families):
         data[name] = study_family(name, FAMILIES[name], cfg, jax.random.fold_in(key, i))
+        log(f"constrained: {name} done ({time.perf_counter() - start:.0f} s)")
 
     claims = []
     worst = {n: data[n]["optimizers"]["learned DCO"]["max_violation"] for n in data}
