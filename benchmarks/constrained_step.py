@@ -6,7 +6,9 @@ A least-squares task (p parameters, X p x p); the step is DCOG's QP
 * ``none/exact``: no constraints (the reference, the closed form's speed);
 * ``nonneg/exact``, ``nonneg/osqp``, ``nonneg/cdqp``: ``theta >= 0`` as a box on the step;
 * ``simplex/osqp``: ``theta`` on the probability simplex (one equality row, p inequality
-  rows; the general OSQP path with the active-set KKT backward).
+  rows; the general OSQP path with the active-set KKT backward);
+* ``simplex/simplex_exact``: the same set as one row of ones and a lower bound, solved by
+  the exact sort-based :class:`learned_dco.optimizers.general.SimplexExact`.
 
 For one task and a vmapped batch, the jitted forward (``--steps`` inner steps) and the
 meta-gradient of the final loss w.r.t. ``lam`` are timed interleaved with the reference;
@@ -24,7 +26,7 @@ import jax.numpy as jnp
 
 from benchmarks.common import interleaved_medians, table, write_json
 from learned_dco import qp
-from learned_dco.optimizers.general import StepQP, general_dco
+from learned_dco.optimizers.general import SimplexExact, StepQP, general_dco
 
 SETTINGS = {
     "none/exact": (None, "exact"),
@@ -32,6 +34,7 @@ SETTINGS = {
     "nonneg/osqp": ("nonneg", "osqp"),
     "nonneg/cdqp": ("nonneg", "cdqp"),
     "simplex/osqp": ("simplex", "osqp"),
+    "simplex/simplex_exact": ("simplex_lo", SimplexExact()),
 }
 
 
@@ -43,6 +46,8 @@ def _step(kind):
         if kind == "nonneg":
             return StepQP(Q, g, lo=-theta), state
         n = theta.size
+        if kind == "simplex_lo":
+            return StepQP(Q, g, A=jnp.ones((1, n), theta.dtype), b=jnp.zeros(1, theta.dtype), lo=-theta), state
         return StepQP(Q, g, A=jnp.ones((1, n), theta.dtype), b=jnp.zeros(1, theta.dtype), G=-jnp.eye(n, dtype=theta.dtype), h=theta), state
 
     return step
@@ -54,7 +59,7 @@ def _loss(theta, task):
 
 
 def _unroll(kind, solver, steps):
-    constraints = {None: (), "nonneg": ("box",), "simplex": ("eq", "ineq")}[kind]
+    constraints = {None: (), "nonneg": ("box",), "simplex": ("eq", "ineq"), "simplex_lo": ("box", "eq")}[kind]
 
     def run(lam, theta, task):
         tx = general_dco(lam, _step(kind), solver=solver, constraints=constraints)
@@ -108,7 +113,7 @@ def main(argv=None):
                 "metagrad_ms": 1e3 * t[name + ":g"], "metagrad_ratio": t[name + ":g"] / t["none/exact:g"],
             }
             rows.append(row)
-            print(f"{name:14s} tasks={batch:4d} forward x{row['forward_ratio']:.2f} metagrad x{row['metagrad_ratio']:.2f}", flush=True)
+            print(f"{name:22s} tasks={batch:4d} forward x{row['forward_ratio']:.2f} metagrad x{row['metagrad_ratio']:.2f}", flush=True)
     print()
     print(table(rows, ["setting", "tasks", "forward_ms", "forward_ratio", "metagrad_ms", "metagrad_ratio"]))
     name = "constrained_step_smoke" if args.smoke else "constrained_step"

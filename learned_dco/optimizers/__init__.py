@@ -3,6 +3,16 @@
 from types import ModuleType as _ModuleType
 
 from learned_dco.optimizers.dco import DCOG, DCOGD, DCOM, DCOMState, DCOState, dcog, dcogd, dcom
+from learned_dco.optimizers.general import (
+    GeneralDCOState,
+    LearnedDCO,
+    SimplexExact,
+    StepQP,
+    cheapest_solver,
+    constrained_dcom,
+    general_dco,
+    shifted_constraints,
+)
 from learned_dco.optimizers.lstm import L2OState, LSTMOptimizer, lstm_optimizer
 from learned_dco.optimizers.mirror import MetaMD, MirrorState, metamd
 from learned_dco.optimizers.star import (

@@ -17,7 +17,13 @@ name (``FAMILIES`` key)     class                       source
 ``softmax_regression``      ``SoftmaxRegression``       issue 12 mixture (digits / synthetic)
 ``logistic_regression``     ``LogisticRegression``      issue 12 mixture (digits / synthetic)
 ``mlp_classifier``          ``MLPClassifier``           issue 12 mixture (digits / synthetic)
+``nonneg_least_squares``    ``NonnegLeastSquares``      issue 17 constrained (theta >= 0)
+``simplex_least_squares``   ``SimplexLeastSquares``     issue 17 constrained (probability simplex)
+``box_lqr``                 ``BoxLQR``                  issue 17 constrained (LQR, input limits)
 ==========================  ==========================  ===========================================
+
+The constrained families also expose ``constraints(task) -> qp.Constraints`` (the feasible
+set a DCO step's QP carries), ``project`` and ``violation``.
 
 ``make_family(name, **fields)`` builds one from a config (e.g. a YAML mapping).
 
@@ -50,6 +56,14 @@ from learned_dco.tasks.classification import (
     MLPClassifier,
     SoftmaxRegression,
     random_mlps,
+)
+from learned_dco.tasks.constrained import (
+    BoxLQR,
+    LQRTask,
+    NonnegLeastSquares,
+    RegressionTask,
+    SimplexLeastSquares,
+    project_simplex,
 )
 from learned_dco.tasks.base import TaskFamily, TaskFamilyBase, TaskInfo, sample_tasks
 from learned_dco.tasks.digits import DigitsConvNet, DigitsMLP, DigitsTask, load_digits
@@ -94,6 +108,9 @@ FAMILIES: dict[str, type[TaskFamilyBase]] = {
     "softmax_regression": SoftmaxRegression,
     "logistic_regression": LogisticRegression,
     "mlp_classifier": MLPClassifier,
+    "nonneg_least_squares": NonnegLeastSquares,
+    "simplex_least_squares": SimplexLeastSquares,
+    "box_lqr": BoxLQR,
 }
 """Task-family classes by config name."""
 
@@ -108,6 +125,12 @@ def make_family(name: str, **fields: Any) -> TaskFamilyBase:
 
 
 __all__ = [
+    "BoxLQR",
+    "LQRTask",
+    "NonnegLeastSquares",
+    "RegressionTask",
+    "SimplexLeastSquares",
+    "project_simplex",
     "random_mlps",
     "SoftmaxRegression",
     "Mixture",
