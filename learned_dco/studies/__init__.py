@@ -8,8 +8,6 @@ results dict. ``learned-dco reproduce STUDY`` calls exactly this.
 
 from __future__ import annotations
 
-import importlib.util
-
 from learned_dco.studies.common import VERDICTS, Claim, Study, validate_results, write_study
 
 STUDIES: dict[str, Study] = {
@@ -29,8 +27,9 @@ STUDIES: dict[str, Study] = {
                   "M-L2O vs vanilla L2O vs transfer fine-tuning on shifted LASSO/Quadratic/Rosenbrock",
                   "learned_dco.studies.ml2o"),
 }
-if importlib.util.find_spec("learned_dco.studies.constrained") is not None:  # the qp branch's study
-    STUDIES["constrained"] = Study("constrained", "DCO constrained steps (paper eq. 5)",
-                                   "constrained DCO: box / trust-region QP steps", "learned_dco.studies.constrained")
+STUDIES["constrained"] = Study(
+    "constrained", "Gautam, Pfrommer & Sojoudi, eq. (5): DCO steps with constraints (the paper's stated future work)",
+    "learned constrained DCO vs tuned projected GD/Adam/EG on NNLS, simplex LS, box LQR: feasibility of every iterate, suboptimality",
+    "learned_dco.studies.constrained")
 
 __all__ = ["Claim", "STUDIES", "Study", "VERDICTS", "validate_results", "write_study"]
