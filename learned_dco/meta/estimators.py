@@ -351,3 +351,13 @@ class PES(_Antithetic):
 
 
 ESTIMATORS = {"full": FullUnroll, "truncated": TruncatedBPTT, "es": ES, "pes": PES}
+"""Estimator classes by config name."""
+
+
+def make_estimator(name: str, **options: Any):
+    """``ESTIMATORS[name](**options)``, with a ``ValidationError`` listing the names if unknown."""
+    try:
+        cls = ESTIMATORS[name]
+    except KeyError:
+        raise validation.ValidationError(f"unknown estimator {name!r}; known: {sorted(ESTIMATORS)}") from None
+    return cls(**options)

@@ -170,29 +170,6 @@ def adafac_mlp(
       An ``optax.GradientTransformation`` with state :class:`AdafacState` (wrapped by
       ``optax.apply_if_finite`` unless the guard is off); ``update`` requires ``params``.
     """
-    options = {k: v for k, v in locals().items() if k not in ("trunk", "heads")}
-    return _adafac_mlp(trunk, heads, **options)
-
-
-def _adafac_mlp(
-    trunk: Sequence[dict[str, Array]],
-    heads: dict[str, dict[str, Array]],
-    *,
-    momentum_decays: Array | Sequence[float] = (0.9, 0.99, 0.999),
-    rms_decay: Array | float = 0.999,
-    adafactor_decays: Array | Sequence[float] = (0.9, 0.99, 0.999),
-    nominal_step: float | Array = 0.0,
-    blackbox_step: float = 1e-3,
-    magnitude_scale: float = 1e-3,
-    nominal: str = "adam_aggmo",
-    precondition: bool = False,
-    bias_correction: bool = True,
-    feature_eps: float = 1e-5,
-    eps: float = 1e-8,
-    precond_eps: float = 1e-6,
-    max_consecutive_nonfinite: int | None = 10,
-    fuse_features: bool = False,
-) -> optax.GradientTransformation:
     if nominal not in NOMINAL_DIRECTIONS:
         raise ValueError(f"nominal must be one of {NOMINAL_DIRECTIONS}, got {nominal!r}")
     unknown = set(heads) - set(BLACKBOX_HEADS + NOMINAL_HEADS)
