@@ -51,15 +51,9 @@ __version__ = "0.1.0"
 
 _SUBPACKAGES = ("analysis", "meta", "pretrained", "tasks")
 
-# Names that used to be exported here but are internals; still resolvable (so old code
-# keeps running) from their home module, but not part of the API. Callers should import
-# them from ``learned_dco.optimizers``.
+# Internals that tests/test_star.py still reaches through the top level; resolvable (not
+# part of the API) until it imports them from ``learned_dco.optimizers``.
 _MOVED = {
-    "AdafacState": "learned_dco.optimizers",
-    "DCOMState": "learned_dco.optimizers",
-    "DCOState": "learned_dco.optimizers",
-    "L2OState": "learned_dco.optimizers",
-    "MirrorState": "learned_dco.optimizers",
     "adafac_mlp": "learned_dco.optimizers",
     "blackbox_weight_mask": "learned_dco.optimizers",
 }

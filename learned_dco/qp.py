@@ -300,7 +300,16 @@ class Exact(QPSolver):
 
 
 @dataclasses.dataclass(frozen=True)
-class EqQP(QPSolver):
+class IterativeSolver(QPSolver):
+    """Base of the iterative backends: a stopping tolerance and an iteration cap (``None``
+    picks the backend's dtype-dependent default; :meth:`QPSolver.__post_init__` checks both)."""
+
+    tol: float | None = None
+    maxiter: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EqQP(IterativeSolver):
     """:class:`jaxopt.EqualityConstrainedQP` with a tight GMRES solve forward and backward.
 
     Attributes:
@@ -310,15 +319,12 @@ class EqQP(QPSolver):
 
     name: ClassVar[str] = "eqqp"
     handles: ClassVar[frozenset[str]] = frozenset({"eq"})
-    tol: float | None = None
-    maxiter: int | None = None
-
     def solve(self, Q, c, cons):
         return _solve_eqqp(Q, c, cons.A, cons.b, self.tol, self.maxiter)
 
 
 @dataclasses.dataclass(frozen=True)
-class OSQP(QPSolver):
+class OSQP(IterativeSolver):
     """OSQP through :class:`jaxopt.BoxOSQP` (any curvature, every constraint kind: the rows
     ``A``, ``G`` and the box are stacked into ``l <= C x <= u``), with an exact dense
     implicit-differentiation solve of the KKT system (jaxopt's default iterative one is
@@ -331,15 +337,12 @@ class OSQP(QPSolver):
 
     name: ClassVar[str] = "osqp"
     handles: ClassVar[frozenset[str]] = frozenset({"box", "eq", "ineq"})
-    tol: float | None = None
-    maxiter: int | None = None
-
     def solve(self, Q, c, cons):
         return _solve_osqp(Q, c, cons, self.tol, self.maxiter)
 
 
 @dataclasses.dataclass(frozen=True)
-class CDQP(QPSolver):
+class CDQP(IterativeSolver):
     """:class:`jaxopt.BoxCDQP`: coordinate descent on the materialised dense ``Q`` (moderate
     sizes only).
 
@@ -350,9 +353,6 @@ class CDQP(QPSolver):
 
     name: ClassVar[str] = "cdqp"
     handles: ClassVar[frozenset[str]] = frozenset({"box"})
-    tol: float | None = None
-    maxiter: int | None = None
-
     def solve(self, Q, c, cons):
         return _solve_cdqp(Q, c, cons.lo, cons.hi, self.tol, self.maxiter)
 

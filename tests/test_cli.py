@@ -97,7 +97,7 @@ def test_help_texts(capsys):
 
 def test_module_entry_point_runs():
     out = subprocess.run(
-        [sys.executable, "-m", "learned_dco.cli", "--help"], capture_output=True, text=True, cwd=ROOT,
+        [sys.executable, "-m", "learned_dco.app.cli", "--help"], capture_output=True, text=True, cwd=ROOT,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120,
     )
     assert out.returncode == 0 and "learned-dco" in out.stdout

@@ -174,3 +174,20 @@ def test_protocols_are_structural():
         assert isinstance(cls(), tasks.TaskFamily)
     assert isinstance(ldco.qp.Diagonal(1.0), ldco.QPOperator)
     assert not isinstance(object(), ldco.QPOperator) and not isinstance(object(), tasks.TaskFamily)
+
+
+def test_registries_build_by_name():
+    """Each registry's builder sits next to it and returns exactly the registered class."""
+    from learned_dco import meta, optimizers, tasks
+
+    for make, registry, what in (
+        (optimizers.make_optimizer, optimizers.LEARNED_OPTIMIZERS, "learned optimizer"),
+        (meta.make_estimator, meta.ESTIMATORS, "estimator"),
+        (tasks.make_family, tasks.FAMILIES, "task family"),
+    ):
+        name = sorted(registry)[0]
+        assert type(make(name)) is registry[name]
+        with pytest.raises(ldco.ValidationError, match=f"unknown {what} 'nope'; known: .*{name}"):
+            make("nope")
+    assert optimizers.make_optimizer("dcog", learning_rate=0.5).learning_rate == 0.5
+    assert meta.make_estimator("pes", horizon=4, truncation=2).truncation == 2

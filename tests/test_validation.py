@@ -94,12 +94,13 @@ def test_array_checks_skip_tracers_only():
     jax.jit(lambda x: V.check_values("O", "lam", x, lambda v: v > 0, "> 0") or x)(-jnp.ones(2))
 
 
-def test_old_locations_still_resolve():
+def test_helpers_live_in_validation_only():
     from learned_dco import tasks
     from learned_dco.optimizers import base
     from learned_dco.tasks import base as tbase
 
-    assert tbase.check_fields is V.check_fields and tasks.check_range is V.check_range
-    assert base.is_concrete is V.is_concrete and base.check_values is V.check_values
+    assert not any(hasattr(tbase, n) or hasattr(tasks, n) for n in ("check_fields", "check_range", "check_choice"))
+    assert not hasattr(base, "is_concrete")
+    assert base.check_values is V.check_values  # kept for optimizers/dco.py's import only
     assert not {"check_fields", "check_range", "check_choice"} & set(tasks.__all__)
     assert issubclass(V.ValidationError, ValueError)

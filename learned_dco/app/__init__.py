@@ -5,6 +5,8 @@
 * :mod:`learned_dco.app.runs` -- run directories, checkpoints, the I/O loop around ``MetaTrainer``
 * :mod:`learned_dco.app.report` -- ``learned-dco eval``: tuned baselines, curves, report
 * :mod:`learned_dco.app.cli` -- the ``learned-dco`` command
+* :mod:`learned_dco.app.exits` -- its exit statuses and the exception -> status mapping
+* :mod:`learned_dco.app.launch` -- multi-process options, heartbeats and shutdown
 
 The library below (``learned_dco.meta``, ``optimizers``, ``tasks``, ``qp``) never imports
 from here; submodules are imported on use so ``learned-dco --help`` stays fast.

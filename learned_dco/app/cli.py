@@ -23,7 +23,6 @@ second run of a config skips most compilation.
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import signal
 import sys
@@ -32,47 +31,27 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-Registrar = Callable[["argparse._SubParsersAction"], argparse.ArgumentParser]
-
-# --------------------------------------------------------------------------------------
-# exit statuses and expected failures
-# --------------------------------------------------------------------------------------
-
-EXIT_OK = 0
-EXIT_BUG = 1
-EXIT_CONFIG = 2
-EXIT_FILE = 3
-EXIT_DISK_FULL = 4
-EXIT_CHECKPOINT = 5
-EXIT_EXISTS = 6
-EXIT_MEMORY = 7
-EXIT_PEER = 8  # multi-process: another process died or hung (learned_dco.app.launch)
-EXIT_INTERRUPTED = 130
-
-EXIT_CODES = {
-    EXIT_OK: "success",
-    EXIT_BUG: "internal error: a bug in learned_dco (please report it)",
-    EXIT_CONFIG: "bad command line or config (the message names the key)",
-    EXIT_FILE: "a file is missing or cannot be read/written (permission denied, ...)",
-    EXIT_DISK_FULL: "disk full or quota exceeded while writing",
-    EXIT_CHECKPOINT: "bad run directory: unreadable or mismatched checkpoint, corrupt metrics",
-    EXIT_EXISTS: "outputs exist: pass --overwrite, another --out, or --resume",
-    EXIT_MEMORY: "the config needs more memory than this machine has (the estimate is printed)",
-    EXIT_PEER: "multi-process run: another process died, hung or stopped (the message names it)",
-    EXIT_INTERRUPTED: "interrupted (Ctrl-C or SIGTERM); a training run can be resumed",
-}
-
-BUG_REPORT = (
-    "this is a bug in learned_dco; please report it on the project's issue tracker with the command "
-    "line and the output of the same command with --debug"
+from learned_dco.app.exits import (  # noqa: F401 -- the exit statuses are part of the CLI's API
+    BUG_REPORT,
+    EXIT_BUG,
+    EXIT_CHECKPOINT,
+    EXIT_CODES,
+    EXIT_CONFIG,
+    EXIT_DISK_FULL,
+    EXIT_EXISTS,
+    EXIT_FILE,
+    EXIT_INTERRUPTED,
+    EXIT_MEMORY,
+    EXIT_OK,
+    EXIT_PEER,
+    OutputExists,
+    classify,
 )
+
+Registrar = Callable[["argparse._SubParsersAction"], argparse.ArgumentParser]
 
 COMPILE_CACHE_ENV = "LEARNED_DCO_COMPILE_CACHE"  # "0"/"off"/"false": no persistent compilation cache
 CACHE_DIR_ENV = "LEARNED_DCO_CACHE_DIR"  # the cache directory (default below)
-
-
-class OutputExists(Exception):
-    """Writing would replace earlier results (use --overwrite or another directory)."""
 
 
 def _exit_epilog() -> str:
@@ -385,38 +364,6 @@ def build_parser() -> argparse.ArgumentParser:
     for registrar in COMMANDS.values():
         registrar(subparsers)
     return parser
-
-
-def classify(exc: BaseException) -> tuple[int, str]:
-    """``(exit status, one-line message)`` of an exception (:data:`EXIT_CODES`)."""
-    from learned_dco.app.config import ConfigError, ResourceError
-    from learned_dco.app.runs import RunError
-    from learned_dco.meta.checkpoint import CheckpointError
-    from learned_dco.meta.distributed import PeerError
-
-    if isinstance(exc, KeyboardInterrupt):
-        return EXIT_INTERRUPTED, "interrupted"
-    if isinstance(exc, ResourceError):
-        return EXIT_MEMORY, str(exc)
-    if isinstance(exc, ConfigError):
-        return EXIT_CONFIG, str(exc)
-    if isinstance(exc, (CheckpointError, RunError)):
-        return EXIT_CHECKPOINT, str(exc)
-    if isinstance(exc, OutputExists):
-        return EXIT_EXISTS, str(exc)
-    if isinstance(exc, PeerError):
-        return EXIT_PEER, str(exc)
-    if isinstance(exc, OSError):
-        where = exc.filename if exc.filename is not None else "?"
-        reason = exc.strerror or str(exc)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return EXIT_DISK_FULL, f"{where}: {reason} (disk full; free space and resume)"
-        return EXIT_FILE, f"{where}: {reason}"
-    if isinstance(exc, MemoryError) or "RESOURCE_EXHAUSTED" in str(exc)[:2000]:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return EXIT_MEMORY, f"out of memory: {first[:300]}"
-    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-    return EXIT_BUG, f"internal error {type(exc).__name__}: {first} -- {BUG_REPORT}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,7 +60,7 @@ from learned_dco.app.coercion import (
     positive,
 )
 from learned_dco.io import atomic_write_text
-from learned_dco.optimizers import LEARNED_OPTIMIZERS
+from learned_dco.optimizers import LEARNED_OPTIMIZERS, make_optimizer
 
 __all__ = [
     "ConfigError", "ResourceError", "ComponentConfig", "MetaOptimizerConfig", "TrainConfig", "EvalConfig", "RunConfig",
@@ -479,18 +479,18 @@ def diff(a: RunConfig, b: RunConfig) -> list[str]:
 
 
 def build_optimizer(cfg: RunConfig):
-    """The learned optimizer (``LEARNED_OPTIMIZERS[name](**fields)``)."""
-    return LEARNED_OPTIMIZERS[cfg.optimizer.name](**cfg.optimizer.kwargs)
+    """The learned optimizer: :func:`learned_dco.optimizers.make_optimizer` of the config."""
+    return make_optimizer(cfg.optimizer.name, **cfg.optimizer.kwargs)
 
 
 def build_family(cfg: RunConfig):
-    """The task family (``tasks.FAMILIES[name](**fields)``)."""
-    return tasks.FAMILIES[cfg.task.name](**cfg.task.kwargs)
+    """The task family: :func:`learned_dco.tasks.make_family` of the config."""
+    return tasks.make_family(cfg.task.name, **cfg.task.kwargs)
 
 
 def build_estimator(cfg: RunConfig):
-    """The meta-gradient estimator (``meta.ESTIMATORS[name](**fields)``)."""
-    return meta.ESTIMATORS[cfg.estimator.name](**cfg.estimator.kwargs)
+    """The meta-gradient estimator: :func:`learned_dco.meta.make_estimator` of the config."""
+    return meta.make_estimator(cfg.estimator.name, **cfg.estimator.kwargs)
 
 
 def build_meta_optimizer(cfg: RunConfig) -> optax.GradientTransformation:

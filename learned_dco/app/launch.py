@@ -35,7 +35,8 @@ import threading
 import time
 from typing import Iterator
 
-EXIT_PEER = 8  # another process died, hung or was lost (the message names it)
+from learned_dco.app.exits import EXIT_PEER  # another process died, hung or was lost (the message names it)
+
 PREFIX = "learned_dco/"
 
 
@@ -231,7 +232,7 @@ def session(args: argparse.Namespace, command: str) -> Iterator[Job]:
     try:
         yield job
     except BaseException as e:
-        from learned_dco.app.cli import classify
+        from learned_dco.app.exits import classify
 
         code, message = classify(e)
         if isinstance(e, jax.errors.JaxRuntimeError):  # a collective failed: a peer is gone

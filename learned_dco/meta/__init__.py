@@ -9,7 +9,17 @@ bound), ``adaptation`` (M-L2O), ``trainer`` and ``evaluation``.
 from learned_dco.meta.adaptation import MetaAdaptation, adapt, adapted_loss, loss_curve, unroll_loss
 from learned_dco.meta.bound import RegretBound
 from learned_dco.meta.checkpoint import load_meta, save_meta
-from learned_dco.meta.estimators import ES, ESTIMATORS, PES, Bound, ESState, FullUnroll, TaskEstimate, TruncatedBPTT
+from learned_dco.meta.estimators import (
+    ES,
+    ESTIMATORS,
+    PES,
+    Bound,
+    ESState,
+    FullUnroll,
+    TaskEstimate,
+    TruncatedBPTT,
+    make_estimator,
+)
 from learned_dco.meta.evaluation import BASELINES, DEFAULT_GRID, Curves, Tuned, evaluate, rollout, tune_learning_rate
 from learned_dco.meta.inner import InnerState, Step, inner_loop, inner_step
 from learned_dco.meta.losses import META_LOSSES, FinalTrain, FinalVal, LogFinalTrain, MeanTrain, as_meta_loss
@@ -56,6 +66,7 @@ __all__ = [
     "inner_step",
     "load_meta",
     "loss_curve",
+    "make_estimator",
     "rmsprop_pytorch",
     "rollout",
     "sample_task",

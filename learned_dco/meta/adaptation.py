@@ -37,15 +37,14 @@ vmapped task batches, sharding, non-finite guards and checkpoints.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
 
-from learned_dco.meta.estimators import Stateless, TaskEstimate, _Episodes, check_positive_int
+from learned_dco import validation
+from learned_dco.meta.estimators import Stateless, TaskEstimate, _Episodes
 from learned_dco.meta.inner import inner_loop
 from learned_dco.meta.starts import fresh_state
-from learned_dco.optimizers.base import is_concrete
 from learned_dco.types import Array, MetaParams, PRNGKey, Task
 
 UNROLL_LOSSES = ("mean_log", "mean")
@@ -79,9 +78,9 @@ def adapt(lopt, family, meta: MetaParams, task: Task, key: PRNGKey, *, steps: in
     r"""``steps`` gradient steps on :math:`\mathcal L(\cdot; \tau)` from ``meta`` (module
     docstring); differentiable in ``meta`` (``first_order`` stops the gradient through the
     inner gradients)."""
-    check_positive_int("adapt", "steps", steps, allow_zero=True)
-    if is_concrete(lr) and not float(lr) > 0:
-        raise ValueError(f"adapt: lr must be > 0, got {lr!r}")
+    validation.positive_int("adapt", "steps", steps, allow_zero=True)
+    if validation.is_concrete(lr) and not float(lr) > 0:
+        raise validation.ValidationError(f"adapt: lr must be > 0, got {lr!r}")
     grad_fn = jax.grad(lambda m, k: unroll_loss(lopt, family, m, task, k, horizon=horizon, loss=loss))
     for k in jax.random.split(key, steps) if steps else []:
         g = grad_fn(meta, k)
@@ -128,15 +127,13 @@ class MetaAdaptation(Stateless):
     init_seed: int = 0
 
     def __post_init__(self):
-        check_positive_int("MetaAdaptation", "horizon", self.horizon)
-        check_positive_int("MetaAdaptation", "num_tasks", self.num_tasks)
-        check_positive_int("MetaAdaptation", "adapt_steps", self.adapt_steps, allow_zero=True)
-        if not (self.adapt_lr > 0 and math.isfinite(self.adapt_lr)):
-            raise ValueError(f"MetaAdaptation.adapt_lr must be a positive number, got {self.adapt_lr!r}")
+        validation.positive_int("MetaAdaptation", "horizon", self.horizon)
+        validation.positive_int("MetaAdaptation", "num_tasks", self.num_tasks)
+        validation.positive_int("MetaAdaptation", "adapt_steps", self.adapt_steps, allow_zero=True)
+        validation.positive_number("MetaAdaptation", "adapt_lr", self.adapt_lr)
         if self.adapt_clip is not None and not self.adapt_clip > 0:
             raise ValueError(f"MetaAdaptation.adapt_clip must be > 0 or None, got {self.adapt_clip!r}")
-        if self.loss not in UNROLL_LOSSES:
-            raise ValueError(f"MetaAdaptation.loss must be one of {UNROLL_LOSSES}, got {self.loss!r}")
+        validation.check_choice(self, "loss", UNROLL_LOSSES)
 
 
     def task_loss(self, lopt, family, meta, task, key) -> Array:

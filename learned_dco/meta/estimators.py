@@ -41,12 +41,12 @@ truncation length.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from learned_dco import validation
 from learned_dco.meta.inner import InnerState
 from learned_dco.meta.losses import MetaLoss, as_meta_loss
 from learned_dco.meta.starts import episode_starts, initial_states
@@ -64,26 +64,19 @@ class TaskEstimate(NamedTuple):
     train_loss: Array  # mean inner training loss over the unroll
 
 
-def check_positive_int(owner: str, name: str, value, allow_zero: bool = False) -> None:
-    low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{owner}.{name} must be a positive integer, got {value!r}" if low else
-                         f"{owner}.{name} must be an integer >= 0, got {value!r}")
-
-
 def _check_common(est) -> None:
     name = type(est).__name__
     for field in ("horizon", "num_tasks"):
-        check_positive_int(name, field, getattr(est, field))
+        validation.positive_int(name, field, getattr(est, field))
     if hasattr(est, "meta_loss"):
         object.__setattr__(est, "meta_loss", as_meta_loss(est.meta_loss))
 
 
 def _check_truncation(est) -> None:
     name = type(est).__name__
-    check_positive_int(name, "truncation", est.truncation)
+    validation.positive_int(name, "truncation", est.truncation)
     if est.truncation > est.horizon:
-        raise ValueError(f"{name}.truncation ({est.truncation}) must be <= horizon ({est.horizon})")
+        raise validation.ValidationError(f"{name}.truncation ({est.truncation}) must be <= horizon ({est.horizon})")
 
 
 def _perturbation(meta: MetaParams, key: PRNGKey, sigma: float) -> MetaParams:
@@ -341,8 +334,7 @@ class _Antithetic(_Unbound):
     def __post_init__(self):
         _check_common(self)
         _check_truncation(self)
-        if not (isinstance(self.sigma, (int, float)) and self.sigma > 0 and math.isfinite(self.sigma)):
-            raise ValueError(f"{type(self).__name__}.sigma must be a positive number, got {self.sigma!r}")
+        validation.check_positive(self, "sigma")
 
     def bind(self, lopt, family, pool=None) -> Bound:
         return _AntitheticBound(self, lopt, family, pool)
@@ -359,3 +351,13 @@ class PES(_Antithetic):
 
 
 ESTIMATORS = {"full": FullUnroll, "truncated": TruncatedBPTT, "es": ES, "pes": PES}
+"""Estimator classes by config name."""
+
+
+def make_estimator(name: str, **options: Any):
+    """``ESTIMATORS[name](**options)``, with a ``ValidationError`` listing the names if unknown."""
+    try:
+        cls = ESTIMATORS[name]
+    except KeyError:
+        raise validation.ValidationError(f"unknown estimator {name!r}; known: {sorted(ESTIMATORS)}") from None
+    return cls(**options)

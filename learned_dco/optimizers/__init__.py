@@ -1,6 +1,9 @@
 """Update rules (pure builders) and learned optimizers (init / opt_fn pairs)."""
 
 from types import ModuleType as _ModuleType
+from typing import Any as _Any
+
+from learned_dco.validation import ValidationError as _ValidationError
 
 from learned_dco.optimizers.dco import DCOG, DCOGD, DCOM, DCOMState, DCOState, dcog, dcogd, dcom
 from learned_dco.optimizers.general import (
@@ -39,6 +42,16 @@ LEARNED_OPTIMIZERS = {
     "metamd": MetaMD,
     "l2o": LSTMOptimizer,
 }
+
+
+def make_optimizer(name: str, **options: _Any):
+    """``LEARNED_OPTIMIZERS[name](**options)``, with a ``ValidationError`` listing the names if unknown."""
+    try:
+        cls = LEARNED_OPTIMIZERS[name]
+    except KeyError:
+        raise _ValidationError(f"unknown learned optimizer {name!r}; known: {sorted(LEARNED_OPTIMIZERS)}") from None
+    return cls(**options)
+
 
 # The public names of this subpackage: everything imported above plus the registry
 # (derived, so it cannot drift from the imports).

@@ -15,9 +15,8 @@ from learned_dco.types import Array, PyTree
 tree_map = jax.tree.map
 
 
-# ``is_concrete`` and ``check_values`` live in ``learned_dco.validation``; re-exported here
-# until every caller imports them from there.
-is_concrete = validation.is_concrete
+# ``check_values`` lives in ``learned_dco.validation``; re-exported here only for
+# optimizers/dco.py, which still imports it from this module.
 check_values = validation.check_values
 
 

@@ -47,10 +47,11 @@ import numpy as np
 import optax
 
 from learned_dco import qp
-from learned_dco.optimizers.base import check_grads, check_values, is_concrete, normalize_gradient
+from learned_dco.optimizers.base import check_grads, normalize_gradient
 from learned_dco.optimizers.dco import LOG_CLIP, resolve_solver
 from learned_dco.optimizers.general import skip_nonfinite
 from learned_dco.types import Array, MetaParams, Params, PRNGKey, PyTree
+from learned_dco.validation import check_values, is_concrete
 
 tree_map = jax.tree.map
 

@@ -84,7 +84,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, Callable, ClassVar, Sequence
 
 import jax
@@ -92,6 +91,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from learned_dco import validation
 from learned_dco.optimizers import features as F
 from learned_dco.optimizers.base import check_grads, guard_nonfinite
 from learned_dco.types import Array, MetaParams, Params, PRNGKey
@@ -170,29 +170,6 @@ def adafac_mlp(
       An ``optax.GradientTransformation`` with state :class:`AdafacState` (wrapped by
       ``optax.apply_if_finite`` unless the guard is off); ``update`` requires ``params``.
     """
-    options = {k: v for k, v in locals().items() if k not in ("trunk", "heads")}
-    return _adafac_mlp(trunk, heads, **options)
-
-
-def _adafac_mlp(
-    trunk: Sequence[dict[str, Array]],
-    heads: dict[str, dict[str, Array]],
-    *,
-    momentum_decays: Array | Sequence[float] = (0.9, 0.99, 0.999),
-    rms_decay: Array | float = 0.999,
-    adafactor_decays: Array | Sequence[float] = (0.9, 0.99, 0.999),
-    nominal_step: float | Array = 0.0,
-    blackbox_step: float = 1e-3,
-    magnitude_scale: float = 1e-3,
-    nominal: str = "adam_aggmo",
-    precondition: bool = False,
-    bias_correction: bool = True,
-    feature_eps: float = 1e-5,
-    eps: float = 1e-8,
-    precond_eps: float = 1e-6,
-    max_consecutive_nonfinite: int | None = 10,
-    fuse_features: bool = False,
-) -> optax.GradientTransformation:
     if nominal not in NOMINAL_DIRECTIONS:
         raise ValueError(f"nominal must be one of {NOMINAL_DIRECTIONS}, got {nominal!r}")
     unknown = set(heads) - set(BLACKBOX_HEADS + NOMINAL_HEADS)
@@ -343,21 +320,13 @@ class _AdafacMLPOptimizer:
                 f"{name}: momentum_decays and adafactor_decays must have the same length (the "
                 f"fac_mom features pair them), got {len(self.momentum_decays)} and {len(self.adafactor_decays)}"
             )
-        if not (isinstance(self.rms_decay, (int, float)) and 0 < self.rms_decay < 1):
-            raise ValueError(f"{name}.rms_decay must be in (0, 1), got {self.rms_decay!r}")
-        for field in ("magnitude_scale",):
-            value = getattr(self, field)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name}.{field} must be a finite number >= 0, got {value!r}")
-        for field in ("feature_eps",):
-            value = getattr(self, field)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name}.{field} must be a finite number > 0, got {value!r}")
+        validation.number_in(name, "rms_decay", self.rms_decay, 0.0, 1.0, closed=(False, False))
+        validation.check_positive(self, "magnitude_scale", allow_zero=True)
+        validation.check_positive(self, "feature_eps")
         if not isinstance(self.fuse_features, bool):
             raise ValueError(f"{name}.fuse_features must be a bool, got {self.fuse_features!r}")
-        m = self.max_consecutive_nonfinite
-        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 0):
-            raise ValueError(f"{name}.max_consecutive_nonfinite must be an int >= 0 or None, got {m!r}")
+        if self.max_consecutive_nonfinite is not None:
+            validation.positive_int(name, "max_consecutive_nonfinite", self.max_consecutive_nonfinite, allow_zero=True)
 
     @property
     def num_inputs(self) -> int:
@@ -480,20 +449,6 @@ def _init_meta(lopt: _AdafacMLPOptimizer, key: PRNGKey, dtype) -> MetaParams:
     return lopt._init_meta(key, dtype)
 
 
-def _check_positive(obj, field: str, allow_zero: bool = False) -> None:
-    value = getattr(obj, field)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        rule = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{type(obj).__name__}.{field} must be a finite number {rule}, got {value!r}")
-
-
-def _check_choice(obj, field: str, choices: tuple[str, ...]) -> None:
-    if getattr(obj, field) not in choices:
-        raise ValueError(f"{type(obj).__name__}.{field} must be one of {choices}, got {getattr(obj, field)!r}")
-
-
 @dataclasses.dataclass(frozen=True)
 class Blackbox(_AdafacMLPOptimizer):
     r"""``small_fc_lopt``: :math:`\phi \leftarrow \phi - \beta_1\, d(z)\, e^{\beta_2 m(z)}` (STAR eq. 20).
@@ -510,8 +465,8 @@ class Blackbox(_AdafacMLPOptimizer):
 
     def __post_init__(self):
         self._check()
-        _check_positive(self, "blackbox_step")
-        _check_choice(self, "direction_init", DIRECTION_INITS)
+        validation.check_positive(self, "blackbox_step")
+        validation.check_choice(self, "direction_init", DIRECTION_INITS)
 
     def _direction_init(self) -> str:
         return self.direction_init
@@ -537,9 +492,9 @@ class Hyperparam(_AdafacMLPOptimizer):
 
     def __post_init__(self):
         self._check()
-        _check_positive(self, "nominal_step", allow_zero=True)
-        _check_positive(self, "eps")
-        _check_choice(self, "nominal", NOMINAL_DIRECTIONS)
+        validation.check_positive(self, "nominal_step", allow_zero=True)
+        validation.check_positive(self, "eps")
+        validation.check_choice(self, "nominal", NOMINAL_DIRECTIONS)
 
     def _rule_kwargs(self):
         return dict(nominal_step=self.nominal_step, nominal=self.nominal, eps=self.eps)
@@ -572,12 +527,12 @@ class STAR(_AdafacMLPOptimizer):
 
     def __post_init__(self):
         self._check()
-        _check_positive(self, "nominal_step", allow_zero=True)
-        _check_positive(self, "blackbox_step")
-        _check_positive(self, "eps")
-        _check_positive(self, "precond_eps")
-        _check_choice(self, "nominal", NOMINAL_DIRECTIONS)
-        _check_choice(self, "direction_init", DIRECTION_INITS)
+        validation.check_positive(self, "nominal_step", allow_zero=True)
+        validation.check_positive(self, "blackbox_step")
+        validation.check_positive(self, "eps")
+        validation.check_positive(self, "precond_eps")
+        validation.check_choice(self, "nominal", NOMINAL_DIRECTIONS)
+        validation.check_choice(self, "direction_init", DIRECTION_INITS)
 
     def _direction_init(self) -> str:
         return self.direction_init
@@ -630,10 +585,8 @@ def star_meta_optimizer(
     the masked weights by :math:`\eta\lambda`. ``weight_decay_factor=0`` is plain Adam (the
     paper's Blackbox and Hyperparam runs); ``clip=None`` skips the clipping.
     """
-    if not (learning_rate > 0 and math.isfinite(learning_rate)):
-        raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
-    if not (weight_decay_factor >= 0 and math.isfinite(weight_decay_factor)):
-        raise ValueError(f"weight_decay_factor must be a finite number >= 0, got {weight_decay_factor!r}")
+    validation.positive_number("star_meta_optimizer", "learning_rate", learning_rate)
+    validation.positive_number("star_meta_optimizer", "weight_decay_factor", weight_decay_factor, allow_zero=True)
     if clip is not None and not (clip > 0):
         raise ValueError(f"clip must be > 0 or None, got {clip!r}")
     adamw = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay_factor, mask=mask)

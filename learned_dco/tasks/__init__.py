@@ -89,10 +89,6 @@ from learned_dco.tasks.mixture import CompiledPerFamily, Mixture
 from learned_dco.tasks.rosenbrock import Rosenbrock, RosenbrockTask
 from learned_dco.validation import ValidationError
 
-# Deprecated: import these from ``learned_dco.validation``; kept as attributes (not in
-# ``__all__``) until every caller has switched.
-from learned_dco.validation import check_choice, check_fields, check_range  # noqa: E402,F401
-
 FAMILIES: dict[str, type[TaskFamilyBase]] = {
     "least_squares": LeastSquares,
     "shifted_least_squares": ShiftedLeastSquares,

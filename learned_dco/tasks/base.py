@@ -132,9 +132,3 @@ def sample_tasks(family: TaskFamily, key: PRNGKey, num_tasks: int) -> Task:
     validation.positive_int("sample_tasks", "num_tasks", num_tasks)
     return jax.vmap(family.sample)(jax.random.split(key, num_tasks))
 
-
-# Validation moved to ``learned_dco.validation``; these names stay importable from here
-# until every caller imports them from there.
-check_fields = validation.check_fields
-check_range = validation.check_range
-check_choice = validation.check_choice

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from learned_dco.validation import check_fields, check_range, ValidationError
+from learned_dco.validation import check_range
 from learned_dco.tasks.regression import MLPRegression
 from learned_dco.types import Array, PRNGKey
 
@@ -78,12 +78,7 @@ class SmoothInterpolation(MLPRegression):
     has_optimum = False
 
     def __post_init__(self):
-        check_fields(
-            self,
-            integer=("num_train", "num_val"),
-            positive=("num_train", "num_val"),
-            nonnegative=("noise_std",),
-        )
+        self._check_sizes("noise_std")
         for field in ("a_range", "b_range", "x_range"):
             check_range(self, field)
         check_range(self, "c_range", lower=0.0)  # c < 0 would make g blow up
@@ -95,8 +90,7 @@ class SmoothInterpolation(MLPRegression):
         b = jax.random.uniform(kb, (), minval=self.b_range[0], maxval=self.b_range[1])
         c = jax.random.uniform(kc, (), minval=self.c_range[0], maxval=self.c_range[1])
         lo, hi = self.x_range
-        x_train = jax.random.uniform(kxt, (self.num_train, 1), minval=lo, maxval=hi)
-        x_val = jax.random.uniform(kxv, (self.num_val, 1), minval=lo, maxval=hi)
+        x_train, x_val = self._sample_inputs(kxt, kxv, lo, hi)
         y_train = smooth_function(x_train, a, b, c)
         y_val = smooth_function(x_val, a, b, c)
         if self.noise_std > 0:

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from learned_dco.validation import check_fields, check_range, ValidationError
+from learned_dco.validation import ValidationError, check_range
 from learned_dco.tasks.regression import MLPRegression
 from learned_dco.types import Array, PRNGKey
 
@@ -82,12 +82,7 @@ class BevertonHolt(MLPRegression):
     has_optimum = False
 
     def __post_init__(self):
-        check_fields(
-            self,
-            integer=("num_train", "num_val"),
-            positive=("num_train", "num_val"),
-            nonnegative=("noise_var",),
-        )
+        self._check_sizes("noise_var")
         check_range(self, "r0_range", lower=0.0)
         check_range(self, "k_range", lower=0.0)
         if not self.k_range[0] > 0:
@@ -100,8 +95,7 @@ class BevertonHolt(MLPRegression):
         r0 = jax.random.uniform(kr, (), minval=self.r0_range[0], maxval=self.r0_range[1])
         k = jax.random.uniform(kk, (), minval=self.k_range[0], maxval=self.k_range[1])
         lo, hi = self.n_range
-        x_train = jax.random.uniform(kxt, (self.num_train, 1), minval=lo, maxval=hi)
-        x_val = jax.random.uniform(kxv, (self.num_val, 1), minval=lo, maxval=hi)
+        x_train, x_val = self._sample_inputs(kxt, kxv, lo, hi)
         std = math.sqrt(self.noise_var)
         y_train = beverton_holt(x_train, r0, k) + std * jax.random.normal(knt, x_train.shape)
         y_val = beverton_holt(x_val, r0, k)

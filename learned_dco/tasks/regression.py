@@ -9,9 +9,11 @@ mean squared errors over the training and validation sets. Training is full batc
 
 from __future__ import annotations
 
+import jax
+
 from learned_dco.tasks import nets
 from learned_dco.tasks.base import TaskFamilyBase
-from learned_dco.validation import positive_ints, set_field
+from learned_dco.validation import check_fields, positive_ints, set_field
 from learned_dco.types import Array, Batch, Params, PRNGKey, Task
 
 
@@ -34,9 +36,19 @@ class MLPRegression(TaskFamilyBase):
     hidden: tuple[int, ...]
     activation: str
 
+    def _check_sizes(self, noise: str) -> None:
+        """``num_train`` / ``num_val`` positive integers, the noise field ``noise`` ``>= 0``."""
+        check_fields(self, integer=("num_train", "num_val"), positive=("num_train", "num_val"), nonnegative=(noise,))
+
     def _check_network(self) -> None:
         normalise_hidden(self)
         nets.check_activation(self)
+
+    def _sample_inputs(self, k_train: PRNGKey, k_val: PRNGKey, lo: float, hi: float) -> tuple[Array, Array]:
+        """Training and validation inputs, ``(num_train, 1)`` and ``(num_val, 1)``, ``~ U(lo, hi)``."""
+        x_train = jax.random.uniform(k_train, (self.num_train, 1), minval=lo, maxval=hi)
+        x_val = jax.random.uniform(k_val, (self.num_val, 1), minval=lo, maxval=hi)
+        return x_train, x_val
 
     @property
     def sizes(self) -> tuple[int, ...]:
