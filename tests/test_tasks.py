@@ -69,6 +69,9 @@ def test_registry_names_and_make_family():
         "softmax_regression",
         "logistic_regression",
         "mlp_classifier",
+        "nonneg_least_squares",
+        "simplex_least_squares",
+        "box_lqr",
     }
     for cls in T.FAMILIES.values():
         assert issubclass(cls, T.TaskFamilyBase)
@@ -107,6 +110,9 @@ NUM_PARAMS = {
     "softmax_regression": 64 * 10 + 10,
     "logistic_regression": 64 * 1 + 1,
     "mlp_classifier": (64 * 32 + 32) + (32 * 10 + 10),
+    "nonneg_least_squares": 10,
+    "simplex_least_squares": 10,
+    "box_lqr": 10 * 2,  # horizon x input_dim
 }
 HAS_OPTIMUM = {
     "least_squares",
@@ -116,6 +122,9 @@ HAS_OPTIMUM = {
     "lasso",
     "quadratic",
     "rosenbrock",
+    "nonneg_least_squares",
+    "simplex_least_squares",
+    "box_lqr",
 }
 
 
