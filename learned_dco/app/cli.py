@@ -4,6 +4,7 @@
     learned-dco train --resume RUN_DIR [--set train.num_steps=N]
     learned-dco eval RUN_DIR [--num-tasks N] [--num-steps T] [--seed S] [--out DIR] [--overwrite]
     learned-dco reproduce [STUDY] [--list] [--quick] [--out DIR] [--seed S] [--overwrite]
+    (train, eval and reproduce also take --coordinator/--num-processes/--process-id or --distributed)
     (every command also takes --debug, --no-compile-cache and --compile-cache DIR)
 
 Subcommands live in :data:`COMMANDS`, a mapping from name to a *registrar*: a function
