@@ -4,6 +4,7 @@
     learned-dco train --resume RUN_DIR [--set train.num_steps=N]
     learned-dco eval RUN_DIR [--num-tasks N] [--num-steps T] [--seed S] [--out DIR] [--overwrite]
     learned-dco reproduce [STUDY] [--list] [--quick] [--out DIR] [--seed S] [--overwrite]
+    (train, eval and reproduce also take --coordinator/--num-processes/--process-id or --distributed)
     (every command also takes --debug, --no-compile-cache and --compile-cache DIR)
 
 Subcommands live in :data:`COMMANDS`, a mapping from name to a *registrar*: a function
@@ -307,6 +308,9 @@ def add_reproduce(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="output directory (default: results/STUDY)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in --out")
+    from learned_dco.app import launch
+
+    launch.add_options(p)
     p.set_defaults(handler=run_reproduce)
     return p
 
@@ -324,10 +328,13 @@ def run_reproduce(args: argparse.Namespace) -> int:
         raise ConfigError(f"reproduce: unknown study {args.study!r} (known: {', '.join(table)}; see --list)")
     if args.seed < 0:
         raise ConfigError(f"--seed: must be >= 0, got {args.seed}")
+    from learned_dco.meta import distributed
+
     out = Path(args.out) if args.out else Path("results") / args.study
-    existing = [out / n for n in STUDY_OUTPUTS if (out / n).exists()]
+    # several processes: process 0 alone writes, so its view of --out decides
+    existing = distributed.from_primary(lambda: [n for n in STUDY_OUTPUTS if (out / n).exists()])
     if existing and not args.overwrite:
-        raise OutputExists(f"--out: {out} already holds results ({existing[0].name}); pass --overwrite or another --out")
+        raise OutputExists(f"--out: {out} already holds results ({existing[0]}); pass --overwrite or another --out")
     if args.quick:
         # Quick runs are dominated by XLA compilation (many small programs, each run a few
         # times): backend optimisation level 0 halves the DCO study's time here (275 s -> 152 s
@@ -335,9 +342,9 @@ def run_reproduce(args: argparse.Namespace) -> int:
         flags = os.environ.get("XLA_FLAGS", "")
         if "xla_backend_optimization_level" not in flags:
             os.environ["XLA_FLAGS"] = (flags + " --xla_backend_optimization_level=0").strip()
-    out.mkdir(parents=True, exist_ok=True)
-    table[args.study].run(out, quick=args.quick, seed=args.seed)
-    print(f"wrote {out / 'report.md'} and {out / 'results.json'}")
+    table[args.study].run(out, quick=args.quick, seed=args.seed)  # writes (and prints) on process 0 only
+    if distributed.is_primary():
+        print(f"wrote {out / 'report.md'} and {out / 'results.json'}")
     return EXIT_OK
 
 

@@ -144,11 +144,14 @@ def write_study(out_dir: str | os.PathLike, *, study: str, paper: str, config: d
     if clash:
         raise ValueError(f"write_study: extra keys {sorted(clash)} would overwrite the schema's own keys")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if _primary():
+        out.mkdir(parents=True, exist_ok=True)
     results = {"study": study, "paper": paper, "config": _jsonable(config), "versions": versions(),
                "device": device(), "seconds": float(seconds), "claims": [c.to_dict() for c in claims],
                **_jsonable(extra or {})}
     validate_results(results)
+    if not _primary():  # several processes (jax.distributed): process 0 alone writes
+        return results
     _atomic_write(out / "results.json", json.dumps(results, indent=1, allow_nan=False))
     counts = {v: sum(c.verdict == v for c in claims) for v in VERDICTS}
     summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
@@ -170,9 +173,27 @@ class Study:
     module: str  # importable module holding ``run``
 
     def run(self, out_dir, *, quick: bool = False, seed: int = 0) -> dict[str, Any]:
+        """Run the study. With several processes (``jax.distributed``) every process runs
+        it -- the sweeps and evaluations shard their task batches over all processes'
+        devices -- but only process 0 writes into ``out_dir`` and prints: the others write
+        their figures into a scratch directory that is deleted and print nothing."""
+        import contextlib
         import importlib
+        import tempfile
 
-        return importlib.import_module(self.module).run(Path(out_dir), quick=quick, seed=seed)
+        run = importlib.import_module(self.module).run
+        if _primary():
+            return run(Path(out_dir), quick=quick, seed=seed)
+        with tempfile.TemporaryDirectory(prefix="learned-dco-study-") as scratch, \
+                open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            return run(Path(scratch), quick=quick, seed=seed)
+
+
+def _primary() -> bool:
+    """Whether this process writes the outputs (process 0, or the only process)."""
+    from learned_dco.meta import distributed
+
+    return distributed.is_primary()
 
 
 def _pyplot():

@@ -39,6 +39,7 @@ import optax
 
 import learned_dco as ldco
 from learned_dco import meta, tasks
+from learned_dco.meta import distributed
 
 PROTOCOLS = ("reset", "carry")
 DCO_NAMES = ("dcog", "dcogd", "dcom")
@@ -231,6 +232,22 @@ def _key(name: str, protocol: str) -> str:
     return name if protocol == "reset" else f"{name}_{protocol}"
 
 
+def tune_baselines(exp: Experiment, train, test, k_tune, k_eval, log=print) -> tuple[dict, dict]:
+    """Tune every baseline's learning rate by the vmapped grid sweep on ``train`` (mean
+    validation loss after ``exp.eval_steps``), then evaluate it on ``test``; returns
+    ``(tuned learning rates, per-task Curves as numpy)``. Pass task batches placed with
+    ``distributed.shard_tasks`` to spread the work over every process's devices."""
+    tuned, curves = {}, {}
+    for name in BASELINE_NAMES:
+        tuning = meta.tune_learning_rate(name, exp.family, train, k_tune, exp.eval_steps, exp.grid)
+        tuned[name] = tuning.learning_rate
+        curves[name] = distributed.to_host(
+            meta.evaluate(meta.BASELINES[name], tuning.learning_rate, exp.family, test, k_eval, exp.eval_steps))
+        log(f"  {exp.name}: {name:8s} lr={tuning.learning_rate:.3g} "
+            f"final={float(np.mean(curves[name].val[:, -1])):.4g}")
+    return tuned, curves
+
+
 def run_experiment(exp: Experiment, key: jax.Array, log=print) -> dict[str, Any]:
     """Run one experiment; returns the ``results.json`` entry for it.
 
@@ -242,42 +259,40 @@ def run_experiment(exp: Experiment, key: jax.Array, log=print) -> dict[str, Any]
     k_train, k_test, k_tune, k_eval, k_meta = jax.random.split(key, 5)
     train = tasks.sample_tasks(exp.family, k_train, exp.num_train)
     test = tasks.sample_tasks(exp.family, k_test, exp.num_test)
-    curves, tuned, init_lr, meta_loss, init_curves = {}, {}, {}, {}, {}
-
-    for name in BASELINE_NAMES:
-        tuning = meta.tune_learning_rate(name, exp.family, train, k_tune, exp.eval_steps, exp.grid)
-        tuned[name] = tuning.learning_rate
-        curves[name] = meta.evaluate(meta.BASELINES[name], tuning.learning_rate, exp.family, test, k_eval, exp.eval_steps)
-        log(f"  {exp.name}: {name:8s} lr={tuning.learning_rate:.3g} "
-            f"final={float(np.mean(curves[name].val[:, -1])):.4g}")
+    # sweeps and evaluations: task batches split over every device of every process
+    train_s, test_s = distributed.shard_tasks(train), distributed.shard_tasks(test)
+    init_lr, meta_loss, init_curves = {}, {}, {}
+    tuned, curves = tune_baselines(exp, train_s, test_s, k_tune, k_eval, log=log)
 
     extension: dict[str, Any] = {}
     qp_check: dict[str, Any] = {}
     for name in DCO_NAMES:
-        tuning = meta.tune_learning_rate(name, exp.family, train, k_tune, exp.eval_steps, exp.grid,
+        tuning = meta.tune_learning_rate(name, exp.family, train_s, k_tune, exp.eval_steps, exp.grid,
                                          make_tx=_hand_designed(name, exp.normalize, exp.momentum))
         init_lr[name] = tuning.learning_rate
         lopt = _learned(name, exp, tuning.learning_rate)
         init_meta = lopt.init(k_meta, _example_params(exp, train))
-        init_curves[name] = _summary(meta.evaluate(lopt.opt_fn, init_meta, exp.family, test, k_eval, exp.eval_steps))
+        init_curves[name] = _summary(distributed.to_host(
+            meta.evaluate(lopt.opt_fn, init_meta, exp.family, test_s, k_eval, exp.eval_steps)))
         for protocol in exp.protocols:
             learned, meta_loss[_key(name, protocol)] = _meta_train(lopt, exp, train, exp.horizon, k_meta, protocol)
-            c = curves[_key(name, protocol)] = meta.evaluate(lopt.opt_fn, learned, exp.family, test, k_eval,
-                                                             exp.eval_steps)
+            c = curves[_key(name, protocol)] = distributed.to_host(
+                meta.evaluate(lopt.opt_fn, learned, exp.family, test_s, k_eval, exp.eval_steps))
             log(f"  {exp.name}: {name:8s} [{protocol}] init step={tuning.learning_rate:.3g} meta-loss "
                 f"{meta_loss[_key(name, protocol)][0]:.4g} -> {meta_loss[_key(name, protocol)][-1]:.4g}, "
                 f"final={float(np.mean(c.val[:, -1])):.4g} (untrained: {init_curves[name]['mean'][-1]:.4g})")
         if exp.qp_check:
             solver_lopt = _learned(name, exp, tuning.learning_rate, solver=exp.qp_check)
             learned_q, loss_q = _meta_train(solver_lopt, exp, train, exp.horizon, k_meta, "reset")
-            cq = _summary(meta.evaluate(solver_lopt.opt_fn, learned_q, exp.family, test, k_eval, exp.eval_steps))
+            cq = _summary(distributed.to_host(
+                meta.evaluate(solver_lopt.opt_fn, learned_q, exp.family, test_s, k_eval, exp.eval_steps)))
             ref = np.asarray(_summary(curves[name])["mean"])
             rel = float(np.max(np.abs(np.asarray(cq["mean"]) - ref) / np.abs(ref)))
             qp_check[name] = {"curve": cq, "meta_loss": loss_q, "max_rel_diff": rel}
             log(f"  {exp.name}: {name:8s} with solver={exp.qp_check}: max relative curve difference {rel:.2e}")
         if exp.extension_horizon:
             learned_t, loss_t = _meta_train(lopt, exp, train, exp.extension_horizon, k_meta)
-            c = meta.evaluate(lopt.opt_fn, learned_t, exp.family, test, k_eval, exp.eval_steps)
+            c = distributed.to_host(meta.evaluate(lopt.opt_fn, learned_t, exp.family, test_s, k_eval, exp.eval_steps))
             extension[name] = {"curve": _summary(c), "meta_loss": loss_t, "final": float(np.mean(c.val[:, -1]))}
             log(f"  {exp.name}: {name:8s} with T={exp.extension_horizon}: final={extension[name]['final']:.4g}")
 
@@ -286,7 +301,7 @@ def run_experiment(exp: Experiment, key: jax.Array, log=print) -> dict[str, Any]
         lopt_d = DirectDCOG(init_lr["dcog"], exp.normalize)
         phi, losses, _ = algorithm1(lopt_d, exp.family, train, lopt_d.init(None, _example_params(exp, train)), k_meta,
                                     epochs=exp.meta_epochs, horizon=exp.horizon, meta_lr=exp.meta_lr, protocol="reset")
-        c = meta.evaluate(lopt_d.opt_fn, phi, exp.family, test, k_eval, exp.eval_steps)
+        c = distributed.to_host(meta.evaluate(lopt_d.opt_fn, phi, exp.family, test_s, k_eval, exp.eval_steps))
         lam = np.asarray(jax.tree.leaves(phi)[0])
         direct = {"curve": _summary(c), "meta_loss": losses, "final": float(np.mean(c.val[:, -1])),
                   "lam_min": float(lam.min()), "projected_entries": int(np.sum(lam <= lopt_d.lam_min))}

@@ -34,6 +34,7 @@ from jax.flatten_util import ravel_pytree
 import learned_dco as ldco
 from learned_dco import meta as M
 from learned_dco import tasks
+from learned_dco.meta import distributed
 from learned_dco.studies.common import Claim, _pyplot, fmt, write_study
 
 NAME = "metamd"
@@ -64,16 +65,19 @@ def convergence(name, family, *, T, eval_steps, num_train, num_test, meta_steps,
     f_star = jax.vmap(lambda t: family.loss(family.optimum(t), t))(test) if optimum else None
 
     def record(curves):
+        curves = distributed.to_host(curves)
         out = {"train": _summary(curves.train), "val": _summary(curves.val)}
         if f_star is not None:
             out["excess_train"] = _summary(np.asarray(curves.train) - np.asarray(f_star)[:, None])
         return out
 
     results, tuned = {}, {}
+    # sweeps and evaluations: task batches split over every device of every process
+    train_s, test_s = distributed.shard_tasks(train), distributed.shard_tasks(test)
     for base in ("sgd", "adam"):
-        t = M.tune_learning_rate(base, family, train, k_tune, eval_steps, GRID)
+        t = M.tune_learning_rate(base, family, train_s, k_tune, eval_steps, GRID)
         tuned[base] = t.learning_rate
-        results[base] = record(M.evaluate(M.BASELINES[base], t.learning_rate, family, test, k_eval, eval_steps))
+        results[base] = record(M.evaluate(M.BASELINES[base], t.learning_rate, family, test_s, k_eval, eval_steps))
     lr0 = tuned["sgd"]
     runs = {
         "dcog_final": (ldco.DCOG(learning_rate=lr0), M.FullUnroll(horizon=T, num_tasks=num_tasks, meta_loss="final_train")),
@@ -88,10 +92,10 @@ def convergence(name, family, *, T, eval_steps, num_train, num_test, meta_steps,
         t0 = time.perf_counter()
         learned, meta_losses[run] = _meta_train(lopt, family, est, meta_steps, meta_lr, k_meta)
         seconds[run] = time.perf_counter() - t0
-        results[run] = record(M.evaluate(lopt.opt_fn, learned, family, test, k_eval, eval_steps))
+        results[run] = record(M.evaluate(lopt.opt_fn, learned, family, test_s, k_eval, eval_steps))
         if run == "metamd_final":
             init = lopt.init(k_meta, family.init_params(k_meta, jax.tree.map(lambda x: x[0], train)))
-            results["gd_init"] = record(M.evaluate(lopt.opt_fn, init, family, test, k_eval, eval_steps))
+            results["gd_init"] = record(M.evaluate(lopt.opt_fn, init, family, test_s, k_eval, eval_steps))
         log(f"  {name}: {run} meta-loss {meta_losses[run][0]:.4g} -> {meta_losses[run][-1]:.4g} "
             f"({seconds[run]:.0f} s)")
     key = "excess_train" if optimum else "train"

@@ -43,6 +43,7 @@ import optax
 import learned_dco as ldco
 from learned_dco import meta as M
 from learned_dco import tasks
+from learned_dco.meta import distributed
 from learned_dco.studies.common import Claim, _pyplot, write_study
 
 NAME = "ml2o"
@@ -82,6 +83,11 @@ def evaluate_adapted(lopt, family, meta, test_tasks, key, alpha, *, horizon, eva
     return jax.vmap(one)(test_tasks, jax.random.split(key, n))
 
 
+def _adapted(*args, **kw):
+    """:func:`evaluate_adapted` with its per-task outputs brought to the host (numpy)."""
+    return distributed.to_host(evaluate_adapted(*args, **kw))
+
+
 def _final_score(curves):
     last = np.asarray(curves)[:, -1]
     return float(np.mean(np.where(np.isfinite(last), last, 12.0)))
@@ -95,7 +101,7 @@ def run_family(name, train_family, test_family, shift_desc, *, horizon, eval_ste
     example = train_family.init_params(k_init, train_family.sample(k_init))
     meta0 = lopt.init(k_init, example)
     # A sensible GD step for the untrained optimizer: the tuned SGD rate on the training family.
-    train_tasks = tasks.sample_tasks(train_family, k_init, 32)
+    train_tasks = distributed.shard_tasks(tasks.sample_tasks(train_family, k_init, 32))  # over every device
     sgd = M.tune_learning_rate("sgd", train_family, train_tasks, k_init, eval_steps)
     meta0 = dict(meta0, log_lr=jnp.log(jnp.asarray(sgd.learning_rate, jnp.float32)))
     trained, meta_loss, skipped, seconds = {}, {}, {}, {}
@@ -107,27 +113,28 @@ def run_family(name, train_family, test_family, shift_desc, *, horizon, eval_ste
         seconds[method] = time.perf_counter() - t0
         log(f"  {name}: {method} meta-loss {meta_loss[method][:10].mean():.3f} -> {meta_loss[method][-10:].mean():.3f} "
             f"({seconds[method]:.0f} s, {skipped[method]} skipped)")
-    val_tasks = tasks.sample_tasks(test_family, k_val, 16)
-    test_tasks = tasks.sample_tasks(test_family, k_test, num_test)
+    val_tasks = distributed.shard_tasks(tasks.sample_tasks(test_family, k_val, 16))
+    test_tasks = distributed.shard_tasks(tasks.sample_tasks(test_family, k_test, num_test))
     kw = dict(horizon=horizon, eval_steps=eval_steps)
     chosen = {}
     for method in ("ml2o", "transfer"):
         weights = trained["ml2o" if method == "ml2o" else "vanilla"]
-        scores = [_final_score(evaluate_adapted(lopt, test_family, weights, val_tasks, k_eval, a,
+        scores = [_final_score(_adapted(lopt, test_family, weights, val_tasks, k_eval, a,
                                                 adapt_steps=TEST_STEPS, **kw)[0]) for a in ALPHAS]
         chosen[method] = {"alpha": ALPHAS[int(np.argmin(scores))], "val_scores": scores}
     curves = {
-        "ml2o_adapted": evaluate_adapted(lopt, test_family, trained["ml2o"], test_tasks, k_eval, chosen["ml2o"]["alpha"],
+        "ml2o_adapted": _adapted(lopt, test_family, trained["ml2o"], test_tasks, k_eval, chosen["ml2o"]["alpha"],
                                          adapt_steps=TEST_STEPS, **kw),
-        "transfer": evaluate_adapted(lopt, test_family, trained["vanilla"], test_tasks, k_eval,
+        "transfer": _adapted(lopt, test_family, trained["vanilla"], test_tasks, k_eval,
                                      chosen["transfer"]["alpha"], adapt_steps=TEST_STEPS, **kw),
-        "vanilla": evaluate_adapted(lopt, test_family, trained["vanilla"], test_tasks, k_eval, 1.0, adapt_steps=0, **kw),
-        "ml2o_unadapted": evaluate_adapted(lopt, test_family, trained["ml2o"], test_tasks, k_eval, 1.0, adapt_steps=0,
+        "vanilla": _adapted(lopt, test_family, trained["vanilla"], test_tasks, k_eval, 1.0, adapt_steps=0, **kw),
+        "ml2o_unadapted": _adapted(lopt, test_family, trained["ml2o"], test_tasks, k_eval, 1.0, adapt_steps=0,
                                            **kw),
-        "untrained": evaluate_adapted(lopt, test_family, meta0, test_tasks, k_eval, 1.0, adapt_steps=0, **kw),
+        "untrained": _adapted(lopt, test_family, meta0, test_tasks, k_eval, 1.0, adapt_steps=0, **kw),
     }
     adam = M.tune_learning_rate("adam", train_family, train_tasks, k_adam, eval_steps)
-    adam_curves = M.evaluate(M.BASELINES["adam"], adam.learning_rate, test_family, test_tasks, k_eval, eval_steps)
+    adam_curves = distributed.to_host(
+        M.evaluate(M.BASELINES["adam"], adam.learning_rate, test_family, test_tasks, k_eval, eval_steps))
     out = {"shift": shift_desc, "train_family": repr(train_family), "test_family": repr(test_family),
            "settings": {"horizon": horizon, "eval_steps": eval_steps, "meta_steps": meta_steps,
                         "tasks_per_meta_step": num_tasks, "meta_lr": meta_lr, "train_adapt_steps": 1,

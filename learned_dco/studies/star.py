@@ -38,6 +38,7 @@ import optax
 import learned_dco as ldco
 from learned_dco import meta as lmeta
 from learned_dco import tasks
+from learned_dco.meta import distributed
 from learned_dco.studies import star_nqm
 from learned_dco.studies.common import Claim, _pyplot, fmt, write_study
 
@@ -82,7 +83,7 @@ def evaluate(make_tx: Callable, configs, family, task_batch, key, num_steps: int
         return jax.vmap(tx.init)(params)
 
     @jax.jit
-    def step(config, params, state, t):
+    def step(config, params, state, t, task_batch, k_run):  # tasks are arguments: they may span other processes
         tx = make_tx(config)
 
         def one(p, s, task, k):
@@ -102,12 +103,12 @@ def evaluate(make_tx: Callable, configs, family, task_batch, key, num_steps: int
     for c in range(num_configs):
         config = jax.tree.map(lambda x: x[c], configs)
         p, s = params, init(config)
-        steps, losses = [0], [np.asarray(task_loss(p, task_batch))]
+        steps, losses = [0], [distributed.to_host(task_loss(p, task_batch))]
         for t in range(num_steps):
-            p, s = step(config, p, s, jnp.asarray(t))
+            p, s = step(config, p, s, jnp.asarray(t), task_batch, k_run)
             if (t + 1) % eval_every == 0 or t + 1 == num_steps:
                 steps.append(t + 1)
-                losses.append(np.asarray(task_loss(p, task_batch)))
+                losses.append(distributed.to_host(task_loss(p, task_batch)))
         per_config.append(np.stack(losses, axis=-1))
     return Evaluation(np.asarray(steps), np.stack(per_config).astype(np.float64))
 
@@ -291,8 +292,11 @@ def run(out_dir: str | Path = "results/star", *, quick: bool = False, seed: int 
     grid = tuple(cfg.get("adam_grid", ADAM_GRID))
     families = [(n, fam) for n, fam in (("digits_mlp", mlp), ("digits_convnet", conv)) if n in cfg.get("families", (n,))]
     for f, (fam_name, family) in enumerate(families):
-        eval_tasks = tasks.sample_tasks(family, jax.random.fold_in(k_eval_tasks, f), cfg["eval_tasks"])
-        tune_tasks = tasks.sample_tasks(family, jax.random.fold_in(k_tune_tasks, f), cfg["tune_tasks"])
+        # sweeps and evaluations: task batches split over every device of every process
+        eval_tasks = distributed.shard_tasks(tasks.sample_tasks(family, jax.random.fold_in(k_eval_tasks, f),
+                                                                cfg["eval_tasks"]))
+        tune_tasks = distributed.shard_tasks(tasks.sample_tasks(family, jax.random.fold_in(k_tune_tasks, f),
+                                                                cfg["tune_tasks"]))
         lr, scores = tune_adam(family, tune_tasks, k_tune, num_steps, cfg["eval_every"], grid)
         log(f"  {fam_name}: Adam learning rate {lr:g}")
         fam_result = {"num_tasks": cfg["eval_tasks"], "adam_learning_rate": lr, "adam_grid": list(grid),
