@@ -41,7 +41,7 @@ PREFIX = "learned_dco/"
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
-    """The multi-process options of ``train`` and ``eval``."""
+    """The multi-process options of ``train``, ``eval`` and ``reproduce``."""
     g = parser.add_argument_group(
         "multi-process (jax.distributed; see docs/distributed.md)",
         "Run the same command in every process; the task batch is sharded over all processes' devices, "
