@@ -13,6 +13,10 @@ medians, with the ratios ``off / warm`` and ``cold / warm``. Writes
 benchmarks/results/compile_cache.json.
 
     python benchmarks/compile_cache.py            # quick_demo + dcom_beverton_holt, 2 rounds
+    python -m benchmarks.compile_cache --smoke --out DIR   # quick_demo, 1 round, 1 meta-step
+
+``--smoke`` checks that the benchmark runs (one config, one round, one meta-step); its
+ratios are not claims. ``--out DIR`` writes the JSON there instead of benchmarks/results.
 """
 
 from __future__ import annotations
@@ -61,16 +65,23 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--configs", nargs="*", default=list(CONFIGS))
+    parser.add_argument("--smoke", action="store_true", help="quick_demo, one round, one meta-step (no timing claims)")
+    parser.add_argument("--out", default=None, help="directory for the JSON (default benchmarks/results)")
     args = parser.parse_args(argv)
+    configs = dict(CONFIGS)
+    if args.smoke:
+        args.repeats, args.configs = 1, ["quick_demo"]
+        configs["quick_demo"] = (CONFIGS["quick_demo"][0], ["train.num_steps=1", "train.checkpoint_every=0"])
+    out_dir = Path(args.out) if args.out else RESULTS
     sys.path.insert(0, str(ROOT))
     from learned_dco.io import atomic_write_json, environment
 
-    results = {"configs": {}, **environment(), "repeats": args.repeats,
+    results = {"configs": {}, **environment(), "repeats": args.repeats, "smoke": args.smoke,
                "xla_flags": os.environ.get("XLA_FLAGS", "")}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name in args.configs:
-            config, sets = CONFIGS[name]
+            config, sets = configs[name]
             runs = {"off": [], "cold": [], "warm": []}
             for r in range(args.repeats):
                 cache = tmp / f"cache-{name}-{r}"
@@ -91,8 +102,8 @@ def main(argv=None) -> dict:
         print(f"{name:<20} {m['off']['first_step_s']:>14.2f}s {m['cold']['first_step_s']:>7.2f}s "
               f"{m['warm']['first_step_s']:>7.2f}s {r['first_step_off_over_warm']:>8.1f}x "
               f"{m['off']['wall_s']:>8.1f}s {m['warm']['wall_s']:>6.1f}s {r['wall_off_over_warm']:>8.1f}x")
-    atomic_write_json(RESULTS / "compile_cache.json", results)
-    print(f"wrote {RESULTS / 'compile_cache.json'}")
+    atomic_write_json(out_dir / "compile_cache.json", results)
+    print(f"wrote {out_dir / 'compile_cache.json'}")
     return results
 
 

@@ -25,7 +25,7 @@ on a fixed minibatch, ``lax.scan`` over the steps, guard off) old vs new. Ratios
 
     python -m benchmarks.lopt_update [--quick | --smoke] [--tasks 1 8 64] [--out DIR]
 
-``--quick``: N = 1 and 8, fewer rounds (about a minute on 2 busy cores); ``--smoke``: N = 1,
+``--quick``: N = 1 and 8, fewer rounds (about a minute on 2 busy cores); ``--smoke``: STAR only, N = 1,
 three rounds, a 2-step unroll (a few seconds plus compilation; for tests). The JSON (to
 benchmarks/results/lopt_update.json) records ``jax.devices()``, so the script runs unchanged
 on a GPU.
@@ -263,11 +263,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--unroll", type=int, default=10, help="inner steps of the meta-gradient unroll")
     ap.add_argument("--meta-tasks", type=int, nargs="*", default=[1, 8], help="N for the meta-gradient rows")
     ap.add_argument("--quick", action="store_true", help="N = 1 and 8, fewer rounds")
-    ap.add_argument("--smoke", action="store_true", help="N = 1, 3 rounds, 2-step unroll")
+    ap.add_argument("--smoke", action="store_true", help="STAR, N = 1, 3 rounds, 2-step unroll")
     ap.add_argument("--out", default=None, help="directory for the JSON (default benchmarks/results)")
     args = ap.parse_args(argv)
-    if args.smoke:
+    if args.smoke:  # STAR only (Blackbox's update is the same code path without the nominal term)
         args.tasks, args.meta_tasks, args.repeats, args.budget, args.unroll = [1], [1], 3, 2.0, 2
+        args.optimizers = ["star"]
     elif args.quick:
         args.tasks, args.meta_tasks, args.repeats, args.budget = [1, 8], [1], 20, 8.0
     family = tasks.DigitsMLP(hidden=(32, 32), batch_size=64)

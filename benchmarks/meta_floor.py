@@ -18,7 +18,10 @@ optimizer's non-finite guard off, ``max_consecutive_nonfinite=None``, where it h
 the trainer still masks non-finite tasks) and ``reuse_loss`` (``MeanTrain(fresh_batch=
 False)``, the loss computed with the gradient), each against the floor doing the same.
 
-    python -m benchmarks.meta_floor [--quick] [--tasks 8 64 256] [--out DIR]
+    python -m benchmarks.meta_floor [--quick | --smoke] [--tasks 8 64 256] [--out DIR]
+
+``--smoke``: the step-size setup only, default variant, N = 4, short horizons, three rounds --
+it checks that the benchmark runs, its ratios are no claim.
 
 GPU-ready: nothing assumes a CPU; every timed call blocks on its outputs, and the JSON
 records ``jax.devices()``.
@@ -192,12 +195,14 @@ def _unguarded(lopt):
     return None
 
 
-def measure(kind: str, s: Setup, num_tasks: int, repeats: int, budget_s: float) -> list[dict]:
+def measure(kind: str, s: Setup, num_tasks: int, repeats: int, budget_s: float,
+            default_only: bool = False) -> list[dict]:
     floor_s = dataclasses.replace(s, horizon=s.truncation) if kind == "full" else s
     variants = {"default": (s.lopt, "mean_train", True)}
-    if _unguarded(s.lopt) is not None:
+    if _unguarded(s.lopt) is not None and not default_only:
         variants["no_guard"] = (_unguarded(s.lopt), "mean_train", True)
-    variants["reuse_loss"] = (s.lopt, meta.MeanTrain(fresh_batch=False), False)
+    if not default_only:
+        variants["reuse_loss"] = (s.lopt, meta.MeanTrain(fresh_batch=False), False)
     fns, boxes, compile_s = {}, {}, {}
     for name, (lopt, loss, fresh_batch) in variants.items():
         trainer = library_trainer(kind, s, num_tasks, lopt, loss)
@@ -239,16 +244,19 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--budget", type=float, default=30.0, help="seconds of timing rounds per row")
     ap.add_argument("--quick", action="store_true", help="N = 8 only, short horizons, 3-5 rounds (CPU smoke size)")
+    ap.add_argument("--smoke", action="store_true", help="step-size setup, N = 4, 3 rounds: checks that it runs")
     ap.add_argument("--out", default=None, help="directory for the JSON (default benchmarks/results)")
     args = ap.parse_args(argv)
     if args.quick:
         args.tasks, args.repeats, args.budget = [8], 5, 4.0
+    if args.smoke:
+        args.quick, args.setups, args.tasks, args.repeats, args.budget = True, ["stepsize_quadratic"], [4], 3, 0.5
     rows = []
     for name in args.setups:
         s = setups(args.quick)[name]
         for kind in args.estimators:
             for n in args.tasks:
-                for row in measure(kind, s, n, args.repeats, args.budget):
+                for row in measure(kind, s, n, args.repeats, args.budget, default_only=args.smoke):
                     rows.append(row)
                     print(f"{row['setup']:18s} {kind:9s} {row['variant']:10s} N={n:3d}: library {row['library_ms']:.3g} ms, "
                           f"floor {row['floor_ms']:.3g} ms -> {row['ratio']:.2f}x of the floor", flush=True)
@@ -256,7 +264,7 @@ def main(argv=None):
             "library_task_steps_per_s", "compile_s"]
     print()
     print(table(rows, cols))
-    payload = {"quick": args.quick, "target_ratio": 0.8, "devices": [str(d) for d in jax.devices()],
+    payload = {"quick": args.quick, "smoke": args.smoke, "target_ratio": 0.8, "devices": [str(d) for d in jax.devices()],
                "backend": jax.default_backend(), "rows": rows}
     print(f"\nwrote {write_json('meta_floor', payload, args.out)}")
 

@@ -130,6 +130,8 @@ def main(argv=None):
     ap.add_argument("--horizons", type=int, nargs="+", default=[10, 25, 50, 100, 200, 400])
     ap.add_argument("--no-rss", action="store_true", help="skip the per-process peak-RSS runs")
     ap.add_argument("--quick", action="store_true", help="full unroll and PES at T = 10 and 50, XLA analysis only")
+    ap.add_argument("--smoke", action="store_true",
+                    help="full unroll and PES at T = 10 and 20, XLA analysis only: checks that it runs")
     ap.add_argument("--out", default=None, help="directory for the JSON (default benchmarks/results)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -141,9 +143,9 @@ def main(argv=None):
         print(json.dumps(row))
         return
 
-    horizons = [10, 50] if args.quick else args.horizons
-    estimators = ("full", "pes") if args.quick else ESTIMATORS
-    rss = not (args.no_rss or args.quick)
+    horizons = [TRUNCATION, 2 * TRUNCATION] if args.smoke else [10, 50] if args.quick else args.horizons
+    estimators = ("full", "pes") if args.quick or args.smoke else ESTIMATORS
+    rss = not (args.no_rss or args.quick or args.smoke)
     rows = []
     baseline = _in_child(["baseline"])["baseline_rss_mb"] if rss else None
     for est in estimators:
@@ -165,7 +167,7 @@ def main(argv=None):
         print(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}")
     payload = {
         "task": "smooth_interpolation (1-10-10-1 tanh MLP, 500 points)", "optimizer": "dcog (normalize)",
-        "num_tasks": NUM_TASKS, "truncation": TRUNCATION, "baseline_rss_mb": baseline, "rows": rows, "checks": checks,
+        "smoke": args.smoke, "num_tasks": NUM_TASKS, "truncation": TRUNCATION, "baseline_rss_mb": baseline, "rows": rows, "checks": checks,
     }
     path = write_json("meta_memory", payload, args.out)
     print(f"\nwrote {path}")

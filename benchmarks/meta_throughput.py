@@ -22,7 +22,10 @@ timing. Reported: task-steps per second (``N * T`` inner steps, forward and back
 meta-step) and the speed-ups over both loops; the library's one-off compile time is reported separately
 and excluded from its rate. Target (issue 4): >= 30x on a 2-core CPU.
 
-    python -m benchmarks.meta_throughput [--quick] [--tasks 100] [--dim 100] [--horizons 1 10]
+    python -m benchmarks.meta_throughput [--quick | --smoke] [--tasks 100] [--dim 100] [--horizons 1 10] [--out DIR]
+
+``--smoke``: DCOG, 4 tasks of dimension 10, T = 1, three rounds -- it checks that the
+benchmark runs (the agreement checks included); its speed-ups are no claim.
 """
 
 from __future__ import annotations
@@ -197,10 +200,13 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5, help="timing rounds (at least 3)")
     ap.add_argument("--budget", type=float, default=60.0, help="seconds of timing rounds per row")
     ap.add_argument("--quick", action="store_true", help="DCOG only, 20 tasks, T = 1 and 3 (well under a minute)")
+    ap.add_argument("--smoke", action="store_true", help="DCOG, 4 tasks, dim 10, T = 1: checks that it runs")
     ap.add_argument("--out", default=None, help="directory for the JSON (default benchmarks/results)")
     args = ap.parse_args(argv)
     if args.quick:
         args.tasks, args.horizons, args.optimizers, args.repeats, args.budget = 20, [1, 3], ["dcog"], 3, 5.0
+    if args.smoke:
+        args.tasks, args.dim, args.horizons, args.optimizers, args.repeats, args.budget = 4, 10, [1], ["dcog"], 3, 1.0
 
     rows = []
     for name in args.optimizers:
@@ -220,7 +226,7 @@ def main(argv=None):
             "library_compile_s", "meets_target"]
     print()
     print(table(rows, cols))
-    path = write_json("meta_throughput", {"target_speedup": TARGET, "quick": args.quick, "rows": rows}, args.out)
+    path = write_json("meta_throughput", {"target_speedup": TARGET, "quick": args.quick, "smoke": args.smoke, "rows": rows}, args.out)
     print(f"\nwrote {path}")
 
 

@@ -4,9 +4,10 @@ The MetaMD *study* (``learned-dco reproduce metamd``) records meta-parameter cou
 compiled memory; this benchmark adds interleaved median times (one inner step, and one
 meta-gradient through K = 5 steps) for the widths where the dense B fits comfortably.
 
-    python -m benchmarks.metamd_cost [--widths 16 32 64]
+    python -m benchmarks.metamd_cost [--widths 16 32 64] [--smoke] [--out DIR]
 
-Writes ``benchmarks/results/metamd_cost.json``.
+Writes ``benchmarks/results/metamd_cost.json`` (or into ``--out DIR``). ``--smoke``: one
+width of 8 and three timing rounds, to check the benchmark runs (no timing claims).
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ from learned_dco.studies.metamd import _step_fns, cost  # noqa: E402
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64], help="hidden width of a 64-w-10 MLP")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--smoke", action="store_true", help="width 8, three rounds: checks that it runs (no timing claims)")
+    ap.add_argument("--out", default=None, help="directory for the JSON (default benchmarks/results)")
     args = ap.parse_args(argv)
+    repeats, budget = (3, 2.0) if args.smoke else (15, 20.0)
+    if args.smoke:
+        args.widths = [8]
     rows = cost([[w] for w in args.widths])
     for w in args.widths:
         family = tasks.DigitsMLP(hidden=(w,))
@@ -46,7 +51,7 @@ def main(argv=None) -> list[dict]:
             meta = lopt.init(key, params)
             calls[f"{name}/step"] = functools.partial(step, meta, params, key)
             calls[f"{name}/meta_grad"] = functools.partial(metagrad, meta, params, key)
-        timed = interleaved_medians(calls, repeats=15, budget_s=20.0)
+        timed = interleaved_medians(calls, repeats=repeats, budget_s=budget)
         for row in rows:
             if row["hidden"] == [w]:
                 row["step_ms"] = 1e3 * timed[f"{row['optimizer']}/step"]
@@ -54,7 +59,7 @@ def main(argv=None) -> list[dict]:
                 row["meta_grad_ratio_vs_metamd"] = timed[f"{row['optimizer']}/meta_grad"] / timed["metamd/meta_grad"]
     print(table(rows, ["hidden", "params", "optimizer", "meta_params", "meta_grad_temp_MB", "step_ms", "meta_grad_ms",
                        "meta_grad_ratio_vs_metamd"]))
-    path = write_json("metamd_cost", {"rows": rows}, args.out)
+    path = write_json("metamd_cost", {"smoke": args.smoke, "rows": rows}, args.out)
     print(f"wrote {path}")
     return rows
 
