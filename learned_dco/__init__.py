@@ -53,11 +53,6 @@ _SUBPACKAGES = ("analysis", "meta", "pretrained", "tasks")
 
 # Internals that tests/test_star.py still reaches through the top level; resolvable (not
 # part of the API) until it imports them from ``learned_dco.optimizers``.
-_MOVED = {
-    "adafac_mlp": "learned_dco.optimizers",
-    "blackbox_weight_mask": "learned_dco.optimizers",
-}
-
 __all__ = [
     # pure builders -> optax.GradientTransformation
     "dcog",
@@ -99,8 +94,6 @@ def __getattr__(name: str) -> Any:
         module = importlib.import_module(f"learned_dco.{name}")
         globals()[name] = module
         return module
-    if name in _MOVED:
-        return getattr(importlib.import_module(_MOVED[name]), name)
     raise AttributeError(f"module 'learned_dco' has no attribute {name!r}")
 
 

@@ -57,7 +57,6 @@ def test_block_extraction():
     assert python_blocks(text) == [(3, "x = 1\n", False), (8, "raise SystemExit\n", True)]
 
 
-@pytest.mark.slow
 def test_readme_examples_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     blocks = python_blocks(README.read_text())

@@ -414,12 +414,12 @@ def test_nonfinite_gradients_are_skipped():
 def test_weight_decay_mask_and_adamw_decay_only_blackbox_weights():
     star = ldco.STAR()
     meta = _perturb(star.init(jax.random.PRNGKey(0), _params()), 1, 0.1)
-    mask = ldco.blackbox_weight_mask(meta)
+    mask = ldco.optimizers.blackbox_weight_mask(meta)
     assert all(jax.tree.leaves(mask["trunk"]))
     assert all(jax.tree.leaves(mask["heads"]["direction"])) and all(jax.tree.leaves(mask["heads"]["magnitude"]))
     assert not any(jax.tree.leaves(mask["heads"]["nominal_magnitude"])) and not any(jax.tree.leaves(mask["decays"]))
     hyper_meta = ldco.Hyperparam().init(jax.random.PRNGKey(0), _params())
-    assert not any(jax.tree.leaves(ldco.blackbox_weight_mask(hyper_meta)))
+    assert not any(jax.tree.leaves(ldco.optimizers.blackbox_weight_mask(hyper_meta)))
 
     lr, factor = 1e-2, 0.3
     opt = ldco.star_meta_optimizer(learning_rate=lr, weight_decay_factor=factor, clip=1.0)
@@ -469,7 +469,7 @@ def test_validation_errors():
         with pytest.raises(ValueError):
             ldco.star_meta_optimizer(**kwargs)
     with pytest.raises(ValueError):
-        ldco.adafac_mlp(star_meta["trunk"], {"direction": star_meta["heads"]["direction"]})
+        ldco.optimizers.adafac_mlp(star_meta["trunk"], {"direction": star_meta["heads"]["direction"]})
     assert dataclasses.replace(ldco.STAR(), nominal_step=0.0).nominal_step == 0.0
 
 
