@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -43,12 +43,10 @@ from jax.flatten_util import ravel_pytree
 from learned_dco import qp
 from learned_dco.optimizers.base import (
     broadcast_like,
-    check_grads,
     check_values,
-    normalize_gradient,
     ravel_size,
 )
-from learned_dco.optimizers.general import skip_nonfinite
+from learned_dco.optimizers.general import GeneralDCOState, StepQP, general_dco
 from learned_dco.types import Array, MetaParams, Params, PRNGKey, PyTree
 
 tree_map = jax.tree.map
@@ -58,17 +56,16 @@ tree_map = jax.tree.map
 LOG_CLIP = 20.0
 
 
-class DCOState(NamedTuple):
-    """State of :func:`dcog` and :func:`dcogd`."""
-
-    qp_residual: Array  # () float: fixed-point residual of the last QP (0 at the optimum)
+class DCOState(GeneralDCOState):
+    """State of :func:`dcog` and :func:`dcogd` (``inner`` is ``()``)."""
 
 
-class DCOMState(NamedTuple):
-    """State of :func:`dcom`."""
+class DCOMState(GeneralDCOState):
+    """State of :func:`dcom`: ``inner`` is the momentum ``s`` (like params, starts at zeros)."""
 
-    momentum: Params  # like params: s, starts at zeros
-    qp_residual: Array  # () float: fixed-point residual of the last QP
+    @property
+    def momentum(self) -> Params:
+        return self.inner
 
 
 def _dtype(params: Params):
@@ -76,16 +73,12 @@ def _dtype(params: Params):
     return jnp.result_type(*leaves) if leaves else jnp.float32
 
 
-def _box(owner: str, radius: PyTree | None, params: Params):
+def _box(owner: str, radius: PyTree | None, params: Params) -> dict[str, PyTree]:
+    """The trust-region box ``-r <= d <= r`` as :class:`StepQP` keyword arguments."""
     if radius is None:
-        return None, None
+        return {}
     r = broadcast_like(owner, "radius", radius, params)
-    return tree_map(jnp.negative, r), r
-
-
-def _solve_step(owner, linear, curvature, radius, params, solver) -> qp.QPSolution:
-    lo, hi = _box(owner, radius, params)
-    return qp.solve_qp(curvature, linear, lo=lo, hi=hi, solver=solver)
+    return {"lo": tree_map(jnp.negative, r), "hi": r}
 
 
 def _step_solver(owner: str, solver: qp.SolverLike, radius: PyTree | None) -> qp.QPSolver:
@@ -101,8 +94,14 @@ def _check_radius(owner: str, radius: PyTree | None) -> None:
         check_values(owner, "radius", radius, lambda r: r > 0, "> 0 (a trust-region radius)")
 
 
-def _transform(init_fn, update_fn, max_consecutive_nonfinite) -> optax.GradientTransformation:
-    return skip_nonfinite(optax.GradientTransformation(init_fn, update_fn), max_consecutive_nonfinite)
+def _instance(owner, meta, step, init_state, state_type, radius, normalize, solver, max_consecutive_nonfinite):
+    """The rule as an instance of :func:`general_dco` (``constraints`` the box when ``radius``)."""
+    _check_radius(owner, radius)
+    return general_dco(
+        meta, step, init_state=init_state, solver=_step_solver(owner, solver, radius),
+        constraints=("box",) if radius is not None else (), normalize=normalize,
+        max_consecutive_nonfinite=max_consecutive_nonfinite, owner=owner, state_type=state_type,
+    )
 
 
 def dcog(
@@ -117,7 +116,8 @@ def dcog(
     \|\Lambda\odot(\theta-\theta_t)\|^2 \;[\,|\theta-\theta_t|\le r\,]`.
 
     Closed form :math:`\theta^+ = \theta_t - \Pi_{[-r,r]}(g/\Lambda^2)`: per-weight step
-    sizes :math:`1/\Lambda^2` (paper eq. 13).
+    sizes :math:`1/\Lambda^2` (paper eq. 13). An instance of :func:`general_dco` with the
+    step QP ``StepQP(Diagonal(lam**2), g, lo=-r, hi=r)``.
 
     Args:
       lam: :math:`\Lambda`, a scalar or a pytree shaped like params (leaves may be scalars);
@@ -131,30 +131,24 @@ def dcog(
         disables it.
 
     Returns:
-      An ``optax.GradientTransformation``; ``update(grads, state, params)``.
+      An ``optax.GradientTransformation`` with :class:`DCOState`; ``update(grads, state, params)``.
 
     Example:
       >>> tx = optax.chain(optax.clip_by_global_norm(1.0), dcog(10.0))
     """
     owner = "dcog"
     check_values(owner, "lam", lam, lambda v: v != 0, "nonzero (the QP is unbounded where lam = 0)")
-    _check_radius(owner, radius)
-    solver = _step_solver(owner, solver, radius)
 
-    def init_fn(params):
+    def init_state(params):
         broadcast_like(owner, "lam", lam, params)
         _box(owner, radius, params)
-        return DCOState(qp_residual=jnp.zeros((), _dtype(params)))
+        return ()
 
-    def update_fn(grads, state, params=None):
-        del state
-        check_grads(owner, grads, params)
-        g = normalize_gradient(grads) if normalize else grads
+    def step(lam, g, params, state):
         curvature = qp.Diagonal(tree_map(jnp.square, broadcast_like(owner, "lam", lam, params)))
-        sol = _solve_step(owner, g, curvature, radius, params, solver)
-        return sol.x, DCOState(qp_residual=sol.residual.astype(_dtype(params)))
+        return StepQP(curvature, g, **_box(owner, radius, params)), state
 
-    return _transform(init_fn, update_fn, max_consecutive_nonfinite)
+    return _instance(owner, lam, step, init_state, DCOState, radius, normalize, solver, max_consecutive_nonfinite)
 
 
 def dcogd(
@@ -167,7 +161,8 @@ def dcogd(
 ) -> optax.GradientTransformation:
     r"""DCO General Descent: :math:`\theta^+ = \arg\min_\theta (Bg)^\top\theta +
     \tfrac12\|\theta-\theta_t\|^2 \;[\,|\theta-\theta_t|\le r\,]`, i.e.
-    :math:`\theta^+ = \theta_t - \Pi_{[-r,r]}(Bg)` (paper eq. 14).
+    :math:`\theta^+ = \theta_t - \Pi_{[-r,r]}(Bg)` (paper eq. 14); an instance of
+    :func:`general_dco` with ``StepQP(ScaledIdentity(1), B g, lo=-r, hi=r)``.
 
     Args:
       B: a ``(p, p)`` matrix acting on the ravelled gradient
@@ -176,8 +171,6 @@ def dcogd(
     """
     owner = "dcogd"
     check_values(owner, "B", B, lambda v: np.ones_like(v, bool), "finite")
-    _check_radius(owner, radius)
-    solver = _step_solver(owner, solver, radius)
 
     def check_B(params):
         p = ravel_size(params)
@@ -187,22 +180,19 @@ def dcogd(
                 f"expected ({p}, {p})"
             )
 
-    def init_fn(params):
+    def init_state(params):
         check_B(params)
         _box(owner, radius, params)
-        return DCOState(qp_residual=jnp.zeros((), _dtype(params)))
+        return ()
 
-    def update_fn(grads, state, params=None):
-        del state
-        check_grads(owner, grads, params)
+    def step(B, g, params, state):
         check_B(params)
-        g = normalize_gradient(grads) if normalize else grads
         flat_g, unravel = ravel_pytree(g)
         linear = unravel(jnp.asarray(B, flat_g.dtype) @ flat_g)
-        sol = _solve_step(owner, linear, qp.ScaledIdentity(jnp.ones((), flat_g.dtype)), radius, params, solver)
-        return sol.x, DCOState(qp_residual=sol.residual.astype(_dtype(params)))
+        curvature = qp.ScaledIdentity(jnp.ones((), flat_g.dtype))
+        return StepQP(curvature, linear, **_box(owner, radius, params)), state
 
-    return _transform(init_fn, update_fn, max_consecutive_nonfinite)
+    return _instance(owner, B, step, init_state, DCOState, radius, normalize, solver, max_consecutive_nonfinite)
 
 
 def dcom(
@@ -221,7 +211,8 @@ def dcom(
         \theta^+ = \arg\min_\theta (s^+)^\top\theta + \tfrac12\|\Lambda\odot(\theta-\theta_t)\|^2,
 
     so :math:`\theta^+ = \theta_t - \Pi_{[-r,r]}(s^+/\Lambda^2)`; the momentum ``s`` starts
-    at zeros. ``M = 1`` recovers :func:`dcog`.
+    at zeros. ``M = 1`` recovers :func:`dcog`. An instance of :func:`general_dco`: DCOG's
+    step QP with :math:`s^+` as the linear term and the next state (:class:`DCOMState`).
 
     Args:
       lam: :math:`\Lambda` as in :func:`dcog`.
@@ -231,25 +222,21 @@ def dcom(
     owner = "dcom"
     check_values(owner, "lam", lam, lambda v: v != 0, "nonzero (the QP is unbounded where lam = 0)")
     check_values(owner, "m", m, lambda v: (v >= 0) & (v <= 1), "in [0, 1]")
-    _check_radius(owner, radius)
-    solver = _step_solver(owner, solver, radius)
 
-    def init_fn(params):
+    def init_state(params):
         broadcast_like(owner, "lam", lam, params)
         broadcast_like(owner, "m", m, params)
         _box(owner, radius, params)
-        return DCOMState(momentum=tree_map(jnp.zeros_like, params), qp_residual=jnp.zeros((), _dtype(params)))
+        return tree_map(jnp.zeros_like, params)
 
-    def update_fn(grads, state, params=None):
-        check_grads(owner, grads, params)
-        g = normalize_gradient(grads) if normalize else grads
+    def step(meta, g, params, momentum):
+        lam, m = meta
         mm = broadcast_like(owner, "m", m, params)
-        momentum = tree_map(lambda w, gi, s: w * gi + (1 - w) * s, mm, g, state.momentum)
+        momentum = tree_map(lambda w, gi, s: w * gi + (1 - w) * s, mm, g, momentum)
         curvature = qp.Diagonal(tree_map(jnp.square, broadcast_like(owner, "lam", lam, params)))
-        sol = _solve_step(owner, momentum, curvature, radius, params, solver)
-        return sol.x, DCOMState(momentum=momentum, qp_residual=sol.residual.astype(_dtype(params)))
+        return StepQP(curvature, momentum, **_box(owner, radius, params)), momentum
 
-    return _transform(init_fn, update_fn, max_consecutive_nonfinite)
+    return _instance(owner, (lam, m), step, init_state, DCOMState, radius, normalize, solver, max_consecutive_nonfinite)
 
 
 # ------------------------------------------------------------------------------------------

@@ -126,6 +126,8 @@ def general_dco(
     constraints: tuple[str, ...] = (),
     normalize: bool = False,
     max_consecutive_nonfinite: int | None = 10,
+    owner: str = "general_dco",
+    state_type: type[GeneralDCOState] = GeneralDCOState,
 ) -> optax.GradientTransformation:
     r"""A DCO optimizer from a user-defined step QP (Gautam, Pfrommer & Sojoudi, eq. 5).
 
@@ -145,6 +147,9 @@ def general_dco(
         first update (when traced).
       normalize: divide the gradient by its global L2 norm before ``step`` (paper VI-A).
       max_consecutive_nonfinite: the non-finite guard (:func:`skip_nonfinite`).
+      owner: the name error messages start with (the public builder's name).
+      state_type: the state class, :class:`GeneralDCOState` or a subclass of it that only
+        adds named views of ``inner`` (``DCOMState.momentum``); keeps a builder's state type.
 
     Returns:
       An ``optax.GradientTransformation`` with :class:`GeneralDCOState` (inside the guard's
@@ -155,30 +160,32 @@ def general_dco(
     if unknown:
         raise ValueError(f"general_dco: unknown constraint kinds {unknown}; expected a subset of {qp.CONSTRAINT_KINDS}")
     if constraints:
-        solver.require(constraints, owner="general_dco", setting=f"constraints={tuple(constraints)}")
+        solver.require(constraints, owner=owner, setting=f"constraints={tuple(constraints)}")
+    if not (isinstance(state_type, type) and issubclass(state_type, GeneralDCOState)):
+        raise TypeError(f"{owner}: state_type must be GeneralDCOState or a subclass, got {state_type!r}")
 
     def init_fn(params):
         leaves = jax.tree.leaves(params)
         dtype = jnp.result_type(*leaves) if leaves else jnp.float32
         state = () if init_state is None else init_state(params)
-        return GeneralDCOState(state, jnp.zeros((), dtype), jnp.zeros((), jnp.int32))
+        return state_type(state, jnp.zeros((), dtype), jnp.zeros((), jnp.int32))
 
     def update_fn(grads, state, params=None):
-        check_grads("general_dco", grads, params)
+        check_grads(owner, grads, params)
         g = normalize_gradient(grads) if normalize else grads
         problem, inner = step(meta, g, params, state.inner)
         if not isinstance(problem, StepQP):
-            raise TypeError(f"general_dco: step must return (StepQP, state), got {type(problem).__name__}")
+            raise TypeError(f"{owner}: step must return (StepQP, state), got {type(problem).__name__}")
         undeclared = sorted(set(problem.kinds) - set(constraints))
         if undeclared:
             raise ValueError(
-                f"general_dco: the step poses {'/'.join(undeclared)} constraints not declared in "
+                f"{owner}: the step poses {'/'.join(undeclared)} constraints not declared in "
                 f"constraints={tuple(constraints)} (declare them so the solver is checked when built)"
             )
         sol = qp.solve_qp(problem.Q, problem.c, problem.A, problem.b, problem.G, problem.h,
                           problem.lo, problem.hi, solver=solver)
         dtype = state.qp_residual.dtype
-        return sol.x, GeneralDCOState(inner, sol.residual.astype(dtype), sol.status)
+        return sol.x, state_type(inner, sol.residual.astype(dtype), sol.status)
 
     return skip_nonfinite(optax.GradientTransformation(init_fn, update_fn), max_consecutive_nonfinite)
 

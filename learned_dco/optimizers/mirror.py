@@ -47,19 +47,16 @@ import numpy as np
 import optax
 
 from learned_dco import qp
-from learned_dco.optimizers.base import check_grads, normalize_gradient
 from learned_dco.optimizers.dco import LOG_CLIP, resolve_solver
-from learned_dco.optimizers.general import skip_nonfinite
+from learned_dco.optimizers.general import GeneralDCOState, StepQP, general_dco
 from learned_dco.types import Array, MetaParams, Params, PRNGKey, PyTree
 from learned_dco.validation import check_values, is_concrete
 
 tree_map = jax.tree.map
 
 
-class MirrorState(NamedTuple):
-    """State of :func:`metamd`."""
-
-    qp_residual: Array  # () float: fixed-point residual of the last QP (0 at the optimum)
+class MirrorState(GeneralDCOState):
+    """State of :func:`metamd` (``inner`` is ``()``)."""
 
 
 def _is_factor(node) -> bool:
@@ -197,25 +194,27 @@ def metamd(
     """
     owner = "metamd"
     check_values(owner, "eta", eta, lambda v: (v > 0) & (np.ndim(v) == 0), "a positive scalar")
-    solver = qp.as_solver(solver)
     _check_spd(owner, factors)
 
-    def init_fn(params):
+    def init_state(params):
         _check_factors(owner, factors, params)
-        leaves = jax.tree.leaves(params)
-        dtype = jnp.result_type(*leaves) if leaves else jnp.float32
-        return MirrorState(qp_residual=jnp.zeros((), dtype))
+        return ()
 
-    def update_fn(grads, state, params=None):
-        del state
-        check_grads(owner, grads, params)
+    def step(meta, g, params, state):
+        factors, eta = meta
         f = _check_factors(owner, factors, params)
-        g = normalize_gradient(grads) if normalize else grads
         dtype = jnp.result_type(*jax.tree.leaves(params))
-        sol = qp.solve_qp(_scaled_operator(f, eta, dtype), _to_blocks(g, f), solver=solver)
-        return _from_blocks(sol.x, params), MirrorState(qp_residual=sol.residual.astype(dtype))
+        return StepQP(_scaled_operator(f, eta, dtype), _to_blocks(g, f)), state
 
-    return skip_nonfinite(optax.GradientTransformation(init_fn, update_fn), max_consecutive_nonfinite)
+    # The step is solved in the blocks' (m, n) matrix views; the update is reshaped back.
+    tx = general_dco((factors, eta), step, init_state=init_state, solver=qp.as_solver(solver), normalize=normalize,
+                     max_consecutive_nonfinite=max_consecutive_nonfinite, owner=owner, state_type=MirrorState)
+
+    def update_fn(grads, state, params=None, **extra_args):
+        blocks, state = tx.update(grads, state, params, **extra_args)
+        return _from_blocks(blocks, params), state
+
+    return optax.GradientTransformationExtraArgs(tx.init, update_fn)
 
 
 # ------------------------------------------------------------------------------------------
