@@ -163,3 +163,38 @@ def test_solver_and_constraints_are_checked_when_built():
     with pytest.raises(ValueError, match=r"poses box constraints not declared"):
         tx.update(jnp.ones(5), tx.init(jnp.ones(5)), jnp.ones(5))
     assert isinstance(general_dco({"lam": 1.0}, _dcog_step, max_consecutive_nonfinite=None).init(jnp.ones(2)), GeneralDCOState)
+
+
+def test_public_builders_are_general_dco_instances_with_their_state_types(x64):
+    """dcog/dcogd/dcom/metamd run through general_dco: their states are GeneralDCOState
+    subclasses (DCOMState.momentum is the inner state, the closed-form EMA of the gradients),
+    the QP status is reported, and errors name the public builder."""
+    from learned_dco.optimizers.dco import DCOMState, DCOState
+    from learned_dco.optimizers.mirror import MirrorState
+
+    params = _params()
+    p = ravel_pytree(params)[0].size
+    g0 = jax.grad(_loss)(params)
+    factors = {"w": qp.Kronecker(jnp.eye(3), jnp.eye(2)), "b": jnp.ones(2)}
+    cases = [(ldco.dcog(2.0, radius=0.05), DCOState), (ldco.dcogd(0.3 * jnp.eye(p)), DCOState),
+             (ldco.dcom(2.0, 0.25), DCOMState), (ldco.optimizers.mirror.metamd(factors, 0.1), MirrorState)]
+    for tx, cls in cases:
+        state = tx.init(params)
+        assert type(state.inner_state) is cls and isinstance(state.inner_state, GeneralDCOState)
+        u, state = tx.update(g0, state, params)
+        assert int(state.inner_state.qp_status) == qp.SOLVED
+        assert jax.tree.structure(u) == jax.tree.structure(params)
+        assert all(a.shape == b.shape for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(params)))
+    # DCOM's momentum after two steps from zeros: s2 = m g1 + (1 - m) m g0.
+    tx = ldco.dcom(2.0, 0.25)
+    state = tx.init(params)
+    u, state = tx.update(g0, state, params)
+    p1 = optax.apply_updates(params, u)
+    g1 = jax.grad(_loss)(p1)
+    _, state = tx.update(g1, state, p1)
+    expected = jax.tree.map(lambda a, b: 0.25 * b + 0.75 * 0.25 * a, g0, g1)
+    assert _rel(state.inner_state.momentum, expected) < 1e-14
+    with pytest.raises(ValueError, match="^dcom: update"):
+        ldco.dcom(2.0, 0.25).update(g0, ldco.dcom(2.0, 0.25).init(params))
+    with pytest.raises(TypeError, match="state_type"):
+        general_dco({"lam": 1.0}, _dcog_step, state_type=tuple)
