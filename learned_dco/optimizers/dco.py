@@ -16,7 +16,8 @@ instantiates them; every rule here takes ``radius=r`` to add the box
 :math:`|\theta - \theta_t| \le r` (elementwise), which turns the closed forms into
 :math:`\Pi_{[-r, r]}(\cdot)`, and the learned optimizers can learn ``r``.
 
-The QPs are solved by :func:`learned_dco.qp.solve_qp` (implicit differentiation through
+Each rule is an instance of :func:`learned_dco.optimizers.general.general_dco` (it supplies
+the step's QP and next state); the QPs are solved by :func:`learned_dco.qp.solve_qp` (implicit differentiation through
 jaxopt); the closed forms above are the test oracle, not the implementation. Every builder
 returns an ``optax.GradientTransformation`` whose ``update`` requires ``params``.
 
