@@ -23,10 +23,10 @@ def block(x):
     return jax.tree.map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, x)
 
 
-def interleaved_medians(
+def interleaved_samples(
     fns: dict[str, Callable[[], object]], repeats: int = 20, number: int = 1, budget_s: float = 20.0
-) -> dict[str, float]:
-    """Median seconds per call of each zero-argument function, runs interleaved.
+) -> dict[str, list[float]]:
+    """Seconds per call of each zero-argument function, one sample per round, runs interleaved.
 
     Each function is called once first (compilation), then up to ``repeats`` rounds (at
     least 3, fewer when a round is slow enough to overrun ``budget_s``) run every function
@@ -45,7 +45,28 @@ def interleaved_medians(
             samples[name].append((time.perf_counter() - start) / number)
         if i >= 2 and (time.perf_counter() - start_all) * (i + 2) / (i + 1) > budget_s:
             break
+    return samples
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], repeats: int = 20, number: int = 1, budget_s: float = 20.0
+) -> dict[str, float]:
+    """Median seconds per call of each zero-argument function (:func:`interleaved_samples`)."""
+    samples = interleaved_samples(fns, repeats, number, budget_s)
     return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def unroll_steps(tx, loss, theta, task, steps: int):
+    """``steps`` iterations of ``theta + tx.update(grad loss(theta, task), state, theta)`` in
+    one ``lax.scan`` (the QP-step benchmarks' inner loop on a bare loss); returns theta."""
+    state = tx.init(theta)
+
+    def body(carry, _):
+        theta, state = carry
+        u, state = tx.update(jax.grad(loss)(theta, task), state, theta)
+        return (theta + u, state), None
+
+    return jax.lax.scan(body, (theta, state), length=steps)[0][0]
 
 
 def environment() -> dict[str, object]:

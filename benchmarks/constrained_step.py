@@ -24,7 +24,7 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from benchmarks.common import interleaved_medians, table, write_json
+from benchmarks.common import interleaved_medians, table, unroll_steps, write_json
 from learned_dco import qp
 from learned_dco.optimizers.general import SimplexExact, StepQP, general_dco
 
@@ -63,14 +63,7 @@ def _unroll(kind, solver, steps):
 
     def run(lam, theta, task):
         tx = general_dco(lam, _step(kind), solver=solver, constraints=constraints)
-        state = tx.init(theta)
-
-        def body(carry, _):
-            theta, state = carry
-            u, state = tx.update(jax.grad(_loss)(theta, task), state, theta)
-            return (theta + u, state), None
-
-        return jax.lax.scan(body, (theta, state), length=steps)[0][0]
+        return unroll_steps(tx, _loss, theta, task, steps)
 
     return run
 

@@ -48,6 +48,7 @@ import numpy as np
 import optax
 
 import learned_dco as ldco
+from benchmarks.common import interleaved_samples
 from learned_dco import tasks
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -57,26 +58,10 @@ OPTIMIZERS = {
 }
 
 
-def _block(x):
-    return jax.block_until_ready(x)
-
-
 def interleaved(fns: dict, repeats: int, number: int, budget_s: float) -> dict[str, dict[str, float]]:
     """Median and min seconds per call of each zero-argument function, rounds interleaved
-    (each round calls every function ``number`` times in turn); compiled first."""
-    for fn in fns.values():
-        _block(fn())
-    samples = {k: [] for k in fns}
-    start = time.perf_counter()
-    for i in range(repeats):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            for _ in range(number):
-                out = fn()
-            _block(out)
-            samples[name].append((time.perf_counter() - t) / number)
-        if i >= 2 and time.perf_counter() - start > budget_s:
-            break
+    (:func:`benchmarks.common.interleaved_samples`); compiled first."""
+    samples = interleaved_samples(fns, repeats, number, budget_s)
     return {k: {"median": statistics.median(v), "min": min(v), "rounds": len(v)} for k, v in samples.items()}
 
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 import learned_dco as ldco
-from benchmarks.common import interleaved_medians, table, write_json
+from benchmarks.common import interleaved_medians, table, unroll_steps, write_json
 
 P = 100
 DEFAULT_GUARD = 10  # max_consecutive_nonfinite, the builders' default
@@ -69,15 +69,7 @@ def _library_step(rule, solver, radius, guard):
         return optax.apply_if_finite(tx, DEFAULT_GUARD) if guard == "optax" else tx
 
     def unroll(meta, theta, task, steps):
-        tx = build(meta)
-        state = tx.init(theta)
-
-        def body(carry, _):
-            theta, state = carry
-            u, state = tx.update(jax.grad(_loss)(theta, task), state, theta)
-            return (theta + u, state), None
-
-        return jax.lax.scan(body, (theta, state), length=steps)[0][0]
+        return unroll_steps(build(meta), _loss, theta, task, steps)
 
     return unroll
 
