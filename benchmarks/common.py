@@ -82,6 +82,7 @@ def environment() -> dict[str, object]:
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 
 

@@ -36,8 +36,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -48,7 +46,7 @@ import numpy as np
 import optax
 
 import learned_dco as ldco
-from benchmarks.common import interleaved_samples
+from benchmarks.common import environment, interleaved_samples, table
 from learned_dco import tasks
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -217,28 +215,6 @@ def bench_meta_grad(name, lopt, family, n_tasks, unroll, repeats, budget):
     return row
 
 
-def _table(rows, cols):
-    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def environment() -> dict:
-    import jaxlib
-
-    return {
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "optax": optax.__version__,
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-    }
-
-
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", type=int, nargs="+", default=[1, 8, 64], help="N, tasks the update is vmapped over")
@@ -264,22 +240,22 @@ def main(argv=None) -> dict:
         for n in args.tasks:
             number = max(1, 64 // n) if not args.smoke else 1
             update_rows.append(bench_update(name, OPTIMIZERS[name](), family, n, args.repeats, number, args.budget))
-            print(_table(update_rows[-1:], ["optimizer", "tasks", "old_us", "new_us", "new_noguard_us", "adam_us", "speedup_old_over_new"]), flush=True)
+            print(table(update_rows[-1:], ["optimizer", "tasks", "old_us", "new_us", "new_noguard_us", "adam_us", "speedup_old_over_new"]), flush=True)
         for n in args.meta_tasks:
             meta_rows.append(bench_meta_grad(name, OPTIMIZERS[name](), family, n, args.unroll, max(3, args.repeats // 4), args.budget))
     print("\nUpdate (medians; speed-up = old / new; ns per parameter-entry):")
-    print(_table(update_rows, [
+    print(table(update_rows, [
         "optimizer", "tasks", "old_us", "new_us", "speedup_old_over_new", "old_noguard_us", "new_noguard_us",
         "speedup_noguard", "adam_us", "new_over_adam", "guard_cost_new", "max_rel_diff_new_vs_old",
     ]))
     print("\nPer parameter (XLA cost analysis / memory stats, per parameter-entry):")
-    print(_table(update_rows, [
+    print(table(update_rows, [
         "optimizer", "tasks", "old_ns_per_param", "new_ns_per_param", "adam_ns_per_param",
         "old_bytes_accessed_per_param", "new_bytes_accessed_per_param", "adam_bytes_accessed_per_param",
         "old_flops_per_param", "new_flops_per_param", "adam_flops_per_param", "old_temp_bytes_per_param", "new_temp_bytes_per_param",
     ]))
     print(f"\nMeta-gradient through {args.unroll} inner steps (guard off):")
-    print(_table(meta_rows, ["optimizer", "tasks", "old_ms", "new_ms", "speedup", "old_bytes_accessed", "new_bytes_accessed", "max_rel_diff_meta_grad"]))
+    print(table(meta_rows, ["optimizer", "tasks", "old_ms", "new_ms", "speedup", "old_bytes_accessed", "new_bytes_accessed", "max_rel_diff_meta_grad"]))
     result = {
         "benchmark": "lopt_update",
         "environment": environment(),
