@@ -213,30 +213,68 @@ def per_step_seconds(problem: Problem, txs: dict, key, budget_s: float = 5.0) ->
     return {name: t / steps for name, t in interleaved_medians(fns, repeats=7, budget_s=budget_s).items()}
 
 
-def candidates() -> dict[str, optax.GradientTransformation]:
-    """Untuned rows: Adam(1e-3), the untrained STAR, and every shipped pretrained optimizer."""
+Candidate = Callable[[int], optax.GradientTransformation]
+"""An untuned row: the run's budget in steps -> the transformation (horizon-aware learned
+optimizers are told the budget, as a user would tell ``ldco.pretrained.load(name, num_steps=...)``)."""
+
+
+def _horizon_aware(lopt, meta) -> Candidate:
+    fields = {f.name for f in dataclasses.fields(lopt)}
+    if "num_steps" in fields:
+        return lambda steps: dataclasses.replace(lopt, num_steps=steps).opt_fn(meta)
+    return lambda steps: lopt.opt_fn(meta)
+
+
+def pretrained_candidate(name: str, root=None) -> Candidate:
+    """``ldco.pretrained.load(name[, num_steps=budget])`` as a held-out row."""
+    takes_steps = "num_steps" in ldco.pretrained.card(name, root).get("options", {})
+    if takes_steps:
+        return lambda steps: ldco.pretrained.load(name, root=root, num_steps=steps)
+    return lambda steps: ldco.pretrained.load(name, root=root)
+
+
+def run_candidate(run_dir) -> Candidate:
+    """The meta-parameters of a ``learned-dco train`` run directory as a held-out row."""
+    from learned_dco.app.runs import load_trained
+
+    trained = load_trained(run_dir)
+    return _horizon_aware(trained.lopt, trained.meta)
+
+
+def candidates(runs: dict[str, str] | None = None, pretrained: bool = True) -> dict[str, Candidate]:
+    """Untuned rows: Adam(1e-3), the untrained STAR, every shipped pretrained optimizer
+    (``pretrained``) and the run directories ``runs`` (label -> directory)."""
     star = ldco.STAR(nominal_step=1e-3)
-    out = {
-        "adam_1e-3 (untuned)": optax.adam(1e-3),
-        "star (untrained)": star.opt_fn(star.init(jax.random.PRNGKey(0), {"w": jnp.zeros(1)})),
+    star_tx = star.opt_fn(star.init(jax.random.PRNGKey(0), {"w": jnp.zeros(1)}))
+    out: dict[str, Candidate] = {
+        "adam_1e-3 (untuned)": lambda steps: optax.adam(1e-3),
+        "star (untrained)": lambda steps: star_tx,
     }
-    for name in ldco.pretrained.list():
-        out[f"pretrained:{name}"] = ldco.pretrained.load(name)
+    if pretrained:
+        for name in ldco.pretrained.list():
+            out[f"pretrained:{name}"] = pretrained_candidate(name)
+    for label, run_dir in (runs or {}).items():
+        out[f"run:{label}"] = run_candidate(run_dir)
     return out
 
 
-def run_benchmark(steps: int, grid, long_factor: int, cands: dict, seed: int = 0, timing: bool = True) -> dict:
+def run_benchmark(steps: int, grid, long_factor: int, cands: dict[str, Candidate], seed: int = 0,
+                  timing: bool = True, baselines=None) -> dict:
+    """Every problem: tune ``baselines`` (default :data:`BASELINES`; must hold ``adam``, the
+    reference), run each untuned candidate at the budget and at ``long_factor`` x it."""
+    baselines = BASELINES if baselines is None else baselines
     key = jax.random.PRNGKey(seed)
     probs, sources = problems(steps)
     rows, curves_out = [], {}
     for prob in probs:
-        tuned = {name: tune(prob, make, grid, key) for name, make in BASELINES.items()}
+        tuned = {name: tune(prob, make, grid, key) for name, make in baselines.items()}
         ref = float(tuned["adam"][1][-1])
         curves_out[prob.name] = {f"{n} (tuned {lr:.1e})": c.tolist() for n, (lr, c) in tuned.items()}
-        seconds = per_step_seconds(prob, {"adam": optax.adam(1e-3), **cands}, key) if timing else {}
+        txs = {name: make(prob.steps) for name, make in cands.items()}
+        seconds = per_step_seconds(prob, {"adam": optax.adam(1e-3), **txs}, key) if timing else {}
         for name, (lr, c) in tuned.items():
             rows.append(_metrics(prob, f"{name} (tuned)", c, ref, lr=lr))
-        for name, tx in cands.items():
+        for name, tx in txs.items():
             # one run over 10x the budget; its prefix is the budget run (same step keys)
             long = np.asarray(jax.jit(lambda k: curve(prob, tx, prob.steps * long_factor, k))(key))
             c = long[: prob.steps + 1]
@@ -319,14 +357,23 @@ def main(argv=None) -> dict:
     ap.add_argument("--smoke", action="store_true", help="a few steps, 3 grid points, no timing: checks that it runs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="output directory (default benchmarks/results)")
+    ap.add_argument("--run", action="append", default=[], metavar="LABEL=DIR",
+                    help="also evaluate the meta-parameters of a `learned-dco train` run directory (repeatable)")
+    ap.add_argument("--no-pretrained", action="store_true", help="leave out the shipped pretrained optimizers")
     args = ap.parse_args(argv)
+    runs = {}
+    for item in args.run:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            ap.error(f"--run {item!r}: expected LABEL=DIR")
+        runs[label] = path
     steps, grid, long_factor, timing = args.steps, GRID, 10, True
     if args.quick:
         steps, long_factor = 60, 3
     if args.smoke:
         steps, grid, long_factor, timing = 4, GRID[::4], 2, False
     start = time.perf_counter()
-    result = run_benchmark(steps, grid, long_factor, candidates(), args.seed, timing)
+    result = run_benchmark(steps, grid, long_factor, candidates(runs, not args.no_pretrained), args.seed, timing)
     result.update(mode="smoke" if args.smoke else "quick" if args.quick else "full",
                   seconds=time.perf_counter() - start, environment=environment())
     out = Path(args.out) if args.out else RESULTS

@@ -20,6 +20,13 @@ these values or its name (:func:`as_meta_loss`):
   :math:`b_t`, but the objective is shifted by one step (it scores
   :math:`\theta_0..\theta_{T-1}`, not :math:`\theta_1..\theta_T`), so the last update of an
   episode is never scored and a truncation's first term carries no meta-gradient.
+* :class:`MeanLogTrain` (``"mean_log_train"``): the mean *log* training loss over the
+  unroll, :math:`m_t = \log \mathrm{clip}(\ell_t, \ell_{min}, \ell_{max})/T`, with a
+  non-finite loss scored as :math:`\log \ell_{max}`. Scale-free (a task whose losses are
+  100x larger does not weigh 100x more), so it is the meta-loss for task *mixtures*
+  (issue 12); the clip makes a diverging episode a finite, large penalty instead of a
+  non-finite estimate that the trainer would drop (dropping would reward instability).
+  Reuses the loss computed with the gradient unless ``fresh_batch=True``.
 """
 
 from __future__ import annotations
@@ -85,8 +92,35 @@ class MeanTrain:
         return step.loss / horizon
 
 
-MetaLoss = Union[FinalVal, FinalTrain, LogFinalTrain, MeanTrain]
-META_LOSSES: dict[str, type] = {c.name: c for c in (FinalVal, FinalTrain, MeanTrain, LogFinalTrain)}
+@dataclasses.dataclass(frozen=True)
+class MeanLogTrain:
+    """Mean clipped log training loss over the unroll (module docstring)."""
+
+    fresh_batch: bool = False
+    floor: float = 1e-8
+    ceiling: float = 1e4
+    name = "mean_log_train"
+    terminal = False
+
+    def __post_init__(self):
+        if not isinstance(self.fresh_batch, bool):
+            raise ValueError(f"MeanLogTrain.fresh_batch must be a bool, got {self.fresh_batch!r}")
+        if not (0 < self.floor < self.ceiling < float("inf")):
+            raise ValueError(f"MeanLogTrain needs 0 < floor < ceiling < inf, got {self.floor!r}, {self.ceiling!r}")
+
+    def step_term(self, family, step, horizon: int) -> Array:
+        """This step's term from an :class:`learned_dco.meta.inner.Step`."""
+        if self.fresh_batch:
+            task = step.state.task
+            loss = family.loss(step.params, task, family.sample_batch(step.key, task))
+        else:
+            loss = step.loss
+        loss = jnp.where(jnp.isfinite(loss), jnp.clip(loss, self.floor, self.ceiling), self.ceiling)
+        return jnp.log(loss) / horizon
+
+
+MetaLoss = Union[FinalVal, FinalTrain, LogFinalTrain, MeanTrain, MeanLogTrain]
+META_LOSSES: dict[str, type] = {c.name: c for c in (FinalVal, FinalTrain, MeanTrain, LogFinalTrain, MeanLogTrain)}
 
 
 def as_meta_loss(value) -> MetaLoss:
@@ -97,5 +131,5 @@ def as_meta_loss(value) -> MetaLoss:
         return META_LOSSES[value]()
     raise ValueError(
         f"unknown meta_loss {value!r}; expected one of {tuple(META_LOSSES)} or a value "
-        f"(meta.FinalVal(), meta.FinalTrain(), meta.MeanTrain(fresh_batch=...), meta.LogFinalTrain())"
+        f"(meta.FinalVal(), meta.FinalTrain(), meta.MeanTrain(fresh_batch=...), meta.LogFinalTrain(), meta.MeanLogTrain())"
     )

@@ -17,10 +17,22 @@ Meta-step ``k`` uses the key ``fold_in(key, k)``, so a run restored from a check
 step ``k`` continues exactly as the uninterrupted run would (:func:`learned_dco.app.runs.run`).
 :meth:`MetaTrainer.train` is the same loop as a pure ``lax.scan``, so a grid of seeds can
 be meta-trained in one ``jax.vmap``-ed call.
+
+Task mixtures (:class:`learned_dco.tasks.Mixture`, issue 12): when ``family`` is a
+mixture, meta-step ``k`` draws a member and an inner horizon :math:`T` on the host from
+``fold_in(key, k)`` and runs that member's compiled meta-step (one program per
+``(member, T)``, built on first use and reused after: :class:`~learned_dco.tasks.CompiledPerFamily`).
+Members have different parameter shapes, so nothing per task persists between meta-steps:
+each meta-step runs whole episodes of fresh tasks of length ``T`` -- ``FullUnroll`` with
+``horizon = T``, or ``ES`` with ``horizon = truncation = T`` (full-episode antithetic ES,
+no staggering). A *horizon-aware* learned optimizer (one with a ``num_steps`` field, e.g.
+:class:`learned_dco.optimizers.ScheduledAdam`) is told each episode's ``T``. The
+meta-parameters must not depend on the model's shapes (checked on every member).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, NamedTuple
 
@@ -31,8 +43,10 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from learned_dco.optimizers.base import global_norm
-from learned_dco.meta.estimators import TaskEstimate
+from learned_dco.meta.estimators import ES, FullUnroll, TaskEstimate
 from learned_dco.meta.starts import sample_task
+from learned_dco.tasks.mixture import CompiledPerFamily, Mixture
+from learned_dco.validation import ValidationError
 from learned_dco.types import Array, MetaParams, PRNGKey, Task
 
 tree_map = jax.tree.map
@@ -127,6 +141,10 @@ class MetaTrainer:
                 f"num_tasks ({estimator.num_tasks}) must be a multiple of the number of devices "
                 f"({len(devices)}) to shard the task batch"
             )
+        self.mixture = family if isinstance(family, Mixture) else None
+        if self.mixture is not None:
+            self._check_mixture()
+            self._member_steps = CompiledPerFamily(self.mixture, self._member_program)
         self.mesh = Mesh(np.array(devices), ("tasks",))
         self._task_sharding = NamedSharding(self.mesh, PartitionSpec("tasks"))
         self._replicated = NamedSharding(self.mesh, PartitionSpec())
@@ -158,27 +176,83 @@ class MetaTrainer:
         return replicated._replace(estimator_state=tree_map(est, state.estimator_state))
 
     # --- state ------------------------------------------------------------------------------
-    def example_params(self, key: PRNGKey):
-        """Parameters of one task (shapes the learned optimizer's meta-parameters)."""
+    def example_params(self, key: PRNGKey, family=None):
+        """Parameters of one task (shapes the learned optimizer's meta-parameters); for a
+        mixture, of its first member unless ``family`` is given."""
+        if family is None:
+            family = self.mixture.members[0] if self.mixture is not None else self.family
         k_task, k_init = jax.random.split(key)
-        task = sample_task(self.family, self.pool, k_task)
-        return self.family.init_params(k_init, task)
+        task = sample_task(family, self.pool, k_task)
+        return family.init_params(k_init, task)
 
-    def _bind(self, pool):
+    def _bind(self, pool, member=None):
         """The estimator bound to this trainer's optimizer and family, with ``pool`` (a
-        traced argument of the compiled step, so the pool is not baked into the program)."""
-        return self.estimator.bind(self.lopt, self.family, pool)
+        traced argument of the compiled step, so the pool is not baked into the program).
+        ``member = (family, estimator, lopt)`` replaces all three (a mixture's member)."""
+        family, estimator, lopt = member if member is not None else (self.family, self.estimator, self.lopt)
+        return estimator.bind(lopt, family, pool)
 
-    def _estimate(self, meta, est_state, key, pool):
+    def _estimate(self, meta, est_state, key, pool, member=None):
         """Per-task estimates, with the per-task starting states sharded over devices."""
-        bound = self._bind(pool)
+        bound = self._bind(pool, member)
+        if member is not None:  # a mixture: fresh whole episodes every meta-step
+            est_state = bound.init(meta, jax.random.fold_in(key, 1))
         starts = self._constrain(bound.start(meta, est_state, key))
         return bound.estimate(meta, starts, key)
+
+    # --- task mixtures ----------------------------------------------------------------------
+    def _check_mixture(self) -> None:
+        if self.pool is not None:
+            raise ValidationError("MetaTrainer: a task mixture samples fresh tasks; pool must be None")
+        if not isinstance(self.estimator, (FullUnroll, ES)):
+            raise ValidationError(
+                f"MetaTrainer: a task mixture needs whole-episode estimates (FullUnroll or ES), got "
+                f"{type(self.estimator).__name__}: members have different shapes, so no per-task state "
+                "can persist between meta-steps"
+            )
+        key = jax.random.PRNGKey(0)
+        shapes = [
+            jax.tree.map(jnp.shape, jax.eval_shape(
+                lambda k, f=member: self.lopt.init(k, self.example_params(k, f)), key))
+            for member in self.mixture.members
+        ]
+        for name, shape in zip(self.mixture.names[1:], shapes[1:]):
+            if shape != shapes[0]:
+                raise ValidationError(
+                    f"MetaTrainer: {type(self.lopt).__name__}'s meta-parameters depend on the model's shapes "
+                    f"(member {name} gives {shape}, member {self.mixture.names[0]} gives {shapes[0]}); "
+                    "a task mixture needs an optimizer that applies to any parameter pytree"
+                )
+
+    def member(self, index: int, horizon: int):
+        """``(family, estimator, lopt)`` of a mixture's member ``index`` at inner horizon
+        ``horizon``: the estimator unrolls whole episodes of ``horizon`` steps, and a
+        horizon-aware optimizer (a ``num_steps`` field) is told ``horizon``."""
+        family = self.mixture.members[index]
+        est = self.estimator
+        if isinstance(est, ES):
+            est = dataclasses.replace(est, horizon=horizon, truncation=horizon, stagger=False)
+        else:
+            est = dataclasses.replace(est, horizon=horizon)
+        lopt = self.lopt
+        if "num_steps" in {f.name for f in dataclasses.fields(lopt)}:
+            lopt = dataclasses.replace(lopt, num_steps=horizon)
+        return family, est, lopt
+
+    def _member_program(self, family, horizon: int):
+        index = self.mixture.members.index(family)
+        return functools.partial(self._meta_step, member=self.member(index, horizon))
+
+    def draw(self, state: TrainState) -> tuple[int, int]:
+        """``(member index, horizon)`` of the mixture for ``state``'s next meta-step (a
+        function of the base key and the step only, so a resumed run draws the same)."""
+        key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), 0x6D6978)
+        return self.mixture.draw(key)
 
     def _init_state(self, key: PRNGKey, pool) -> TrainState:
         k_params, k_meta, k_est, k_run = jax.random.split(key, 4)
         meta = self.lopt.init(k_meta, self.example_params(k_params))
-        est_state = self._bind(pool).init(meta, k_est)
+        est_state = () if self.mixture is not None else self._bind(pool).init(meta, k_est)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             meta=meta,
@@ -197,10 +271,12 @@ class MetaTrainer:
         return jax.device_put(state, self._state_shardings(state))
 
     # --- one meta-step ----------------------------------------------------------------------
-    def _meta_step(self, state: TrainState, pool) -> tuple[TrainState, Metrics]:
+    def _meta_step(self, state: TrainState, pool, member=None) -> tuple[TrainState, Metrics]:
         key = jax.random.fold_in(state.key, state.step)
         k_est, k_reset = jax.random.split(key)
-        est, est_state = self._estimate(state.meta, state.estimator_state, k_est, pool)
+        est, est_state = self._estimate(state.meta, state.estimator_state, k_est, pool, member)
+        if member is not None:
+            est_state = ()
         avg = finite_average(est)
         ok, n_ok, grad = avg.ok, avg.n_ok, avg.grad
 
@@ -230,16 +306,19 @@ class MetaTrainer:
         return new_state, metrics
 
     def step(self, state: TrainState) -> tuple[TrainState, Metrics]:
-        """One jitted meta-step."""
+        """One jitted meta-step (for a mixture: of the member and horizon :meth:`draw` picks)."""
+        if self.mixture is not None:
+            return self._member_steps(*self.draw(state))(state, self.pool)
         return self._step(state, self.pool)
 
     def meta_gradient(self, state: TrainState) -> MetaParams:
         """The averaged meta-gradient the next step would apply (for tests and analysis):
         the mean over the tasks whose estimate is finite, as in the step."""
+        member = self.member(*self.draw(state)) if self.mixture is not None else None
 
         def grad_of(state, pool):
             key = jax.random.fold_in(state.key, state.step)
-            est, _ = self._estimate(state.meta, state.estimator_state, jax.random.split(key)[0], pool)
+            est, _ = self._estimate(state.meta, state.estimator_state, jax.random.split(key)[0], pool, member)
             return finite_average(est).grad
 
         return jax.jit(grad_of)(state, self.pool)
@@ -262,6 +341,11 @@ class MetaTrainer:
         ``(state, (metrics, records))``. The task pool is passed to the compiled program as
         an argument (not baked in as a constant).
         """
+        if self.mixture is not None:
+            raise ValidationError(
+                "MetaTrainer.train: a task mixture picks a compiled program per meta-step on the host; "
+                "loop over MetaTrainer.step instead (learned_dco.app.runs.run does)"
+            )
         return self._train_jit(key, self.pool, meta, num_steps=num_steps, record=record)
 
     @functools.partial(jax.jit, static_argnums=0, static_argnames=("num_steps", "record"))

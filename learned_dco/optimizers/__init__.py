@@ -27,6 +27,7 @@ from learned_dco.optimizers.star import (
     blackbox_weight_mask,
     star_meta_optimizer,
 )
+from learned_dco.optimizers.scheduled import LearnedProdigy, ScheduledAdam, knot_schedule
 from learned_dco.optimizers.stepsize import LearnedStepSize, step_size_gd
 
 # Name -> learned-optimizer class; configs and the CLI look optimizers up here, and the
@@ -41,6 +42,8 @@ LEARNED_OPTIMIZERS = {
     "star": STAR,
     "metamd": MetaMD,
     "l2o": LSTMOptimizer,
+    "scheduled_adam": ScheduledAdam,
+    "learned_prodigy": LearnedProdigy,
 }
 
 

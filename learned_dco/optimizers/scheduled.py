@@ -1,0 +1,156 @@
+r"""Horizon-aware learned optimizers: a hand-designed update with a *learned schedule*.
+
+Two designs for issue 12's pretrained optimizer, both with a handful of meta-parameters that
+do not depend on the model's shapes (so one set of weights applies to any parameter pytree)
+and both told the run's length ``num_steps`` :math:`T` (a task mixture tells them each
+episode's horizon; ``ldco.pretrained.load(name, num_steps=...)`` tells them yours):
+
+* :class:`ScheduledAdam`: Adam (Kingma & Ba, 2015) with step size
+  :math:`\eta_t = \exp s(t/T)` and learned :math:`\beta_1, \beta_2`;
+* :class:`LearnedProdigy`: Prodigy (Mishchenko & Defazio, 2023; ``optax.contrib.prodigy``),
+  Adam whose base step size is the running distance-to-solution estimate :math:`d_t`
+  (D-Adaptation), scaled by the learned :math:`\exp s(t/T)`, with learned betas and a
+  learned coefficient :math:`c` on the estimate. The estimate adapts the step size to the
+  problem's scale; the schedule is what meta-training learns.
+
+The schedule :math:`s` is piecewise linear in the fraction of the run done,
+:math:`u = \min(t/T, 1)`, through ``knots`` values at :math:`u = 0, 1/(K-1), \dots, 1`; past
+:math:`T` it holds its last value (so running 10x longer than told is a constant-rate run,
+not an extrapolation). Meta-parameters::
+
+    {"log_lr": (K,), "b1_logit": (), "b2_logit": ()}              # ScheduledAdam
+    {"log_lr": (K,), "b1_logit": (), "b2_logit": (), "log_coef": ()}   # LearnedProdigy
+
+Every real value is valid: rates are exponentials, betas sigmoids, and ``log_lr`` is clipped
+to :math:`\pm` ``LOG_CLIP`` before the exponential.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from learned_dco.types import Array, MetaParams, Params, PRNGKey
+from learned_dco.validation import ValidationError, check_positive, positive_int
+
+LOG_CLIP = 30.0
+
+
+def knot_schedule(log_values: Array, num_steps: int) -> Callable[[Array], Array]:
+    r"""``count -> exp(s(min(count / num_steps, 1)))``, ``s`` piecewise linear through
+    ``log_values`` at evenly spaced fractions of the run (module docstring)."""
+    log_values = jnp.clip(jnp.asarray(log_values), -LOG_CLIP, LOG_CLIP)
+    knots = log_values.shape[0]
+
+    def schedule(count: Array) -> Array:
+        u = jnp.minimum(jnp.asarray(count, log_values.dtype) / num_steps, 1.0)
+        return jnp.exp(jnp.interp(u, jnp.linspace(0.0, 1.0, knots, dtype=log_values.dtype), log_values))
+
+    return schedule
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def _dtype(params: Params):
+    leaves = jax.tree.leaves(params)
+    return jnp.result_type(*leaves) if leaves else jnp.float32
+
+
+@dataclasses.dataclass(frozen=True)
+class _Scheduled:
+    """Fields and checks shared by the scheduled designs."""
+
+    num_steps: int = 1000
+    knots: int = 6
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+
+    def _check(self) -> None:
+        name = type(self).__name__
+        positive_int(name, "num_steps", self.num_steps)
+        positive_int(name, "knots", self.knots)
+        if self.knots < 2:
+            raise ValidationError(f"{name}.knots must be >= 2 (a schedule needs two ends), got {self.knots}")
+        for field in ("b1", "b2"):
+            value = getattr(self, field)
+            if not (isinstance(value, (int, float)) and 0.0 < value < 1.0):
+                raise ValidationError(f"{name}.{field} must be in (0, 1), got {value!r}")
+        check_positive(self, "eps")
+
+    def _meta(self, params: Params, log_lr0: float) -> MetaParams:
+        dtype = _dtype(params)
+        return {
+            "log_lr": jnp.full((self.knots,), log_lr0, dtype),
+            "b1_logit": jnp.asarray(_logit(self.b1), dtype),
+            "b2_logit": jnp.asarray(_logit(self.b2), dtype),
+        }
+
+    def schedule(self, meta: MetaParams) -> Callable[[Array], Array]:
+        """The learned step-size (or multiplier) schedule of ``meta``."""
+        return knot_schedule(meta["log_lr"], self.num_steps)
+
+    @staticmethod
+    def betas(meta: MetaParams) -> tuple[Array, Array]:
+        return jax.nn.sigmoid(meta["b1_logit"]), jax.nn.sigmoid(meta["b2_logit"])
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduledAdam(_Scheduled):
+    r"""Adam with a learned step-size schedule over the run and learned betas.
+
+    ``learning_rate`` is the initial (constant) schedule; meta-training reshapes it.
+    """
+
+    learning_rate: float = 1e-3
+
+    def __post_init__(self):
+        self._check()
+        check_positive(self, "learning_rate")
+
+    def init(self, key: PRNGKey, params: Params) -> MetaParams:
+        del key
+        return self._meta(params, math.log(self.learning_rate))
+
+    def opt_fn(self, meta: MetaParams) -> optax.GradientTransformation:
+        b1, b2 = self.betas(meta)
+        return optax.adam(self.schedule(meta), b1=b1, b2=b2, eps=self.eps)
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnedProdigy(_Scheduled):
+    r"""Prodigy (distance-adaptive Adam) with a learned multiplier schedule, betas and
+    estimate coefficient.
+
+    ``estim_lr0`` is Prodigy's initial under-estimate :math:`d_0` of the distance to the
+    solution. The initial meta-parameters are Prodigy's defaults (multiplier 1, :math:`c = 1`).
+    """
+
+    estim_lr0: float = 1e-6
+
+    def __post_init__(self):
+        self._check()
+        check_positive(self, "estim_lr0")
+
+    def init(self, key: PRNGKey, params: Params) -> MetaParams:
+        del key
+        meta = self._meta(params, 0.0)
+        meta["log_coef"] = jnp.zeros((), meta["log_lr"].dtype)
+        return meta
+
+    def opt_fn(self, meta: MetaParams) -> optax.GradientTransformation:
+        b1, b2 = self.betas(meta)
+        coef = jnp.exp(jnp.clip(meta["log_coef"], -LOG_CLIP, LOG_CLIP))
+        return optax.contrib.prodigy(
+            self.schedule(meta), betas=(b1, b2), eps=self.eps, estim_lr0=self.estim_lr0, estim_lr_coef=coef
+        )
+
+
+__all__ = ["LOG_CLIP", "LearnedProdigy", "ScheduledAdam", "knot_schedule"]
