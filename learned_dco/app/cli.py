@@ -2,7 +2,7 @@
 
     learned-dco train CONFIG.yaml [--set KEY=VALUE ...] [--out DIR] [--no-progress]
     learned-dco train --resume RUN_DIR [--set train.num_steps=N]
-    learned-dco eval RUN_DIR [--num-tasks N] [--num-steps T] [--seed S] [--out DIR] [--overwrite]
+    learned-dco eval RUN_DIR [--num-tasks N] [--num-steps T] [--seed S] [--member I] [--out DIR] [--overwrite]
     learned-dco reproduce [STUDY] [--list] [--quick] [--out DIR] [--seed S] [--overwrite]
     (train, eval and reproduce also take --coordinator/--num-processes/--process-id or --distributed)
     (every command also takes --debug, --no-compile-cache and --compile-cache DIR)
@@ -197,7 +197,9 @@ def run_train(args: argparse.Namespace) -> int:
             raise OutputExists(f"--out: {run_dir} already holds a run; pick another directory or --resume it")
 
     say = print if distributed.is_primary() else (lambda *a, **k: None)
-    say(f"{'resuming' if args.resume else 'meta-training'} {cfg.optimizer.name} on {cfg.task.name} "
+    task = (f"a mixture of {', '.join(m.name for m in cfg.task.kwargs['members'])}" if cfg.task.is_mixture
+            else cfg.task.name)
+    say(f"{'resuming' if args.resume else 'meta-training'} {cfg.optimizer.name} on {task} "
         f"with {cfg.estimator.name} in {run_dir}", flush=True)
     try:
         state = runs.train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
@@ -234,6 +236,10 @@ replaced only with --overwrite):
   results.json  steps, per-optimizer curves (mean/std/median/q25/q75), tuned lrs, grid, versions, device
 Defaults come from the eval: section of the run's config.yaml.
 
+A run meta-trained on a task mixture (task: {name: mixture}) is evaluated on each member in
+turn (or only on --member I), each into OUT/member<I>-<family>/; for problems outside the
+mixture use `python -m benchmarks.heldout`.
+
 example:
   learned-dco eval runs/quick_demo-20250101-120000 --num-tasks 200
 """
@@ -246,6 +252,8 @@ def add_eval(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--num-tasks", type=int, metavar="N", help="held-out tasks (default: eval.num_tasks)")
     p.add_argument("--num-steps", type=int, metavar="T", help="inner steps per task (default: eval.num_steps)")
     p.add_argument("--seed", type=int, metavar="S", help="seed of the held-out tasks (default: eval.seed, else seed + 1)")
+    p.add_argument("--member", type=int, metavar="I",
+                   help="a task-mixture run: evaluate on member I only (default: every member in turn)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: RUN_DIR/eval)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results in the output directory")
     from learned_dco.app import launch
@@ -256,22 +264,33 @@ def add_eval(subparsers) -> argparse.ArgumentParser:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from learned_dco.app import report
+    from learned_dco.app import report, runs
     from learned_dco.meta import distributed
 
     out = Path(args.out) if args.out else Path(args.run_dir) / report.EVAL_DIR
-    existing = distributed.from_primary(lambda: [p.name for p in report.existing_outputs(out)])
-    if existing and not args.overwrite:
-        raise OutputExists(f"--out: {out} already holds results ({existing[0]}); pass --overwrite or another --out")
-    results = report.evaluate(
-        args.run_dir, num_tasks=args.num_tasks, num_steps=args.num_steps, seed=args.seed,
-        log=lambda msg: print(msg, flush=True) if distributed.is_primary() else None,
-    )
-    if not distributed.is_primary():
-        return EXIT_OK  # process 0 writes the results
-    paths = report.write(results, out)
-    print(report.markdown(results).split("\n\n![")[0])
-    print("\nwrote " + ", ".join(str(p) for p in paths.values()))
+    member = getattr(args, "member", None)
+    cfg = runs.saved_config(args.run_dir)
+    if member is not None or not cfg.task.is_mixture:
+        report.member_config(cfg, member)  # --member: given for a mixture run only, and in range
+    if cfg.task.is_mixture:  # one evaluation per member, each in its own directory
+        members = range(len(cfg.task.kwargs["members"])) if member is None else [member]
+        targets = [(i, out / report.member_dir(cfg, i)) for i in members]
+    else:
+        targets = [(None, out)]
+    for _, target in targets:
+        existing = distributed.from_primary(lambda: [p.name for p in report.existing_outputs(target)])
+        if existing and not args.overwrite:
+            raise OutputExists(f"--out: {target} already holds results ({existing[0]}); pass --overwrite or another --out")
+    for i, target in targets:
+        results = report.evaluate(
+            args.run_dir, num_tasks=args.num_tasks, num_steps=args.num_steps, seed=args.seed, member=i,
+            log=lambda msg: print(msg, flush=True) if distributed.is_primary() else None,
+        )
+        if not distributed.is_primary():
+            continue  # process 0 writes the results
+        paths = report.write(results, target)
+        print(report.markdown(results).split("\n\n![")[0])
+        print("\nwrote " + ", ".join(str(p) for p in paths.values()))
     return EXIT_OK
 
 

@@ -18,6 +18,14 @@ of the wrong type, non-finite or out of range raises :class:`ConfigError` naming
 key. Value checks of the target classes (``learning_rate > 0``, ``truncation <= horizon``,
 ...) run at load time and are reported under the section's key.
 
+A *task mixture* (issue 12; :class:`learned_dco.tasks.Mixture`) is the task section
+``{name: mixture, members: [<task>, ...], horizons: [<int>, ...], weights: null}``: each
+member is a task section of its own, validated the same way (errors name
+``task.members[1].hidden``); each meta-step draws a member and an inner horizon. A mixture
+samples fresh tasks (``train.num_train_tasks: null``) and is meta-trained with the ``full``
+or ``es`` estimator, whose ``horizon`` (and ES's ``truncation``) is replaced per meta-step
+by the drawn horizon.
+
 *Resolved* configs: :meth:`RunConfig.resolved` writes every default of every section out
 (the registered classes' field defaults included); a run directory saves the resolved
 config, so a run means the same after an upgrade that changes a default.
@@ -66,7 +74,7 @@ __all__ = [
     "ConfigError", "ResourceError", "ComponentConfig", "MetaOptimizerConfig", "TrainConfig", "EvalConfig", "RunConfig",
     "META_OPTIMIZERS", "REGISTRIES", "from_dict", "load_config", "parse_override", "apply_overrides", "diff",
     "defaults", "build_optimizer", "build_family", "build_estimator", "build_meta_optimizer", "estimate_memory",
-    "check_memory", "stream_key", "STREAMS", "parse_yaml",
+    "check_memory", "stream_key", "STREAMS", "parse_yaml", "MIXTURE", "MIXTURE_ESTIMATORS", "task_families",
 ]
 
 
@@ -93,6 +101,14 @@ META_OPTIMIZERS = {
 }
 """Meta-optimizer name -> factory of the learning rate (``adamw`` also takes weight_decay)."""
 
+MIXTURE = "mixture"
+"""The task name of a mixture of task families (:class:`learned_dco.tasks.Mixture`)."""
+
+MIXTURE_KEYS = ("members", "horizons", "weights")  # fields of a mixture's task section
+MIXTURE_ESTIMATORS = ("full", "es")
+"""Estimators a mixture can be meta-trained with (stateless across meta-steps: the member
+and horizon change every meta-step, so no inner state can be carried over)."""
+
 
 # --------------------------------------------------------------------------------------
 # the schema
@@ -117,8 +133,21 @@ class ComponentConfig:
     def kwargs(self) -> dict[str, Any]:
         return dict(self.options)
 
+    @property
+    def is_mixture(self) -> bool:
+        return self.name == MIXTURE
+
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, **{k: plain(v) for k, v in self.options}}
+        return {"name": self.name, **{k: _plain_option(v) for k, v in self.options}}
+
+
+def _plain_option(value: Any) -> Any:
+    """:func:`plain`, also turning nested components (a mixture's members) into mappings."""
+    if isinstance(value, ComponentConfig):
+        return value.to_dict()
+    if isinstance(value, tuple):
+        return [_plain_option(v) for v in value]
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,6 +323,14 @@ def _yaml_spelling(value: Any) -> Any:
 
 
 def _resolve_component(section: str, comp: ComponentConfig) -> ComponentConfig:
+    if section == "task" and comp.is_mixture:
+        given = comp.kwargs
+        options = {
+            "members": tuple(_resolve_component("task", m) for m in given["members"]),
+            "horizons": given["horizons"],
+            "weights": given.get("weights"),
+        }
+        return ComponentConfig(comp.name, tuple(sorted(options.items())))
     _, registry = REGISTRIES[section]
     obj = registry[comp.name](**comp.kwargs)
     given = comp.kwargs
@@ -312,15 +349,24 @@ def defaults(cfg: RunConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"seed": RunConfig.__dataclass_fields__["seed"].default}
     for f in dataclasses.fields(RunConfig):
         value = getattr(cfg, f.name)
-        if isinstance(value, ComponentConfig):
-            cls = REGISTRIES[f.name][1][value.name]
-            for g in dataclasses.fields(cls):
-                if g.init and g.default is not dataclasses.MISSING and _is_plain(g.default):
-                    out[f"{f.name}.{g.name}"] = plain(g.default)
+        if isinstance(value, ComponentConfig) and f.name == "task" and value.is_mixture:
+            out["task.weights"] = None
+            for i, member in enumerate(value.kwargs["members"]):
+                out.update(_class_defaults(tasks.FAMILIES[member.name], f"task.members[{i}]"))
+        elif isinstance(value, ComponentConfig):
+            out.update(_class_defaults(REGISTRIES[f.name][1][value.name], f.name))
         elif dataclasses.is_dataclass(value):
             for g in dataclasses.fields(value):
                 out[f"{f.name}.{g.name}"] = plain(g.default)
     return out
+
+
+def _class_defaults(cls: type, prefix: str) -> dict[str, Any]:
+    return {
+        f"{prefix}.{g.name}": plain(g.default)
+        for g in dataclasses.fields(cls)
+        if g.init and g.default is not dataclasses.MISSING and _is_plain(g.default)
+    }
 
 
 # --------------------------------------------------------------------------------------
@@ -328,18 +374,25 @@ def defaults(cfg: RunConfig) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 
 
-def parse_component(section: str, data: Any, path: str | None = None) -> ComponentConfig:
+def parse_component(section: str, data: Any, path: str | None = None, *, member: bool = False) -> ComponentConfig:
     """``{name: ..., **fields}`` checked against the registered class's fields; the class is
-    instantiated once so its own value checks run now."""
+    instantiated once so its own value checks run now. ``task: {name: mixture, ...}`` is
+    parsed by :func:`parse_mixture` (``member``: parsing a mixture's member, which cannot be
+    a mixture itself)."""
     path = path or section
     what, registry = REGISTRIES[section]
+    names = tuple(registry) + ((MIXTURE,) if section == "task" and not member else ())
     data = dict(check_mapping(data, path))
     if "name" not in data:
-        raise ConfigError(f"{path}.name: missing required key (known {what}s: {', '.join(registry)})")
+        raise ConfigError(f"{path}.name: missing required key (known {what}s: {', '.join(names)})")
     name = data.pop("name")
     if not isinstance(name, str):
         raise ConfigError(f"{path}.name: expected str, got {describe(name)}")
-    choice(name, tuple(registry), f"{path}.name", what)
+    if section == "task" and name == MIXTURE:
+        if member:
+            raise ConfigError(f"{path}.name: a mixture cannot be a member of a mixture (list its families instead)")
+        return parse_mixture(data, path)
+    choice(name, names, f"{path}.name", what)
     cls = registry[name]
     fields = init_fields(cls)
     options = {}
@@ -359,6 +412,45 @@ def parse_component(section: str, data: Any, path: str | None = None) -> Compone
         where = f"{path}.{match.group(1)}" if match and match.group(1) in fields else path
         raise ConfigError(f"{where}: {e}") from None
     return ComponentConfig(name, tuple(sorted(options.items())))
+
+
+def parse_mixture(data: Mapping[str, Any], path: str = "task") -> ComponentConfig:
+    """The fields of ``task: {name: mixture, ...}`` (``name`` already removed): ``members``
+    (non-empty list of task sections, each checked by :func:`parse_component`),
+    ``horizons`` (non-empty list of positive ints) and ``weights`` (``null`` or one
+    non-negative number per member with a positive sum)."""
+    for key in data:
+        if key not in MIXTURE_KEYS:
+            raise ConfigError(f"{path}.{key}: unknown key for a task mixture (known: name, {', '.join(MIXTURE_KEYS)})")
+    for key in ("members", "horizons"):
+        if key not in data:
+            raise ConfigError(f"{path}.{key}: missing required key for a task mixture")
+    raw = data["members"]
+    if not isinstance(raw, (list, tuple)) or not raw:
+        raise ConfigError(f"{path}.members: expected a non-empty list of task sections, got {describe(raw)}")
+    members = tuple(parse_component("task", m, f"{path}.members[{i}]", member=True) for i, m in enumerate(raw))
+    horizons = coerce(data["horizons"], tuple[int, ...], f"{path}.horizons")
+    if not horizons:
+        raise ConfigError(f"{path}.horizons: must hold at least one inner horizon")
+    for i, h in enumerate(horizons):
+        positive(h, f"{path}.horizons[{i}]")
+    weights = coerce(data.get("weights"), tuple[float, ...] | None, f"{path}.weights")
+    if weights is not None:
+        if len(weights) != len(members):
+            raise ConfigError(
+                f"{path}.weights: expected one weight per member ({len(members)}), got {len(weights)}"
+            )
+        for i, w in enumerate(weights):
+            if not w >= 0:
+                raise ConfigError(f"{path}.weights[{i}]: must be >= 0, got {w!r}")
+        if not sum(weights) > 0:
+            raise ConfigError(f"{path}.weights: must have a positive sum, got {list(weights)}")
+    comp = ComponentConfig(MIXTURE, tuple(sorted({"members": members, "horizons": horizons, "weights": weights}.items())))
+    try:
+        _build_mixture(comp)
+    except ValueError as e:  # the Mixture's own checks (ValidationError is a ValueError)
+        raise ConfigError(f"{path}: {e}") from None
+    return comp
 
 
 def host_memory() -> int:
@@ -389,6 +481,17 @@ def _check_construction_size(cls: type, options: Mapping[str, Any], path: str, f
 def _cross_checks(cfg: RunConfig) -> None:
     est = cfg.estimator
     pool = cfg.train.num_train_tasks
+    if cfg.task.is_mixture:
+        if pool is not None:
+            raise ConfigError(
+                f"train.num_train_tasks: a task mixture samples fresh tasks of the drawn member every "
+                f"meta-step; set train.num_train_tasks: null (got {pool})"
+            )
+        if est.name not in MIXTURE_ESTIMATORS:
+            raise ConfigError(
+                f"estimator.name: a task mixture is meta-trained with {' or '.join(MIXTURE_ESTIMATORS)} "
+                f"(the member and horizon change every meta-step, so no inner state is carried over), got {est.name!r}"
+            )
     if est.name == "full" and pool is not None:
         num_tasks = build_estimator(cfg).num_tasks
         if num_tasks > pool:
@@ -407,16 +510,29 @@ def from_dict(data: Any, source: str = "config") -> RunConfig:
     return cfg
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"a.b=value"`` -> ``(["a", "b"], value)`` with ``value`` parsed as YAML."""
+_KEY_PART = re.compile(r"^([^.\[\]]+)((?:\[[0-9]+\])*)$")
+
+
+def parse_override(text: str) -> tuple[list[str | int], Any]:
+    """``"a.b=value"`` -> ``(["a", "b"], value)`` with ``value`` parsed as YAML; a list
+    element is addressed by its index, ``"task.members[1].hidden=[64]"`` ->
+    ``(["task", "members", 1, "hidden"], (64,))``."""
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. estimator.horizon=10")
-    parts = key.split(".")
-    if any(not p for p in parts):
-        raise ConfigError(f"--set {text!r}: malformed key {key!r}")
+    parts: list[str | int] = []
+    for part in key.split("."):
+        match = _KEY_PART.match(part)
+        if not match:
+            raise ConfigError(f"--set {text!r}: malformed key {key!r}")
+        parts.append(match.group(1))
+        parts += [int(i) for i in re.findall(r"\[([0-9]+)\]", match.group(2))]
     return parts, parse_yaml(raw, f"--set {key}") if raw.strip() else None
+
+
+def _dotted(parts: Sequence[str | int]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else p) for i, p in enumerate(parts))
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -425,15 +541,22 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
     for text in overrides:
         parts, value = parse_override(text)
         node = out
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(part, int):
+                if not isinstance(node, list):
+                    raise ConfigError(f"{_dotted(parts[:i])}: holds {describe(node)}, not a list; cannot set {_dotted(parts)}")
+                if part >= len(node):
+                    raise ConfigError(f"{_dotted(parts[:i + 1])}: index out of range (the list has {len(node)} items)")
+            elif not isinstance(node, dict):
+                raise ConfigError(f"{_dotted(parts[:i])}: holds {describe(node)}, cannot set {_dotted(parts)}")
+            if last:
+                node[part] = value
+                break
+            child = node[part] if isinstance(part, int) else node.get(part)
+            if child is None and not isinstance(parts[i + 1], int):
                 child = node[part] = {}
-            elif not isinstance(child, dict):
-                where = ".".join(parts[: i + 1])
-                raise ConfigError(f"{where}: holds {describe(child)}, cannot set {'.'.join(parts)}")
             node = child
-        node[parts[-1]] = value
     return out
 
 
@@ -462,6 +585,10 @@ def diff(a: RunConfig, b: RunConfig) -> list[str]:
 
     def walk(x, y, prefix):
         keys = (x.keys() | y.keys()) if isinstance(x, dict) and isinstance(y, dict) else None
+        if _list_of_mappings(x) and _list_of_mappings(y) and len(x) == len(y):  # a mixture's members
+            for i, (u, v) in enumerate(zip(x, y)):
+                walk(u, v, f"{prefix}[{i}]")
+            return
         if keys is None:
             if x != y:
                 out.append(prefix)
@@ -471,6 +598,10 @@ def diff(a: RunConfig, b: RunConfig) -> list[str]:
 
     walk(a.resolved().to_dict(), b.resolved().to_dict(), "")
     return out
+
+
+def _list_of_mappings(x: Any) -> bool:
+    return isinstance(x, list) and bool(x) and all(isinstance(v, dict) for v in x)
 
 
 # --------------------------------------------------------------------------------------
@@ -484,8 +615,22 @@ def build_optimizer(cfg: RunConfig):
 
 
 def build_family(cfg: RunConfig):
-    """The task family: :func:`learned_dco.tasks.make_family` of the config."""
+    """The task family: :func:`learned_dco.tasks.make_family` of the config, or a
+    :class:`learned_dco.tasks.Mixture` of such families for ``task: {name: mixture}``."""
+    if cfg.task.is_mixture:
+        return _build_mixture(cfg.task)
     return tasks.make_family(cfg.task.name, **cfg.task.kwargs)
+
+
+def _build_mixture(comp: ComponentConfig) -> tasks.Mixture:
+    kw = comp.kwargs
+    members = tuple(tasks.make_family(m.name, **m.kwargs) for m in kw["members"])
+    return tasks.Mixture(members=members, weights=kw["weights"], horizons=kw["horizons"])
+
+
+def task_families(family) -> tuple:
+    """The task families a built family stands for: a mixture's members, else ``(family,)``."""
+    return tuple(family.members) if isinstance(family, tasks.Mixture) else (family,)
 
 
 def build_estimator(cfg: RunConfig):
@@ -543,25 +688,44 @@ def estimate_memory(cfg: RunConfig) -> dict[str, int]:
     batch (``num_tasks x (T + P x (steps + 2))``: reverse mode keeps the parameters of every
     unrolled step, ``steps`` = the truncation or the horizon); the evaluation's held-out and
     tuning tasks (``2 x eval.num_tasks x T``).
+
+    A task mixture is estimated for its worst member (largest total) at its largest
+    horizon (the horizon replaces the estimator's truncation/horizon); ``member`` is then
+    that member's index.
     """
     family = build_family(cfg)
     est = build_estimator(cfg)
     key = jax.random.PRNGKey(0)
-    try:
-        task = jax.eval_shape(family.sample, key)
-        params = jax.eval_shape(family.init_params, key, task)
-    except (ValueError, TypeError, OverflowError, MemoryError) as e:
-        raise ConfigError(f"task: cannot build a task of this size: {e}") from None
-    t, p = _bytes(task), _bytes(params)
-    steps = int(getattr(est, "truncation", None) or getattr(est, "horizon", 1) or 1)
     n = int(getattr(est, "num_tasks", 1))
-    return {
-        "task": t,
-        "params": p,
-        "pool": (cfg.train.num_train_tasks or 0) * t,
-        "meta_step": n * (t + p * (steps + 2)),
-        "eval": 2 * cfg.eval.num_tasks * t,
-    }
+    if isinstance(family, tasks.Mixture):
+        steps = max(family.horizons)
+    else:
+        steps = int(getattr(est, "truncation", None) or getattr(est, "horizon", 1) or 1)
+    worst = None
+    for i, member in enumerate(task_families(family)):
+        where = f"task.members[{i}]" if isinstance(family, tasks.Mixture) else "task"
+        try:
+            task = jax.eval_shape(member.sample, key)
+            params = jax.eval_shape(member.init_params, key, task)
+        except (ValueError, TypeError, OverflowError, MemoryError) as e:
+            raise ConfigError(f"{where}: cannot build a task of this size: {e}") from None
+        t, p = _bytes(task), _bytes(params)
+        out = {
+            "task": t,
+            "params": p,
+            "pool": (cfg.train.num_train_tasks or 0) * t,
+            "meta_step": n * (t + p * (steps + 2)),
+            "eval": 2 * cfg.eval.num_tasks * t,
+        }
+        if isinstance(family, tasks.Mixture):
+            out["member"] = i
+        if worst is None or _total(out) > _total(worst):
+            worst = out
+    return worst
+
+
+def _total(est: Mapping[str, int]) -> int:
+    return est["pool"] + est["meta_step"] + est["eval"]
 
 
 def check_memory(cfg: RunConfig, limit: int | None = None, *, fraction: float = 0.8) -> dict[str, int]:
@@ -571,7 +735,7 @@ def check_memory(cfg: RunConfig, limit: int | None = None, *, fraction: float = 
     where = "given limit"
     if limit is None:
         limit, where = available_memory()
-    total = est["pool"] + est["meta_step"] + est["eval"]
+    total = _total(est)
     if total > fraction * limit:
         worst = max(("pool", "meta_step", "eval"), key=est.get)
         blame = {
@@ -579,8 +743,13 @@ def check_memory(cfg: RunConfig, limit: int | None = None, *, fraction: float = 
             "meta_step": f"estimator.num_tasks x (one task + parameters per unrolled step)",
             "eval": f"2 x eval.num_tasks={cfg.eval.num_tasks} x one task",
         }[worst]
+        member = (
+            f"; worst member task.members[{est['member']}] ({cfg.task.kwargs['members'][est['member']].name}) "
+            f"at horizon {max(cfg.task.kwargs['horizons'])}"
+            if "member" in est else ""
+        )
         raise ResourceError(
-            f"task: this config needs about {fmt_bytes(total)} (one task {fmt_bytes(est['task'])}, "
+            f"task: this config needs about {fmt_bytes(total)}{member} (one task {fmt_bytes(est['task'])}, "
             f"its parameters {fmt_bytes(est['params'])}; largest term {worst}: {blame} = {fmt_bytes(est[worst])}), "
             f"more than {fraction:.0%} of the {fmt_bytes(limit)} of {where}; reduce the task's sizes "
             f"(e.g. task.num_samples) or the number of tasks"

@@ -26,6 +26,11 @@ Outputs in ``RUN_DIR/eval/``:
   ``q25``, ``q75`` lists), ``tuned_lr``, ``grid``, ``tuning_scores``, ``summary`` (the
   table rows) and the protocol's settings. Non-finite numbers are written as ``null``.
 
+A run meta-trained on a task *mixture* (``task: {name: mixture}``) is evaluated on one
+member at a time (``member=i``): held-out and tuning tasks come from that member, the
+results name it (``member``, ``task``). ``learned-dco eval`` evaluates every member, each
+into ``OUT/member<i>-<name>/``. (Problems outside the mixture: ``python -m benchmarks.heldout``.)
+
 A task *diverged* when its validation loss became non-finite or ended above ten times its
 loss at step 0; the report also counts tasks that ended *worse than they started* (a noise
 floor can do that to a task that starts near its optimum). Curve statistics are over the
@@ -53,7 +58,7 @@ EVAL_DIR = "eval"
 OUTPUTS = ("curves.png", "report.md", "results.json")  # what write() puts in the output directory
 DIVERGED_FACTOR = 10.0  # a task diverged if its loss went non-finite or ended above 10x its start
 RESULT_KEYS = (
-    "run_dir", "meta_step", "optimizer", "task", "num_tasks", "num_steps", "eval_seed", "tuning_tasks",
+    "run_dir", "meta_step", "optimizer", "task", "member", "num_tasks", "num_steps", "eval_seed", "tuning_tasks",
     "steps", "grid", "tuned_lr", "tuning_scores", "curves", "summary", "versions", "device",
 )
 
@@ -103,11 +108,14 @@ def evaluate(
     num_tasks: int | None = None,
     num_steps: int | None = None,
     seed: int | None = None,
+    member: int | None = None,
     log: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, Any]:
-    """Run the evaluation protocol (module docstring) and return the results dict."""
+    """Run the evaluation protocol (module docstring) and return the results dict
+    (``member``: which member of a mixture run to evaluate on; required for those)."""
     trained = runs.load_trained(run_dir)
     cfg = trained.config
+    task_cfg = member_config(cfg, member)
     ev = cfg.eval
     n = ev.num_tasks if num_tasks is None else num_tasks
     steps = ev.num_steps if num_steps is None else num_steps
@@ -116,7 +124,7 @@ def evaluate(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise C.ConfigError(f"{flag}: must be a positive integer, got {value!r}")
     built = runs.build(cfg)
-    family = built.family
+    family = built.family if member is None else built.family.members[member]
     grid = tuple(ev.lr_grid) if ev.lr_grid is not None else meta.DEFAULT_GRID
 
     # task batches are sharded over every device of every process (meta/distributed.py)
@@ -127,6 +135,8 @@ def evaluate(
     else:
         tuning = distributed.shard_tasks(sample_tasks(family, C.stream_key(cfg.seed, "tuning"), n))
         tuning_desc = f"{n} tasks from the training distribution (seed {cfg.seed}, tuning stream)"
+        if member is not None:
+            tuning_desc = f"{n} tasks of mixture member {member} (seed {cfg.seed}, tuning stream)"
 
     tuned = {}
     for name in ev.baselines:
@@ -167,7 +177,8 @@ def evaluate(
         "run_dir": str(run_dir),
         "meta_step": trained.meta_step,
         "optimizer": cfg.optimizer.to_dict(),
-        "task": cfg.task.to_dict(),
+        "task": task_cfg.to_dict(),
+        "member": member,
         "num_tasks": n,
         "num_steps": steps,
         "eval_seed": eval_seed,
@@ -182,6 +193,30 @@ def evaluate(
         "summary": summary,
         **environment(),
     }
+
+
+def member_config(cfg: C.RunConfig, member: int | None) -> C.ComponentConfig:
+    """The task section evaluated: ``cfg.task``, or member ``member`` of a mixture run
+    (a :class:`ConfigError` if ``member`` is missing for a mixture, given otherwise, or
+    out of range)."""
+    if not cfg.task.is_mixture:
+        if member is not None:
+            raise C.ConfigError(f"--member: only for a run meta-trained on a task mixture (this run's task is {cfg.task.name!r})")
+        return cfg.task
+    members = cfg.task.kwargs["members"]
+    if member is None:
+        raise C.ConfigError(
+            f"--member: this run was meta-trained on a mixture of {len(members)} task families; evaluate one "
+            f"member at a time (0..{len(members) - 1}), or on held-out problems with `python -m benchmarks.heldout`"
+        )
+    if isinstance(member, bool) or not isinstance(member, int) or not 0 <= member < len(members):
+        raise C.ConfigError(f"--member: must be a member index in 0..{len(members) - 1}, got {member!r}")
+    return members[member]
+
+
+def member_dir(cfg: C.RunConfig, member: int) -> str:
+    """``member<i>-<family name>``: where ``learned-dco eval`` writes a mixture member's results."""
+    return f"member{member}-{cfg.task.kwargs['members'][member].name}"
 
 
 def plot_curves(results: dict[str, Any], path: str | Path) -> Path:
@@ -235,7 +270,10 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"- learned optimizer: `{results['optimizer']['name']}` ({opt or 'defaults'}), "
         f"meta-step {results['meta_step']}",
-        f"- task family: `{results['task']['name']}`; {results['num_tasks']} held-out tasks "
+        f"- task family: `{results['task']['name']}`"
+        + (f" (member {results['member']} of the task mixture it was meta-trained on)"
+           if results.get("member") is not None else "")
+        + f"; {results['num_tasks']} held-out tasks "
         f"(seed {results['eval_seed']}), {results['num_steps']} inner steps",
         f"- baselines tuned on {results['tuning_tasks']}, grid of {len(results['grid'])} learning rates "
         f"from {min(results['grid']):.3g} to {max(results['grid']):.3g}",

@@ -339,17 +339,28 @@ def train(
 # --------------------------------------------------------------------------------------
 
 
+def shape_family(family):
+    """The family whose parameters shape the meta-parameters: a mixture's first member
+    (a learned optimizer trained on a mixture has meta-parameters that do not depend on
+    the model's shapes, so any member gives the same structure), else ``family``."""
+    return C.task_families(family)[0]
+
+
 def example_params(family, key):
-    """Parameters of one task of ``family`` (shapes the meta-parameters)."""
+    """Parameters of one task of ``family`` (shapes the meta-parameters; a mixture: its
+    first member's, see :func:`shape_family`)."""
+    family = shape_family(family)
     k_task, k_init = jax.random.split(key)
     return family.init_params(k_init, family.sample(k_task))
 
 
 def initial_meta(built: Built):
-    """The untrained meta-parameters: those :meth:`MetaTrainer.init` starts from."""
+    """The untrained meta-parameters: those :meth:`MetaTrainer.init` starts from (a
+    mixture: from its first member's parameters)."""
     k_params, k_meta, _, _ = jax.random.split(C.stream_key(built.config.seed, "trainer"), 4)
     k_task, k_init = jax.random.split(k_params)
-    params = built.family.init_params(k_init, meta.sample_task(built.family, built.pool, k_task))
+    family = shape_family(built.family)
+    params = family.init_params(k_init, meta.sample_task(family, built.pool, k_task))
     return built.lopt.init(k_meta, params)
 
 
@@ -358,7 +369,7 @@ class Trained(NamedTuple):
 
     config: C.RunConfig
     lopt: Any  # the learned optimizer (``lopt.opt_fn(meta)`` -> optax transformation)
-    family: Any  # the task family it was trained on
+    family: Any  # the task family it was trained on (a ``tasks.Mixture`` for a mixture run)
     meta: Any  # the trained meta-parameters
     meta_step: int | None  # meta-steps they were trained for (from meta.json), if recorded
 
