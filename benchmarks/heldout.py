@@ -301,6 +301,18 @@ def run_benchmark(steps: int, grid, long_factor: int, cands: dict[str, Candidate
             "data_sources": sources, "long_factor": long_factor, "rows": rows, "summary": summary, "curves": curves_out}
 
 
+QUICK = dict(steps=60, long_factor=3)
+"""The quick mode's budget and long-run factor (``--quick``; the pretrained cards record it)."""
+
+
+def quick_rows(cands: dict[str, Candidate], seed: int = 0) -> list[dict]:
+    """Per-problem rows of the quick mode for ``cands`` against tuned Adam only, no timing:
+    what a pretrained card records and what tests/test_pretrained_shipped.py regenerates."""
+    result = run_benchmark(QUICK["steps"], GRID, QUICK["long_factor"], cands, seed, timing=False,
+                           baselines={"adam": BASELINES["adam"]})
+    return [r for r in result["rows"] if r["optimizer"] in cands]
+
+
 def _metrics(prob, name, c, ref, lr=None) -> dict:
     c = np.asarray(c, float)
     final = float(c[-1])
@@ -369,7 +381,7 @@ def main(argv=None) -> dict:
         runs[label] = path
     steps, grid, long_factor, timing = args.steps, GRID, 10, True
     if args.quick:
-        steps, long_factor = 60, 3
+        steps, long_factor = QUICK["steps"], QUICK["long_factor"]
     if args.smoke:
         steps, grid, long_factor, timing = 4, GRID[::4], 2, False
     start = time.perf_counter()

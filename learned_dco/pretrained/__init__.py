@@ -15,8 +15,11 @@ Loading reads only these files (no network). Weights from another version of the
 architecture (a leaf's path or shape differs from what the optimizer class builds today)
 are refused with an error naming the first difference, never silently misloaded.
 
-No weights ship yet: ``list()`` is empty until a meta-training run (issue 12's recipe)
-produces weights worth shipping; :func:`save` writes a card in the format above.
+:func:`save` writes a card in the format above; :func:`from_run` ships the result of a
+``learned-dco train`` run, reading its recipe (resolved config, seed, task mixture,
+estimator, meta-steps, wall time, versions and hardware) from the run directory. The
+shipped optimizers, their recipes (``configs/pretrain_<name>.yaml``) and their held-out
+numbers are described in ``docs/pretrained.md``.
 
 Example::
 
@@ -40,6 +43,7 @@ import numpy as np
 import optax
 from flax import serialization
 
+from learned_dco.io import atomic_write_bytes, atomic_write_text
 from learned_dco.learned import LearnedOptimizer
 from learned_dco.validation import ValidationError
 
@@ -171,6 +175,20 @@ def load(name: str, *, root: str | Path | None = None, **options: Any) -> optax.
     return lopt.opt_fn(meta)
 
 
+def _json_safe(value: Any) -> Any:
+    """Plain JSON: tuples as lists, NumPy scalars as numbers, non-finite floats as the
+    strings ``"inf"``, ``"-inf"``, ``"nan"`` (a diverged run's ratio is infinite)."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (builtins.list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.generic,)):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return "nan" if np.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
 def save(
     name: str,
     lopt: LearnedOptimizer,
@@ -201,16 +219,73 @@ def save(
         "name": name,
         "architecture": {"optimizer": kinds[0], "fields": fields, "meta_shapes": meta_shapes(meta)},
         "options": dict(options or {}),
-        "recipe": dict(recipe or {}),
-        "heldout": dict(heldout or {}),
+        "recipe": _json_safe(dict(recipe or {})),
+        "heldout": _json_safe(dict(heldout or {})),
     }
     folder = Path(root)
     folder.mkdir(parents=True, exist_ok=True)
     state = serialization.to_state_dict(jax.tree.map(np.asarray, meta))
-    (folder / f"{name}.msgpack").write_bytes(serialization.msgpack_serialize(state))
+    atomic_write_bytes(folder / f"{name}.msgpack", serialization.msgpack_serialize(state))
     path = folder / f"{name}.json"
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return path
 
 
-__all__ = ["CARD_FORMAT", "WEIGHTS_DIR", "PretrainedError", "card", "list", "load", "load_lopt", "meta_shapes", "save"]
+def run_recipe(run_dir: str | Path, config: str | None = None) -> dict[str, Any]:
+    """The meta-training recipe of a finished ``learned-dco train`` run directory: the
+    resolved config's sections, the meta-steps taken, the wall time (sum of the per-step
+    seconds in ``metrics.jsonl``, compilation included), versions and hardware."""
+    from learned_dco.app.runs import load_trained
+
+    run_dir = Path(run_dir)
+    trained = load_trained(run_dir)
+    cfg = trained.config.resolved().to_dict()
+    seconds, steps = 0.0, 0
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a torn last line (crash mid-append)
+        seconds += float(record.get("seconds", 0.0))
+        steps += 1
+    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    return {
+        "config": config,
+        "seed": cfg["seed"],
+        "optimizer": cfg["optimizer"],
+        "task": cfg["task"],
+        "estimator": cfg["estimator"],
+        "meta_optimizer": cfg["meta_optimizer"],
+        "meta_steps": trained.meta_step,
+        "wall_seconds": round(seconds, 1),
+        "metrics_lines": steps,
+        "versions": info.get("versions"),
+        "hardware": info.get("device"),
+    }
+
+
+def from_run(
+    run_dir: str | Path,
+    name: str,
+    *,
+    root: str | Path | None = None,
+    config: str | None = None,
+    heldout: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Ship the meta-parameters of ``learned-dco train`` run ``run_dir`` as ``name`` (default
+    ``root``: the package's ``weights/``), with :func:`run_recipe` as the card's recipe (plus
+    ``extra``, e.g. the measured CPU time) and ``heldout`` as its held-out numbers. A
+    horizon-aware optimizer (a ``num_steps`` field) gets the ``load(name, num_steps=...)``
+    option."""
+    from learned_dco.app.runs import load_trained
+
+    trained = load_trained(run_dir)
+    fields = {f.name for f in dataclasses.fields(trained.lopt)}
+    options = {"num_steps": "num_steps"} if "num_steps" in fields else {}
+    recipe = dict(run_recipe(run_dir, config), **(extra or {}))
+    return save(name, trained.lopt, trained.meta, root=_root(root), options=options, recipe=recipe, heldout=heldout)
+
+
+__all__ = ["CARD_FORMAT", "WEIGHTS_DIR", "PretrainedError", "card", "from_run", "list", "load", "load_lopt", "meta_shapes",
+           "run_recipe", "save"]
