@@ -133,6 +133,11 @@ def test_a_mixture_run_ships_reproducibly(tmp_path):
         runs.train(cfg, tmp_path / d, progress=False)
     assert (tmp_path / "a" / "meta.msgpack").read_bytes() == (tmp_path / "b" / "meta.msgpack").read_bytes()
     trained = runs.load_trained(tmp_path / "a")
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    trainer = runs.make_trainer(runs.build(cfg))
+    state = trainer.init(C.stream_key(cfg.seed, "trainer"))
+    assert [(r["member"], r["horizon"]) for r in records] == [
+        trainer.draw(state._replace(step=jnp.asarray(k, jnp.int32))) for k in range(4)]
     assert not np.allclose(trained.meta["log_lr"], np.log(0.01))  # meta-training moved it
 
     path = pretrained.from_run(tmp_path / "a", "mix", root=tmp_path / "w", config="configs/x.yaml",

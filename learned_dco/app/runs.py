@@ -250,9 +250,12 @@ def run(
     try:
         for k in range(start, num_steps):
             t0 = time.perf_counter()
+            drawn = trainer.draw(state) if getattr(trainer, "mixture", None) is not None else None
             state, metrics = trainer.step(state)
             record = {name: _to_python(v) for name, v in metrics._asdict().items()}
             record.update(step=k, seconds=time.perf_counter() - t0)
+            if drawn is not None:  # a task mixture: which member and horizon this step ran
+                record.update(member=drawn[0], horizon=drawn[1])
             if metrics_file is not None:
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
