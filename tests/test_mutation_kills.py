@@ -122,7 +122,7 @@ def test_unknown_option_error_lists_the_options_the_solver_has():
         qp.OSQP().with_options(rho=1.0)
 
 
-# --- candidates (kept only for mutants that survive) --------------------------------------
+# --- written ahead for sampled mutants the stopped run did not reach (README) --------------
 
 
 def test_as_solver_type_error_names_the_type_given():
