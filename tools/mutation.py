@@ -1,0 +1,228 @@
+"""Mutation score of the core modules: a reproducible, sampled mutmut run.
+
+Usage (from the repository root; needs the ``mutation`` extra, ``pip install -e .[mutation]``)::
+
+    python -m tools.mutation                        # generate, sample 120 mutants (seed 0), run, summarise
+    python -m tools.mutation --sample 60 --seed 1 --jobs 2
+    python -m tools.mutation --sample 0             # every mutant (about 2100: hours on 2 cores)
+    python -m tools.mutation --only NAME [NAME...]  # re-run named mutants (e.g. after adding a test)
+    python -m tools.mutation --summarise            # rewrite the summary from mutants/*.meta
+
+``--only`` keeps the first measurement in the summary ("measured") and records the new
+verdicts of the re-run mutants (e.g. after a test was added for them) next to it. Changing
+``[tool.mutmut]``'s test selection makes mutmut forget every verdict in mutants/ (not the
+summary), so re-run only with ``--only`` after such a change.
+
+What is mutated and which tests run is configured in pyproject.toml's ``[tool.mutmut]``
+(qp.py, optimizers/dco.py, meta/estimators.py; their test modules). mutmut copies the tree into
+``mutants/``, rewrites each function of those files into a trampoline that picks the original or
+one mutant from an environment variable, records once which tests reach which function, and then
+runs, for each mutant, only the tests that reach the mutated function (``-x``: the first failure
+kills it). A mutant is *killed* when a test fails, *timeout* when the tests run past mutmut's CPU
+limit (15 x their clean time; counted as killed, as mutmut does), *survived* when they all pass,
+and *no tests* when no selected test reaches the function.
+
+A full run does not fit in this project's CPU budget, so by default a uniform random sample
+without replacement is drawn from each file (allocation proportional to the file's number of
+mutants, ``random.Random(seed)``) and the kill rate is reported with a 95% Wilson interval:
+the score of the whole population lies in that interval with 95% confidence.
+
+Output: ``docs/mutation/summary.json`` and ``docs/mutation/summary.md`` (per-file and overall
+counts, score, interval, the sampled names and every survivor with its diff).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+OUT = Path("docs/mutation")
+MUTMUT = [sys.executable, "-c", "import sys; from mutmut.__main__ import cli; sys.exit(cli())"]
+KILLED = ("killed", "timeout", "caught by type check")
+
+
+def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95% Wilson score interval for a binomial proportion k/n (Wilson 1927)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def generate() -> dict[str, list[str]]:
+    """Write mutants/ (mutmut's copy of the tree with trampolines) and list mutant names per file."""
+    import mutmut.__main__ as mm
+    from mutmut.mutation.data import SourceFileMutationData
+    from mutmut.mutation.trampoline import set_mutant_under_test
+    from mutmut.utils.file_utils import copy_src_dir, setup_source_paths, walk_mutatable_files
+
+    set_mutant_under_test("mutant_generation")
+    os.makedirs("mutants", exist_ok=True)
+    copy_src_dir()
+    mm.copy_also_copy_files()
+    setup_source_paths()
+    mm.create_mutants(1)
+    names = {}
+    for path in sorted(walk_mutatable_files()):
+        data = SourceFileMutationData(path=path)
+        data.load()
+        names[str(path)] = sorted(data.exit_code_by_key)
+    return names
+
+
+def sample(names: dict[str, list[str]], size: int, seed: int) -> dict[str, list[str]]:
+    """Uniform sample without replacement within each file, sizes proportional to the file."""
+    total = sum(len(v) for v in names.values())
+    if size <= 0 or size >= total:
+        return names
+    rng = random.Random(seed)
+    out = {}
+    for path, keys in sorted(names.items()):
+        k = max(1, round(size * len(keys) / total))
+        out[path] = sorted(rng.sample(keys, k))
+    return out
+
+
+def run(mutants: list[str], jobs: int) -> int:
+    cmd = [*MUTMUT, "run", "--max-children", str(jobs), *mutants]
+    print("running:", " ".join(cmd[:6]), f"... ({len(mutants)} mutants)", flush=True)
+    return subprocess.call(cmd)
+
+
+def diff(name: str) -> str:
+    """The mutant as a unified diff against the source (what ``mutmut show NAME`` prints)."""
+    from mutmut.mutation.diff_apply import find_mutant, get_diff_for_mutant
+
+    return get_diff_for_mutant(name, path=find_mutant(name).path).strip()
+
+
+def statuses(names: list[str]) -> dict[str, str]:
+    """mutmut's verdict for each named mutant, from mutants/*.meta."""
+    from mutmut.mutation.data import SourceFileMutationData
+    from mutmut.stats import status_by_exit_code
+    from mutmut.utils.file_utils import walk_mutatable_files
+
+    out = {}
+    for path in walk_mutatable_files():
+        data = SourceFileMutationData(path=path)
+        data.load()
+        out.update({n: status_by_exit_code[data.exit_code_by_key[n]] for n in names if n in data.exit_code_by_key})
+    return out
+
+
+SLOT = {"killed": "killed", "caught by type check": "killed", "timeout": "timeout", "survived": "survived",
+        "no tests": "no_tests", "not checked": "not_checked"}
+
+
+def count(chosen: dict[str, list[str]], totals: dict[str, int], results: dict[str, str]) -> tuple[dict, dict]:
+    """Per-file and pooled counts, score (killed + timeout over checked) and Wilson interval."""
+    files, pooled = {}, None
+    for path, keys in sorted(chosen.items()):
+        c = {"total": totals[path], "sampled": len(keys), "killed": 0, "survived": 0, "timeout": 0,
+             "no_tests": 0, "not_checked": 0, "other": 0}
+        for key in keys:
+            c[SLOT.get(results.get(key, "not checked"), "other")] += 1
+        files[path] = c
+        pooled = dict(c) if pooled is None else {k: pooled[k] + c[k] for k in c}
+    for c in [*files.values(), pooled]:
+        checked = c["sampled"] - c["not_checked"]
+        dead = c["killed"] + c["timeout"]
+        c["score"] = dead / checked if checked else None
+        c["wilson95"] = wilson(dead, checked)
+    return files, pooled
+
+
+def summarise(chosen, totals, seed, results, previous=None, rerun=()) -> dict:
+    files, overall = count(chosen, totals, results)
+    survivors = [{"name": k, "file": p, "status": results.get(k, "not checked"), "diff": diff(k)}
+                 for p, keys in sorted(chosen.items()) for k in keys
+                 if SLOT.get(results.get(k, "not checked"), "other") in ("survived", "no_tests", "other")]
+    summary = {"seed": seed, "files": files, "overall": overall, "survivors": survivors, "results": results}
+    if previous and previous.get("overall"):  # a re-run of named mutants: keep the first measurement alongside
+        summary["measured"] = previous.get("measured") or {"files": previous["files"], "overall": previous["overall"],
+                                                           "results": previous["results"]}
+        summary["rerun"] = sorted(set(previous.get("rerun", [])) | set(rerun))
+    return summary
+
+
+def write(summary: dict) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    lines = ["# Mutation score (generated by `python -m tools.mutation`)", "",
+             f"Sample seed: {summary['seed']}. Score = (killed + timeout) / checked; interval: 95% Wilson.", "",
+             "| file | mutants | sampled | killed | timeout | survived | no tests | not checked | score | 95% interval |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    rows = [*summary["files"].items(), ("**overall**", summary["overall"])]
+    for path, c in rows:
+        score = "-" if c["score"] is None else f"{100 * c['score']:.1f}%"
+        lo, hi = c["wilson95"]
+        lines.append(f"| {path} | {c['total']} | {c['sampled']} | {c['killed']} | {c['timeout']} | {c['survived']} | "
+                     f"{c['no_tests']} | {c['not_checked']} | {score} | {100 * lo:.1f}-{100 * hi:.1f}% |")
+    if "measured" in summary:
+        m = summary["measured"]["overall"]
+        lo, hi = m["wilson95"]
+        lines += ["", f"The table counts the {len(summary['rerun'])} mutant(s) re-run after tests were added "
+                  f"(`--only`) with their new verdict. First measurement, before those tests: "
+                  f"{m['killed'] + m['timeout']} killed of {m['sampled'] - m['not_checked']}, "
+                  f"{100 * (m['score'] or 0):.1f}% (95% interval {100 * lo:.1f}-{100 * hi:.1f}%).", "",
+                  "Re-run: " + ", ".join(f"`{n}` ({summary['results'][n]})" for n in summary["rerun"])]
+    lines += ["", f"## Survivors ({len(summary['survivors'])})", ""]
+    for s in summary["survivors"]:
+        lines += [f"### `{s['name']}` ({s['status']})", "", "```diff", s["diff"], "```", ""]
+    (OUT / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sample", type=int, default=120, help="mutants to draw over all files (0: every mutant)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    ap.add_argument("--jobs", type=int, default=1, help="mutants run in parallel")
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="run just these mutants (globs allowed), then summarise")
+    ap.add_argument("--summarise", action="store_true", help="only rewrite the summary from the last run")
+    args = ap.parse_args(argv)
+
+    os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+    names = generate()
+    totals = {p: len(v) for p, v in names.items()}
+    chosen_file = OUT / "sample.json"
+    if args.summarise or args.only:
+        chosen = json.loads(chosen_file.read_text())
+    else:
+        chosen = sample(names, args.sample, args.seed)
+        OUT.mkdir(parents=True, exist_ok=True)
+        chosen_file.write_text(json.dumps({"seed": args.seed, "sample": args.sample, "mutants": chosen}, indent=1, ensure_ascii=False) + "\n")
+        chosen = json.loads(chosen_file.read_text())
+    seed, chosen = chosen["seed"], chosen["mutants"]
+    for path, c in sorted(totals.items()):
+        print(f"{path}: {c} mutants, {len(chosen.get(path, []))} in the sample")
+    names_in_sample = [k for keys in chosen.values() for k in keys]
+    previous = json.loads((OUT / "summary.json").read_text()) if (args.only or args.summarise) and (OUT / "summary.json").exists() else None
+    if args.only:
+        run(list(args.only), args.jobs)
+        rerun = [n for n in names_in_sample if any(fnmatch.fnmatchcase(n, p) for p in args.only)]
+        results = {**(previous or {}).get("results", {}), **statuses(rerun)}
+        summary = summarise(chosen, totals, seed, results, previous, rerun)
+    else:
+        if not args.summarise:
+            run(names_in_sample, args.jobs)
+        summary = summarise(chosen, totals, seed, statuses(names_in_sample))
+    write(summary)
+    o = summary["overall"]
+    lo, hi = o["wilson95"]
+    print(f"overall: {o['killed'] + o['timeout']} killed of {o['sampled'] - o['not_checked']} checked "
+          f"({o['total']} mutants in all): {100 * (o['score'] or 0):.1f}% (95% CI {100 * lo:.1f}-{100 * hi:.1f}%)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
