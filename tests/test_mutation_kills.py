@@ -14,6 +14,9 @@ import pytest
 import learned_dco as ldco
 from learned_dco import meta, qp, tasks
 
+# Not yet confirmed to kill their mutants (docs/mutation/README.md); kept out of the default run.
+pytestmark = pytest.mark.slow
+
 FAMILY = tasks.LeastSquares(num_samples=8, dim=3, init_scale=1.0)
 LOPT = ldco.DCOG(learning_rate=0.1)
 
