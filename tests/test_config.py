@@ -319,7 +319,11 @@ def test_every_shipped_config_parses_and_builds(path):
     cfg = C.load_config(path)
     raw = C.parse_yaml(path.read_text())  # independent route: the classes built by hand
     assert C.build_optimizer(cfg) == ldco.LEARNED_OPTIMIZERS[raw["optimizer"]["name"]](**_kwargs(raw["optimizer"]))
-    assert C.build_family(cfg) == tasks.FAMILIES[raw["task"]["name"]](**_kwargs(raw["task"]))
+    if raw["task"]["name"] == "mixture":
+        members = tuple(tasks.FAMILIES[m["name"]](**_kwargs(m)) for m in raw["task"]["members"])
+        assert C.build_family(cfg) == tasks.Mixture(members, raw["task"].get("weights"), tuple(raw["task"]["horizons"]))
+    else:
+        assert C.build_family(cfg) == tasks.FAMILIES[raw["task"]["name"]](**_kwargs(raw["task"]))
     assert C.build_estimator(cfg) == meta.ESTIMATORS[raw["estimator"]["name"]](**_kwargs(raw["estimator"]))
     assert isinstance(C.build_meta_optimizer(cfg), optax.GradientTransformation)
     assert C.from_dict(C.parse_yaml(cfg.to_yaml())) == cfg

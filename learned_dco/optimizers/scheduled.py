@@ -54,6 +54,21 @@ def knot_schedule(log_values: Array, num_steps: int) -> Callable[[Array], Array]
     return schedule
 
 
+def _checked(tx) -> optax.GradientTransformation:
+    """``tx`` whose ``update`` raises ``ValueError`` when the gradients do not match the
+    parameters (structure or shapes), as every learned optimizer's contract asks."""
+
+    def update(grads, state, params=None):
+        if params is not None:
+            same = jax.tree.structure(grads) == jax.tree.structure(params) and all(
+                jnp.shape(g) == jnp.shape(p) for g, p in zip(jax.tree.leaves(grads), jax.tree.leaves(params)))
+            if not same:
+                raise ValueError("gradients do not match the parameters (pytree structure or leaf shapes differ)")
+        return tx.update(grads, state, params)
+
+    return optax.GradientTransformation(tx.init, update)
+
+
 def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
@@ -121,7 +136,7 @@ class ScheduledAdam(_Scheduled):
 
     def opt_fn(self, meta: MetaParams) -> optax.GradientTransformation:
         b1, b2 = self.betas(meta)
-        return optax.adam(self.schedule(meta), b1=b1, b2=b2, eps=self.eps)
+        return _checked(optax.adam(self.schedule(meta), b1=b1, b2=b2, eps=self.eps))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,9 +163,9 @@ class LearnedProdigy(_Scheduled):
     def opt_fn(self, meta: MetaParams) -> optax.GradientTransformation:
         b1, b2 = self.betas(meta)
         coef = jnp.exp(jnp.clip(meta["log_coef"], -LOG_CLIP, LOG_CLIP))
-        return optax.contrib.prodigy(
+        return _checked(optax.contrib.prodigy(
             self.schedule(meta), betas=(b1, b2), eps=self.eps, estim_lr0=self.estim_lr0, estim_lr_coef=coef
-        )
+        ))
 
 
 __all__ = ["LOG_CLIP", "LearnedProdigy", "ScheduledAdam", "knot_schedule"]
