@@ -33,8 +33,7 @@ def test_card_quick_numbers_regenerate(name):
     for problem, row in got.items():
         ref = want[problem]
         assert (row["diverged"], row["diverged_10x"]) == (ref["diverged"], ref["diverged_10x"]), problem
-        final = float(ref["final"]) if not isinstance(ref["final"], str) else float(ref["final"])
-        np.testing.assert_allclose(row["final"], final, rtol=2e-2, atol=1e-7, err_msg=problem)
+        np.testing.assert_allclose(row["final"], float(ref["final"]), rtol=2e-2, atol=1e-7, err_msg=problem)
 
 
 @pytest.mark.parametrize("name", NAMES)
