@@ -36,6 +36,7 @@ def card_heldout(full: dict, label: str, quick_rows: list[dict]) -> dict:
             "mode": full.get("mode"),
             "steps": full["steps"],
             "long_factor": full["long_factor"],
+            "long_steps": full.get("long_steps"),
             "label": label,
             "summary": full["summary"],  # every design, untrained and untuned rows included
             "rows": mine,

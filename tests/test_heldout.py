@@ -42,3 +42,21 @@ def test_problems_are_outside_the_mixture_and_numerous():
     for p in probs:
         params = p.init(jnp.zeros(2, jnp.uint32))
         assert np.isfinite(float(p.train_loss(params)))
+
+
+def test_summary_counts_reaching_and_final_separately():
+    """A curve that touches L* and ends slightly above it counts as reaching tuned Adam within
+    the budget, not as a final loss at most L*; a curve that never reaches L* counts in neither;
+    the median is over the ratios, non-finite ones counted as +inf."""
+    prob = H.Problem("q", None, None, np.zeros((1, 1)), np.zeros((1, 1)), steps=4)
+    ref = 0.2
+    rows = [
+        H._metrics(prob, "a", np.array([1.0, 0.2, 0.1, 0.2, 0.2 * (1 + 1e-4)]), ref),  # touches, ends above
+        H._metrics(prob, "a", np.array([1.0, 0.5, 0.3, 0.25, 0.21]), ref),  # never reaches
+        H._metrics(prob, "a", np.array([1.0, 0.5, 0.3, 0.15, 0.1]), ref),  # ends below
+        H._metrics(prob, "a", np.array([1.0, 0.5, np.nan, np.nan, np.nan]), ref),  # diverged
+    ]
+    (s,) = H.summarise(rows)
+    assert s["frac_reached"] == 2 / 4 and s["frac_final_le_adam"] == 1 / 4
+    assert s["diverged"] == 1
+    np.testing.assert_allclose(s["median_ratio"], (1 + 1e-4 + 1.05) / 2, rtol=1e-12)
