@@ -114,7 +114,9 @@ def _plain_grad(phi):
 
 
 def _pes_check(num_tasks, episodes, *, sigma=SIGMA, lopt=LOPT, z=4.0, power=0.15, separation=None):
-    est = meta.PES(horizon=T, truncation=K, num_tasks=num_tasks, sigma=sigma, meta_loss="mean_train")
+    # stagger="step": episodes start at every position inside a truncation (the default aligns
+    # them with the truncations when K divides T), so mid-truncation boundaries are exercised
+    est = meta.PES(horizon=T, truncation=K, num_tasks=num_tasks, sigma=sigma, meta_loss="mean_train", stagger="step")
     grads, offsets, phi = _collect(est, num_tasks, warmup=T // K, steps=episodes * T // K, lopt=lopt)
     phases = (-offsets) % K  # where each task's episodes start inside a truncation
     exact = {p: _smoothed_grad(phi, p, per_segment=True, sigma=sigma) for p in np.unique(phases)}

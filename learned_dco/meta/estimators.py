@@ -15,9 +15,11 @@ the per-task estimates (dropping non-finite ones) and shards the task axis over 
 * :class:`FullUnroll` -- backpropagation through all ``T`` steps of fresh tasks
   (optionally with ``jax.checkpoint``): the exact gradient of the sampled objective.
 * :class:`TruncatedBPTT` -- ``K`` of ``T`` steps per meta-step; inner states persist across
-  truncations, episodes reset per task inside ``lax.cond``, and tasks start at random
-  offsets so their phases are staggered. Cheap and low-variance but *biased*: it ignores
-  how ``phi`` shaped the state a truncation starts from.
+  truncations, episodes reset per task, and tasks start at random offsets so their phases
+  are staggered (by default at multiples of ``K`` when ``K`` divides ``T``, so episodes end
+  only at truncation ends and reset once per truncation; ``stagger="step"`` spreads them
+  over every step and resets inside the scan). Cheap and low-variance but *biased*: it
+  ignores how ``phi`` shaped the state a truncation starts from.
 * :class:`ES` -- antithetic evolution strategies
   :math:`\hat g = \epsilon\,(L^+ - L^-)/(2\sigma^2)`, :math:`L^\pm` from ``phi ± eps``. The
   perturbation is held for a whole episode (two persistent trajectories per task) and
@@ -34,8 +36,12 @@ the per-task estimates (dropping non-finite ones) and shards the task axis over 
   (:math:`\epsilon` only), after which :math:`\xi \leftarrow \epsilon`.
 
 Scaling: truncated estimators multiply by :math:`T/K`, so that with uniformly staggered
-phases the *expected* estimate is the gradient of the whole-episode objective, whatever the
-truncation length.
+phases (uniform over the steps, or over the multiples of :math:`K` when :math:`K` divides
+:math:`T`: the truncations then tile each episode) the *expected* estimate is the gradient
+of the whole-episode objective, whatever the truncation length.
+
+``stagger`` (persistent estimators): ``True`` / ``"truncation"`` (default), ``"step"`` or
+``False`` / ``"none"`` (:func:`~learned_dco.meta.starts.initial_states`).
 """
 
 from __future__ import annotations
@@ -49,8 +55,8 @@ import jax.numpy as jnp
 from learned_dco import validation
 from learned_dco.meta.inner import InnerState
 from learned_dco.meta.losses import MetaLoss, as_meta_loss
-from learned_dco.meta.starts import episode_starts, initial_states
-from learned_dco.meta.unroll import Unroll
+from learned_dco.meta.starts import episode_starts, initial_states, stagger_mode
+from learned_dco.meta.unroll import Unroll, ends_aligned
 from learned_dco.types import Array, MetaParams, PRNGKey, Task
 
 tree_map = jax.tree.map
@@ -77,6 +83,19 @@ def _check_truncation(est) -> None:
     validation.positive_int(name, "truncation", est.truncation)
     if est.truncation > est.horizon:
         raise validation.ValidationError(f"{name}.truncation ({est.truncation}) must be <= horizon ({est.horizon})")
+
+
+def _by_alignment(est, states: InnerState, batch):
+    """``batch(inside)`` for a persistent estimator's truncation: ``batch(False)`` (no
+    per-step reset inside the scan) when no task's episode ends before the truncation's last
+    step, else ``batch(True)``, chosen by one ``lax.cond`` on the whole batch. With the
+    default ``stagger`` and ``truncation`` dividing ``horizon`` every boundary falls at the
+    end of a truncation, so the cheap branch is the one taken; a state from elsewhere
+    (another stagger, a restored run) is still handled exactly by the other branch."""
+    if est.horizon % est.truncation or stagger_mode(type(est).__name__, est.stagger) == "step":
+        return batch(True)
+    return jax.lax.cond(ends_aligned(states, est.horizon, est.truncation),
+                        lambda: batch(False), lambda: batch(True))
 
 
 def _perturbation(meta: MetaParams, key: PRNGKey, sigma: float) -> MetaParams:
@@ -225,22 +244,25 @@ class _TruncatedBound(Bound):
     def init(self, meta, key) -> InnerState:
         est = self.estimator
         return initial_states(self.lopt, self.family, meta, key, est.num_tasks, pool=self.pool,
-                              horizon=est.horizon, stagger=est.stagger)
+                              horizon=est.horizon, stagger=est.stagger, truncation=est.truncation)
 
     def estimate(self, meta, starts: InnerState, key=None):
         est = self.estimator
         run = self.unroll(remat=est.remat)
         scale = est.horizon / est.truncation
 
-        def loss_one(meta, s):
-            s_next, out = run(meta, jax.lax.stop_gradient(s), est.truncation)
-            return scale * (out.loss_before + out.loss_after), (s_next, out.train_loss)
+        def batch(inside):
+            def loss_one(meta, s):
+                s_next, out = run(meta, jax.lax.stop_gradient(s), est.truncation, boundary_inside=inside)
+                return scale * (out.loss_before + out.loss_after), (s_next, out.train_loss)
 
-        def one(s):
-            (value, (s_next, train)), grad = jax.value_and_grad(loss_one, has_aux=True)(meta, s)
-            return TaskEstimate(grad, value, train), s_next
+            def one(s):
+                (value, (s_next, train)), grad = jax.value_and_grad(loss_one, has_aux=True)(meta, s)
+                return TaskEstimate(grad, value, train), s_next
 
-        return jax.vmap(one)(starts)
+            return jax.vmap(one)(starts)
+
+        return _by_alignment(est, starts, batch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,12 +273,13 @@ class TruncatedBPTT(_Unbound):
     truncation: int = 10
     num_tasks: int = 8
     meta_loss: str | MetaLoss = "mean_train"
-    stagger: bool = True
+    stagger: bool | str = True
     remat: bool = False
 
     def __post_init__(self):
         _check_common(self)
         _check_truncation(self)
+        stagger_mode(type(self).__name__, self.stagger)
 
     def bind(self, lopt, family, pool=None) -> Bound:
         return _TruncatedBound(self, lopt, family, pool)
@@ -277,7 +300,7 @@ class _AntitheticBound(Bound):
         est = self.estimator
         k_states, k_noise = jax.random.split(key)
         states = initial_states(self.lopt, self.family, meta, k_states, est.num_tasks, pool=self.pool,
-                                horizon=est.horizon, stagger=est.stagger)
+                                horizon=est.horizon, stagger=est.stagger, truncation=est.truncation)
         noise_keys = jax.random.split(k_noise, est.num_tasks)
         if isinstance(est, PES):
             noise = jax.vmap(lambda k: tree_map(jnp.zeros_like, meta))(noise_keys)
@@ -297,7 +320,7 @@ class _AntitheticBound(Bound):
         sigma2 = est.sigma**2
         pes = isinstance(est, PES)
 
-        def one(plus, minus, noise, k):
+        def one(plus, minus, noise, k, inside):
             eps = _perturbation(meta, k, est.sigma)
             if pes:
                 before, after = _add(noise, eps), eps  # accumulated xi + eps, new episode: eps
@@ -305,8 +328,10 @@ class _AntitheticBound(Bound):
             else:
                 before, after = noise, eps  # this episode's eps; a new episode draws eps
                 held = noise
-            plus_next, out_p = run(_add(meta, held), plus, est.truncation, meta_after=_add(meta, eps))
-            minus_next, out_m = run(_sub(meta, held), minus, est.truncation, meta_after=_sub(meta, eps))
+            plus_next, out_p = run(_add(meta, held), plus, est.truncation, meta_after=_add(meta, eps),
+                                   boundary_inside=inside)
+            minus_next, out_m = run(_sub(meta, held), minus, est.truncation, meta_after=_sub(meta, eps),
+                                    boundary_inside=inside)
             d_before = out_p.loss_before - out_m.loss_before
             d_after = out_p.loss_after - out_m.loss_after
             grad = tree_map(lambda b, a: scale * (b * d_before + a * d_after) / (2 * sigma2), before, after)
@@ -316,7 +341,12 @@ class _AntitheticBound(Bound):
             train = 0.5 * (out_p.train_loss + out_m.train_loss)
             return TaskEstimate(grad, value, train), ESState(plus_next, minus_next, noise_next)
 
-        return jax.vmap(one)(state.plus, state.minus, state.noise, jax.random.split(key, est.num_tasks))
+        keys = jax.random.split(key, est.num_tasks)
+
+        def batch(inside):
+            return jax.vmap(lambda p, m, n, k: one(p, m, n, k, inside))(state.plus, state.minus, state.noise, keys)
+
+        return _by_alignment(est, state.plus, batch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,11 +359,12 @@ class _Antithetic(_Unbound):
     num_tasks: int = 8
     sigma: float = 0.01
     meta_loss: str | MetaLoss = "mean_train"
-    stagger: bool = True
+    stagger: bool | str = True
 
     def __post_init__(self):
         _check_common(self)
         _check_truncation(self)
+        stagger_mode(type(self).__name__, self.stagger)
         validation.check_positive(self, "sigma")
 
     def bind(self, lopt, family, pool=None) -> Bound:

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from learned_dco.meta.inner import InnerState
 from learned_dco.types import Array, MetaParams, PRNGKey, Task
+from learned_dco.validation import ValidationError
 
 
 def sample_task(family, pool: Task | None, key: PRNGKey) -> Task:
@@ -27,15 +28,46 @@ def fresh_state(lopt, family, meta: MetaParams, task: Task, key: PRNGKey, step: 
     return InnerState(params, opt_state, task, jnp.asarray(step, jnp.int32), k_run)
 
 
+STAGGERS = ("truncation", "step", "none")
+"""How persistent tasks' episode phases are spread (``stagger`` of the truncated estimators)."""
+
+
+def stagger_mode(owner: str, stagger) -> str:
+    """``stagger`` as one of :data:`STAGGERS` (``True`` is ``"truncation"``, ``False``
+    ``"none"``), or a ``ValidationError`` naming the estimator."""
+    if stagger is True:
+        return "truncation"
+    if stagger is False:
+        return "none"
+    if stagger in STAGGERS:
+        return stagger
+    raise ValidationError(f"{owner}.stagger: expected true, false or one of {list(STAGGERS)}, got {stagger!r}")
+
+
 def initial_states(lopt, family, meta, key, num_tasks: int, *, pool=None, horizon: int = 1,
-                   stagger: bool = False) -> InnerState:
-    """A batch of fresh inner states; with ``stagger`` the episode counters start at
-    uniformly random offsets in ``[0, horizon)`` so episode ends are spread out."""
+                   stagger="none", truncation: int | None = None) -> InnerState:
+    """A batch of fresh inner states whose episode counters start at staggered offsets so
+    episode ends are spread out:
+
+    * ``"step"``: uniform in ``[0, horizon)``;
+    * ``"truncation"`` (``True``): uniform over the multiples of ``truncation`` in
+      ``[0, horizon)`` when ``truncation`` divides ``horizon`` -- every episode boundary then
+      falls at the end of a truncation, which lets the truncated estimators reset once per
+      truncation instead of at every step (:class:`~learned_dco.meta.unroll.Unroll`) --
+      otherwise as ``"step"``;
+    * ``"none"`` (``False``): all at 0."""
+    mode = stagger_mode("initial_states", stagger)
+    aligned = mode == "truncation" and truncation is not None and horizon % truncation == 0
 
     def one(k):
         k_task, k_state, k_offset = jax.random.split(k, 3)
         task = sample_task(family, pool, k_task)
-        offset = jax.random.randint(k_offset, (), 0, horizon) if stagger else 0
+        if mode == "none":
+            offset = 0
+        elif aligned:
+            offset = truncation * jax.random.randint(k_offset, (), 0, horizon // truncation)
+        else:
+            offset = jax.random.randint(k_offset, (), 0, horizon)
         return fresh_state(lopt, family, meta, task, k_state, offset)
 
     return jax.vmap(one)(jax.random.split(key, num_tasks))

@@ -92,14 +92,46 @@ class Unroll:
         boundary = jnp.clip(self.horizon - 1 - state.step, 0, num_steps - 1)
         return self._restart(meta, jax.random.split(chain[boundary], 4)[3])
 
+    def _record(self, step: Step):
+        return self._term(step), step.loss, step.next.step >= self.horizon
+
+    def _aligned(self, meta, next_meta, state, num_steps):
+        """:meth:`__call__` when a boundary can fall only at the last step: the episode's
+        steps in one scan, then one reset, drawn from the last step's reset key (the key the
+        per-step reset would use)."""
+        def record(step):
+            return self._record(step), step.reset_key
+
+        state, ((terms, train, ended), reset_keys) = inner_loop(
+            self.lopt.opt_fn(meta), self.family, state, num_steps, record=record, remat=self.remat)
+        reset = state.step >= self.horizon
+        fresh = self._restart(next_meta, reset_keys[-1])
+        state = jax.tree.map(lambda a, b: jnp.where(reset, a, b), fresh, state)
+        return state, TruncationOutput(
+            loss_before=jnp.sum(terms),
+            loss_after=jnp.zeros_like(jnp.sum(terms)),
+            reset=jnp.any(ended),
+            train_loss=jnp.mean(train),
+            step_losses=terms,
+        )
+
     def __call__(self, meta: MetaParams, state: InnerState, num_steps: int,
-                 meta_after: MetaParams | None = None) -> tuple[InnerState, TruncationOutput]:
+                 meta_after: MetaParams | None = None, *,
+                 boundary_inside: bool = True) -> tuple[InnerState, TruncationOutput]:
         """``num_steps`` inner steps of one task. Steps after the first episode boundary
         inside the unroll run with ``meta_after`` (if given) instead of ``meta``. Requires
-        ``num_steps <= horizon`` when resetting, so at most one boundary falls inside."""
+        ``num_steps <= horizon`` when resetting, so at most one boundary falls inside.
+
+        ``boundary_inside=False`` is the caller's promise that no episode boundary falls
+        before the last step (``horizon - state.step >= num_steps``; see
+        :func:`ends_aligned`): the scan then carries no reset and no meta switch, and a
+        boundary at the last step resets once, after the scan. Same result, without the
+        per-step select of a fresh state that a ``vmap`` over tasks otherwise pays."""
         if self.reset and num_steps > self.horizon:
             raise ValueError(f"truncation length {num_steps} must be <= horizon {self.horizon}")
         next_meta = meta if meta_after is None else meta_after
+        if self.reset and not boundary_inside:
+            return self._aligned(meta, next_meta, state, num_steps)
 
         def opt_fn(after):
             if meta_after is None:
@@ -114,11 +146,8 @@ class Unroll:
                 return after | ended, step.next
             return after | ended, jax.tree.map(lambda a, b: jnp.where(ended, a, b), fresh, step.next)
 
-        def record(step):
-            return self._term(step), step.loss, step.next.step >= self.horizon
-
         state, (terms, train, ended) = inner_loop(
-            opt_fn, self.family, state, num_steps, meta=jnp.zeros((), bool), record=record,
+            opt_fn, self.family, state, num_steps, meta=jnp.zeros((), bool), record=self._record,
             transition=transition, remat=self.remat,
         )
         ended_i = ended.astype(jnp.int32)
@@ -131,3 +160,11 @@ class Unroll:
             train_loss=jnp.mean(train),
             step_losses=terms,
         )
+
+
+def ends_aligned(states: InnerState, horizon: int, num_steps: int) -> Array:
+    """True when no task of the batch ``states`` reaches an episode boundary before the last
+    of the next ``num_steps`` steps, so :class:`Unroll` may run with ``boundary_inside=False``
+    (a scalar over the whole batch: the truncated estimators branch on it with one
+    ``lax.cond``, outside the ``vmap`` over tasks)."""
+    return jnp.all(horizon - states.step >= num_steps)
