@@ -7,9 +7,12 @@ fresh state at every step. The reference is the per-step path (``boundary_inside
 which handles a boundary anywhere.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import learned_dco as ldco
@@ -22,13 +25,27 @@ FAMILY = tasks.NoisyQuadratic.star()  # minibatch noise: the key chain matters
 LOPT = ldco.DCOM(learning_rate=0.5)  # a stateful optimizer: the reset restarts its state too
 
 
+@dataclasses.dataclass(frozen=True)
+class _StateFromMeta:
+    """GD whose optimizer *state* is the step size it was initialised with, so a restart
+    under the wrong meta-parameters (e.g. the plus trajectory's for the minus one) shows."""
+
+    def init(self, key, params):
+        return {"log_lr": jnp.asarray(-1.0)}
+
+    def opt_fn(self, meta):
+        lr = jnp.exp(meta["log_lr"])
+        return optax.GradientTransformation(
+            lambda params: lr, lambda g, s, params=None: (jax.tree.map(lambda x: -s * x, g), s))
+
+
 def _meta():
     params = FAMILY.init_params(jax.random.PRNGKey(0), FAMILY.sample(jax.random.PRNGKey(0)))
     return LOPT.init(jax.random.PRNGKey(1), params)
 
 
-def _states(meta_params, steps):
-    states = initial_states(LOPT, FAMILY, meta_params, jax.random.PRNGKey(2), len(steps), horizon=T)
+def _states(meta_params, steps, lopt=LOPT):
+    states = initial_states(lopt, FAMILY, meta_params, jax.random.PRNGKey(2), len(steps), horizon=T)
     return states._replace(step=jnp.asarray(steps, jnp.int32))
 
 
@@ -40,16 +57,17 @@ def _assert_same(a, b):
             np.testing.assert_array_equal(x, y)  # steps, keys: the same resets, the same streams
 
 
+@pytest.mark.parametrize("lopt", [LOPT, _StateFromMeta()], ids=["dcom", "state_from_meta"])
 @pytest.mark.parametrize("with_after", [False, True])
-def test_reset_after_the_scan_equals_the_per_step_reset(with_after):
+def test_reset_after_the_scan_equals_the_per_step_reset(with_after, lopt):
     """Tasks at steps 0, K, ..., T - K (the last one ends its episode at the truncation's last
     step) give the same states, loss sums and reset flags on both paths, with and without a
     different meta-parameter for the next episode (ES/PES)."""
-    m = _meta()
+    m = _meta() if lopt is LOPT else lopt.init(None, None)
     after = jax.tree.map(lambda x: x + 0.3, m) if with_after else None
-    states = _states(m, [0, K, T - K, T - K, K, 0])
+    states = _states(m, [0, K, T - K, T - K, K, 0], lopt)
     assert bool(ends_aligned(states, T, K))
-    run = Unroll(LOPT, FAMILY, T, meta.MeanTrain())
+    run = Unroll(lopt, FAMILY, T, meta.MeanTrain())
     fast = jax.jit(jax.vmap(lambda s: run(m, s, K, meta_after=after, boundary_inside=False)))(states)
     slow = jax.jit(jax.vmap(lambda s: run(m, s, K, meta_after=after)))(states)
     _assert_same(fast, slow)
@@ -78,8 +96,9 @@ def test_default_stagger_uses_multiples_of_the_truncation():
         assert set(steps.tolist()) == expected, est
 
 
+@pytest.mark.parametrize("lopt", [LOPT, _StateFromMeta()], ids=["dcom", "state_from_meta"])
 @pytest.mark.parametrize("cls", [meta.TruncatedBPTT, meta.ES, meta.PES])
-def test_estimators_take_the_same_values_from_aligned_and_per_step_starts(cls):
+def test_estimators_take_the_same_values_from_aligned_and_per_step_starts(cls, lopt):
     """Three truncations of each estimator from the default (aligned) start equal the same
     computation forced down the per-step path; a restored state with unaligned phases takes
     the per-step branch of the same compiled step."""
@@ -87,8 +106,8 @@ def test_estimators_take_the_same_values_from_aligned_and_per_step_starts(cls):
 
     kw = {} if cls is meta.TruncatedBPTT else {"sigma": 0.05}
     est = cls(horizon=T, truncation=K, num_tasks=N, **kw)
-    bound = est.bind(LOPT, FAMILY)
-    m = _meta()
+    bound = est.bind(lopt, FAMILY)
+    m = _meta() if lopt is LOPT else lopt.init(None, None)
     state = bound.init(m, jax.random.PRNGKey(4))
 
     def three(by_alignment):

@@ -328,10 +328,9 @@ class _AntitheticBound(Bound):
             else:
                 before, after = noise, eps  # this episode's eps; a new episode draws eps
                 held = noise
-            plus_next, out_p = run(_add(meta, held), plus, est.truncation, meta_after=_add(meta, eps),
-                                   boundary_inside=inside)
-            minus_next, out_m = run(_sub(meta, held), minus, est.truncation, meta_after=_sub(meta, eps),
-                                    boundary_inside=inside)
+            (plus_next, out_p), (minus_next, out_m) = run.antithetic(
+                _add(meta, held), _sub(meta, held), plus, minus, est.truncation, _add(meta, eps), _sub(meta, eps),
+                boundary_inside=inside)
             d_before = out_p.loss_before - out_m.loss_before
             d_after = out_p.loss_after - out_m.loss_after
             grad = tree_map(lambda b, a: scale * (b * d_before + a * d_after) / (2 * sigma2), before, after)

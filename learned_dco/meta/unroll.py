@@ -95,25 +95,46 @@ class Unroll:
     def _record(self, step: Step):
         return self._term(step), step.loss, step.next.step >= self.horizon
 
-    def _aligned(self, meta, next_meta, state, num_steps):
-        """:meth:`__call__` when a boundary can fall only at the last step: the episode's
-        steps in one scan, then one reset, drawn from the last step's reset key (the key the
-        per-step reset would use)."""
+    def _scan_aligned(self, meta, state, num_steps):
+        """The steps of :meth:`_aligned` without the reset: ``(state, output, reset key)``,
+        the reset key being the last step's (the one the per-step reset would use)."""
         def record(step):
             return self._record(step), step.reset_key
 
         state, ((terms, train, ended), reset_keys) = inner_loop(
             self.lopt.opt_fn(meta), self.family, state, num_steps, record=record, remat=self.remat)
-        reset = state.step >= self.horizon
-        fresh = self._restart(next_meta, reset_keys[-1])
-        state = jax.tree.map(lambda a, b: jnp.where(reset, a, b), fresh, state)
         return state, TruncationOutput(
             loss_before=jnp.sum(terms),
             loss_after=jnp.zeros_like(jnp.sum(terms)),
             reset=jnp.any(ended),
             train_loss=jnp.mean(train),
             step_losses=terms,
-        )
+        ), reset_keys[-1]
+
+    def _reset_ended(self, state: InnerState, fresh: InnerState) -> InnerState:
+        return jax.tree.map(lambda a, b: jnp.where(state.step >= self.horizon, a, b), fresh, state)
+
+    def _aligned(self, meta, next_meta, state, num_steps):
+        """:meth:`__call__` when a boundary can fall only at the last step: the episode's
+        steps in one scan, then one reset."""
+        state, out, reset_key = self._scan_aligned(meta, state, num_steps)
+        return self._reset_ended(state, self._restart(next_meta, reset_key)), out
+
+    def antithetic(self, meta_plus, meta_minus, plus: InnerState, minus: InnerState, num_steps: int,
+                   after_plus, after_minus, *, boundary_inside: bool = True):
+        """``(self(meta_plus, plus, ...), self(meta_minus, minus, ...))`` for an antithetic
+        pair whose two trajectories share their random stream (same task, same keys: ES and
+        PES start both from one state). Without a boundary inside, the next episode's task
+        and parameters are drawn once for the pair (they are the same draw) and only the
+        optimizer states differ (``after_plus`` / ``after_minus``)."""
+        if not (self.reset and not boundary_inside):
+            return (self(meta_plus, plus, num_steps, meta_after=after_plus, boundary_inside=boundary_inside),
+                    self(meta_minus, minus, num_steps, meta_after=after_minus, boundary_inside=boundary_inside))
+        plus, out_p, reset_key = self._scan_aligned(meta_plus, plus, num_steps)
+        minus, out_m, _ = self._scan_aligned(meta_minus, minus, num_steps)
+        fresh_p = self._restart(after_plus, reset_key)
+        fresh_m = fresh_p._replace(opt_state=self.lopt.opt_fn(after_minus).init(fresh_p.params))
+        return (self._reset_ended(plus, fresh_p), out_p), (self._reset_ended(minus, fresh_m), out_m)
 
     def __call__(self, meta: MetaParams, state: InnerState, num_steps: int,
                  meta_after: MetaParams | None = None, *,
