@@ -145,6 +145,14 @@ def test_knot_schedule_interpolates_and_holds_after_the_run():
     np.testing.assert_allclose(sched(7), np.exp(np.log(0.1) + 0.4 * (np.log(0.01) - np.log(0.1))), rtol=1e-5)
 
 
+def test_knot_schedule_clips_its_log_values():
+    """Every real meta-parameter is valid: log rates beyond +-LOG_CLIP are clipped, so the
+    rate stays finite and positive (exp(200) would be inf in float32, exp(-200) zero)."""
+    clip = ldco.optimizers.scheduled.LOG_CLIP
+    sched = ldco.optimizers.knot_schedule(jnp.array([200.0, -200.0]), num_steps=4)
+    np.testing.assert_allclose([sched(0), sched(4)], [np.exp(clip), np.exp(-clip)], rtol=1e-5)
+
+
 def _updates(tx, steps=5):
     params = {"w": jnp.array([1.0, -2.0, 0.5]), "b": jnp.array(0.3)}
     loss = lambda p: jnp.sum(p["w"] ** 4) + (p["b"] - 1.0) ** 2  # noqa: E731
