@@ -14,8 +14,24 @@ import pytest
 import learned_dco as ldco
 from learned_dco import meta, qp, tasks
 
-# Not yet confirmed to kill their mutants (docs/mutation/README.md); kept out of the default run.
-pytestmark = pytest.mark.slow
+# test -> the mutants it must kill. ``python -m tools.mutation --confirm`` runs each test without
+# them (it must pass) and with each switched on (it must fail); results in docs/mutation/confirm.json.
+KILLS = {
+    "test_unbound_init_draws_from_the_pool_like_the_bound_estimator": ["learned_dco.meta.estimators.xǁ_Unboundǁinit__mutmut_1", "learned_dco.meta.estimators.xǁ_Unboundǁinit__mutmut_10"],
+    "test_full_unroll_with_the_pool_size_uses_every_pool_task_from_fixed_parameters": ["learned_dco.meta.estimators.xǁFullUnrollǁbind__mutmut_4"],
+    "test_dcogd_normalize_divides_the_gradient_by_its_global_norm": ["learned_dco.optimizers.dco.x_dcogd__mutmut_72"],
+    "test_dcog_step_names_itself_when_lam_does_not_fit_the_params_it_is_given": ["learned_dco.optimizers.dco.x_dcog__mutmut_48"],
+    "test_eqqp_dual_residual_is_the_stationarity_of_the_returned_point": ["learned_dco.qp.x__solve_eqqp__mutmut_64"],
+    "test_unknown_option_error_lists_the_options_the_solver_has": ["learned_dco.qp.xǁQPSolverǁwith_options__mutmut_17"],
+    "test_as_solver_type_error_names_the_type_given": ["learned_dco.qp.x_as_solver__mutmut_6"],
+    "test_exact_backend_reports_zero_iterations": ["learned_dco.qp.xǁExactǁsolve__mutmut_13"],
+    "test_one_sided_bounds_match_the_clipped_closed_form": ["learned_dco.qp.x__project__mutmut_26", "learned_dco.qp.x__flat_bounds__mutmut_11",
+                                                             "learned_dco.qp.x__flat_bounds__mutmut_21", "learned_dco.qp.x__flat_bounds__mutmut_23"],
+    "test_equality_rows_without_rhs_are_refused": ["learned_dco.qp.x_solve_qp__mutmut_8"],
+    "test_osqp_tolerance_is_the_one_given": ["learned_dco.qp.x__solve_osqp__mutmut_61"],
+    "test_cdqp_box_solution_keeps_the_dtype_of_c": ["learned_dco.qp.x__flat_bounds__mutmut_38"],
+    "test_es_train_loss_is_the_mean_of_the_antithetic_pair": ["learned_dco.meta.estimators.xǁ_AntitheticBoundǁestimate__mutmut_104"],
+}
 
 FAMILY = tasks.LeastSquares(num_samples=8, dim=3, init_scale=1.0)
 LOPT = ldco.DCOG(learning_rate=0.1)
@@ -153,6 +169,21 @@ def test_one_sided_bounds_match_the_clipped_closed_form(solver, side, x64):
     assert int(sol.status) == qp.SOLVED
 
 
+@pytest.mark.parametrize("x64_mode, dtype", [(True, "float32"), (False, "bfloat16")])
+def test_cdqp_box_solution_keeps_the_dtype_of_c(x64_mode, dtype):
+    """The solution is in the dtype of ``c`` even when that is not JAX's default float
+    (float32 data with x64 on; half precision): the clipped closed form, exact in bfloat16
+    here. Kills ``x__flat_bounds__mutmut_38`` (bounds cast to the default float, which
+    promotes BoxCDQP's iterate: float64 / float32 solutions)."""
+    with jax.enable_x64(x64_mode):
+        dt = jnp.dtype(dtype)
+        d, c = jnp.array([1.0, 2.0, 4.0], dt), jnp.array([-2.0, 1.0, 0.5], dt)
+        lo, hi = jnp.full(3, -0.25, dt), jnp.ones(3, dt)
+        sol = qp.solve_qp(qp.Diagonal(d), c, lo=lo, hi=hi, solver="cdqp")
+        assert sol.x.dtype == dt
+        np.testing.assert_array_equal(np.asarray(sol.x, np.float64), [1.0, -0.25, -0.125])
+
+
 def test_equality_rows_without_rhs_are_refused():
     """Kills ``x_solve_qp__mutmut_8`` (``A`` without ``b`` slips past the check)."""
     with pytest.raises(ValueError, match="give A and b together"):
@@ -173,14 +204,15 @@ def test_osqp_tolerance_is_the_one_given(x64):
 
 
 def test_es_train_loss_is_the_mean_of_the_antithetic_pair():
-    """ES's reported training loss is the mean of the two perturbed trajectories' (paper:
-    an estimate of the unperturbed loss); with a tiny sigma it matches truncated BPTT from
-    the same states. Kills ``xǁ_AntitheticBoundǁestimate__mutmut_104`` (their difference)."""
+    """ES's reported training loss is the mean of the two perturbed trajectories' (an
+    estimate of the unperturbed loss); with a tiny sigma it matches the unperturbed unroll
+    from the same states (forward only, no estimator). Kills
+    ``xǁ_AntitheticBoundǁestimate__mutmut_104`` (their half-difference, about 0)."""
     theta, _ = _meta_and_pool(1)
-    es = meta.ES(horizon=4, truncation=2, num_tasks=3, sigma=1e-4)
-    state = es.bind(LOPT, FAMILY).init(theta, jax.random.PRNGKey(1))
-    got, _ = es.bind(LOPT, FAMILY)(theta, state, jax.random.PRNGKey(2))
-    tbptt = meta.TruncatedBPTT(horizon=4, truncation=2, num_tasks=3)
-    ref, _ = tbptt.bind(LOPT, FAMILY).estimate(theta, state.plus)
-    assert float(jnp.min(ref.train_loss)) > 1e-2
-    np.testing.assert_allclose(got.train_loss, ref.train_loss, rtol=1e-2)
+    bound = meta.ES(horizon=4, truncation=2, num_tasks=3, sigma=1e-4).bind(LOPT, FAMILY)
+    state = bound.init(theta, jax.random.PRNGKey(1))
+    got, _ = bound(theta, state, jax.random.PRNGKey(2))
+    run = bound.unroll()
+    ref = jax.vmap(lambda s: run(theta, s, 2)[1].train_loss)(state.plus)
+    assert float(jnp.min(ref)) > 1e-2
+    np.testing.assert_allclose(got.train_loss, ref, rtol=1e-2)

@@ -6,7 +6,20 @@ Usage (from the repository root; needs the ``mutation`` extra, ``pip install -e 
     python -m tools.mutation --sample 60 --seed 1 --jobs 2
     python -m tools.mutation --sample 0             # every mutant (about 2100: hours on 2 cores)
     python -m tools.mutation --only NAME [NAME...]  # re-run named mutants (e.g. after adding a test)
+    python -m tools.mutation --finish --jobs 2      # run the sampled mutants the last run left without a verdict
+    python -m tools.mutation --confirm              # each kill test: fails with its mutant, passes without
     python -m tools.mutation --summarise            # rewrite the summary from mutants/*.meta
+
+``--finish`` completes an interrupted measurement of the same sample: it runs the sampled mutants
+whose recorded verdict is "not checked" or "timeout" (a timeout of a CPU-starved run says nothing
+about the tests) and merges their verdicts into the summary as part of the same measurement.
+
+``--confirm`` checks the tests written for survivors (``KILLS`` in tests/test_mutation_kills.py maps
+each test to the mutants it is meant to kill): in mutmut's copy of the tree, each test is run once
+with no mutant (it must pass) and once with each of its mutants switched on through
+``MUTANT_UNDER_TEST``, the variable mutmut's trampolines read (it must fail). The tests are those
+of this checkout, the library is mutmut's copy (``mutants/`` first on ``sys.path``). This is the check
+mutmut itself performs, without its stats pass. Results: ``docs/mutation/confirm.json``.
 
 ``--only`` keeps the first measurement in the summary ("measured") and records the new
 verdicts of the re-run mutants (e.g. after a test was added for them) next to it. Changing
@@ -142,12 +155,26 @@ def count(chosen: dict[str, list[str]], totals: dict[str, int], results: dict[st
     return files, pooled
 
 
+def confirmed_kills(path: Path = OUT / "confirm.json") -> set[str]:
+    """Mutants that a kill test was seen to kill (``--confirm``: passes clean, fails with the mutant)."""
+    if not path.exists():
+        return set()
+    return {m for t in json.loads(path.read_text()).values() if t["clean"]["rc"] == 0
+            for m, r in t["mutants"].items() if r["rc"] == 1}
+
+
 def summarise(chosen, totals, seed, results, previous=None, rerun=()) -> dict:
     files, overall = count(chosen, totals, results)
     survivors = [{"name": k, "file": p, "status": results.get(k, "not checked"), "diff": diff(k)}
                  for p, keys in sorted(chosen.items()) for k in keys
                  if SLOT.get(results.get(k, "not checked"), "other") in ("survived", "no_tests", "other")]
     summary = {"seed": seed, "files": files, "overall": overall, "survivors": survivors, "results": results}
+    kills = confirmed_kills()
+    newly = sorted(k for k, v in results.items() if k in kills and SLOT.get(v, "other") not in ("killed", "not_checked"))
+    if newly:  # the same sample with the confirmed kill tests counted (docs/mutation/confirm.json)
+        after = {**results, **{k: "killed" for k in newly}}
+        a_files, a_overall = count(chosen, totals, after)
+        summary["after_kill_tests"] = {"files": a_files, "overall": a_overall, "killed_by_kill_tests": newly}
     if previous and previous.get("overall"):  # a re-run of named mutants: keep the first measurement alongside
         summary["measured"] = previous.get("measured") or {"files": previous["files"], "overall": previous["overall"],
                                                            "results": previous["results"]}
@@ -176,10 +203,80 @@ def write(summary: dict) -> None:
                   f"{m['killed'] + m['timeout']} killed of {m['sampled'] - m['not_checked']}, "
                   f"{100 * (m['score'] or 0):.1f}% (95% interval {100 * lo:.1f}-{100 * hi:.1f}%).", "",
                   "Re-run: " + ", ".join(f"`{n}` ({summary['results'][n]})" for n in summary["rerun"])]
-    lines += ["", f"## Survivors ({len(summary['survivors'])})", ""]
+    if "after_kill_tests" in summary:
+        a = summary["after_kill_tests"]
+        lines += ["", "With the kill tests of tests/test_mutation_kills.py (each seen failing with its mutant and "
+                  "passing without, `--confirm`, docs/mutation/confirm.json), the same sample scores:", "",
+                  "| file | killed | timeout | survived | no tests | not checked | score | 95% interval |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|"]
+        for path, c in [*a["files"].items(), ("**overall**", a["overall"])]:
+            score = "-" if c["score"] is None else f"{100 * c['score']:.1f}%"
+            lo, hi = c["wilson95"]
+            lines.append(f"| {path} | {c['killed']} | {c['timeout']} | {c['survived']} | {c['no_tests']} | "
+                         f"{c['not_checked']} | {score} | {100 * lo:.1f}-{100 * hi:.1f}% |")
+        lines += ["", "Killed by the kill tests: " + ", ".join(f"`{n}`" for n in a["killed_by_kill_tests"])]
+    lines += ["", f"## Survivors of the measurement ({len(summary['survivors'])})", ""]
     for s in summary["survivors"]:
         lines += [f"### `{s['name']}` ({s['status']})", "", "```diff", s["diff"], "```", ""]
     (OUT / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+def confirm(tests_file: str = "tests/test_mutation_kills.py", only=()) -> dict:
+    """Run each kill test with no mutant and with each of its mutants (mutmut's mechanism).
+
+    A test is confirmed for a mutant when pytest exits 0 without the mutant and 1 (a test
+    failed) with it. ``only``: run just these tests (the others keep their recorded result).
+    Needs mutants/ (written by :func:`generate`).
+    """
+    import time
+
+    kills = _kills_map(Path(tests_file))
+    unknown = sorted(set(only) - set(kills))
+    if unknown:
+        raise SystemExit(f"not in KILLS of {tests_file}: {', '.join(unknown)}")
+    # The tests of this checkout against mutmut's copy of the library: mutants/ goes first on
+    # sys.path (``python -m`` would put the checkout first), and the import is checked.
+    lib = str(Path("mutants").resolve())
+    code = ("import sys; sys.path.insert(0, %r); import learned_dco, pytest; "
+            "assert learned_dco.__file__.startswith(%r), learned_dco.__file__; sys.exit(pytest.main(sys.argv[1:]))" % (lib, lib))
+    env = {k: v for k, v in os.environ.items() if k not in ("MUTANT_UNDER_TEST", "PYTHONPATH")}
+
+    def pytest(test, mutant):
+        cmd = [sys.executable, "-c", code, f"{tests_file}::{test}", "-x", "-q", "-n", "0", "-p", "no:cacheprovider",
+               "-m", "slow or not slow", "--no-header"]
+        t0 = time.perf_counter()
+        e = dict(env, MUTANT_UNDER_TEST=mutant) if mutant else env
+        proc = subprocess.run(cmd, env=e, capture_output=True, text=True)
+        lines = proc.stdout.strip().splitlines()
+        why = next((ln for ln in lines if ln.startswith("E ")), "")  # the first line of the failure
+        return {"rc": proc.returncode, "wall_s": round(time.perf_counter() - t0, 1),
+                "result": (lines[-1:] or [proc.stderr.strip()[-200:]])[0], "error": why[:300]}
+
+    path = OUT / "confirm.json"
+    old = json.loads(path.read_text()) if only and path.exists() else {}
+    out = {t: old[t] for t in kills if t in old and t not in only}
+    for test, mutants in kills.items():
+        if only and test not in only:
+            continue
+        clean = pytest(test, None)
+        runs = {m: pytest(test, m) for m in mutants}
+        ok = clean["rc"] == 0 and all(r["rc"] == 1 for r in runs.values())
+        out[test] = {"clean": clean, "mutants": runs, "confirmed": ok}
+        print(f"{'OK  ' if ok else 'FAIL'} {test}: clean rc={clean['rc']} ({clean['wall_s']} s); "
+              + ", ".join(f"{m.rsplit('.', 1)[-1]} rc={r['rc']}" for m, r in runs.items()), flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({t: out[t] for t in kills if t in out}, indent=1, ensure_ascii=False) + "\n")
+    return out
+
+
+def _kills_map(path: Path) -> dict[str, list[str]]:
+    """The literal ``KILLS = {test: [mutant, ...]}`` of a test module, read without importing it."""
+    import ast
+
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "KILLS" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise ValueError(f"{path}: no KILLS = {{test: [mutants]}} mapping")
 
 
 def main(argv=None) -> int:
@@ -188,14 +285,24 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the sample")
     ap.add_argument("--jobs", type=int, default=1, help="mutants run in parallel")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="run just these mutants (globs allowed), then summarise")
+    ap.add_argument("--finish", action="store_true",
+                    help="run the sampled mutants recorded as 'not checked' or 'timeout', merge into the summary")
+    ap.add_argument("--confirm", nargs="*", metavar="TEST",
+                    help="run each kill test (KILLS in tests/test_mutation_kills.py; or just the TESTs named) "
+                         "with and without its mutants")
     ap.add_argument("--summarise", action="store_true", help="only rewrite the summary from the last run")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+    if args.confirm is not None:  # uses mutants/ as it is (a --finish or --only run may be using it too)
+        if not Path("mutants").is_dir():
+            generate()
+        results = confirm(only=args.confirm)
+        return 0 if all(r["confirmed"] for r in results.values()) else 1
     names = generate()
     totals = {p: len(v) for p, v in names.items()}
     chosen_file = OUT / "sample.json"
-    if args.summarise or args.only:
+    if args.summarise or args.only or args.finish:
         chosen = json.loads(chosen_file.read_text())
     else:
         chosen = sample(names, args.sample, args.seed)
@@ -206,8 +313,15 @@ def main(argv=None) -> int:
     for path, c in sorted(totals.items()):
         print(f"{path}: {c} mutants, {len(chosen.get(path, []))} in the sample")
     names_in_sample = [k for keys in chosen.values() for k in keys]
-    previous = json.loads((OUT / "summary.json").read_text()) if (args.only or args.summarise) and (OUT / "summary.json").exists() else None
-    if args.only:
+    previous = json.loads((OUT / "summary.json").read_text()) if (args.only or args.summarise or args.finish) and (OUT / "summary.json").exists() else None
+    if args.finish:
+        old = (previous or {}).get("results", {})
+        todo = [n for n in names_in_sample if old.get(n, "not checked") in ("not checked", "timeout")]
+        if todo:
+            run(todo, args.jobs)
+        results = {**old, **{n: s for n, s in statuses(todo).items() if s != "not checked"}}
+        summary = summarise(chosen, totals, seed, results)
+    elif args.only:
         run(list(args.only), args.jobs)
         rerun = [n for n in names_in_sample if any(fnmatch.fnmatchcase(n, p) for p in args.only)]
         results = {**(previous or {}).get("results", {}), **statuses(rerun)}
