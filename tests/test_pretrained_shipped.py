@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("name", NAMES)
 def test_card_quick_numbers_regenerate(name):
     """The quick mode (60-step budgets, 3x long run) of benchmarks/heldout.py gives the card's
-    per-problem final losses to 2% and the same divergence verdicts."""
+    per-problem final losses to 2% and the same divergence verdicts. The cards were measured
+    on scikit-learn's bundled data sets (the generated stand-ins used without it differ)."""
+    pytest.importorskip("sklearn", reason="the card's held-out numbers are on scikit-learn's data sets")
     want = {r["problem"]: r for r in pretrained.card(name)["heldout"]["quick"]["rows"]}
     got = {r["problem"]: r for r in H.quick_rows({name: H.pretrained_candidate(name)})}
     assert set(got) == set(want)
