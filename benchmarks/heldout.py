@@ -378,7 +378,7 @@ def markdown(result: dict) -> str:
     return "\n\n".join([
         "# Held-out benchmark",
         f"Budgets: {result['steps']}; LR grid {['%.1e' % g for g in result['grid']]}; divergence also over "
-        f"{result.get('long_steps', str(result['long_factor']) + 'x the budget')} steps (untuned rows, told only the "
+        f"{result['long_steps']} steps (untuned rows, told only the "
         f"budget). Data: {result['data_sources']}.",
         "## Summary (over problems)",
         table(summary, SUMMARY_COLUMNS),

@@ -127,7 +127,7 @@ class Unroll:
         PES start both from one state). Without a boundary inside, the next episode's task
         and parameters are drawn once for the pair (they are the same draw) and only the
         optimizer states differ (``after_plus`` / ``after_minus``)."""
-        if not (self.reset and not boundary_inside):
+        if boundary_inside or not self.reset:
             return (self(meta_plus, plus, num_steps, meta_after=after_plus, boundary_inside=boundary_inside),
                     self(meta_minus, minus, num_steps, meta_after=after_minus, boundary_inside=boundary_inside))
         plus, out_p, reset_key = self._scan_aligned(meta_plus, plus, num_steps)
