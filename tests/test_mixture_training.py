@@ -179,6 +179,22 @@ def test_initial_meta_is_the_hand_designed_optimizer(lopt, reference):
             np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-9)
 
 
+def test_learned_prodigy_is_optax_prodigy_for_any_meta():
+    """The library's own Prodigy (written for a NaN-free meta-gradient) against
+    ``optax.contrib.prodigy`` given the same schedule, betas and coefficient, over 30 steps
+    with a varying schedule: the estimate d_t and every update agree to float32 rounding."""
+    lopt = ldco.LearnedProdigy(num_steps=30)
+    meta_ = lopt.init(None, {"w": jnp.zeros(3)})
+    meta_ = {**meta_, "log_lr": meta_["log_lr"] + jnp.linspace(-0.5, 0.7, lopt.knots),
+             "b1_logit": jnp.asarray(1.5), "b2_logit": jnp.asarray(5.0), "log_coef": jnp.asarray(0.4)}
+    b1, b2 = lopt.betas(meta_)
+    reference = optax.contrib.prodigy(lopt.schedule(meta_), betas=(b1, b2), eps=lopt.eps,
+                                      estim_lr0=lopt.estim_lr0, estim_lr_coef=jnp.exp(meta_["log_coef"]))
+    for got, want in zip(_updates(lopt.opt_fn(meta_), 30), _updates(reference, 30)):
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
 def test_scheduled_adam_follows_its_schedule():
     """With knots (1e-2, 1e-3) over 4 steps, step t's Adam update is eta_t * mhat/sqrt(vhat):
     the ratio of updates to optax.adam(1.0) is exp of the interpolated log rate."""

@@ -81,6 +81,27 @@ def check_grads(owner: str, grads: PyTree, params: PyTree) -> None:
             raise validation.ValidationError(f"{owner}: grads{key} has shape {jnp.shape(g)} but params{key} has shape {jnp.shape(p)}")
 
 
+@jax.custom_jvp
+def safe_sqrt(x: Array) -> Array:
+    r""":math:`\sqrt{x}` whose derivative at :math:`x = 0` is taken as 0 instead of
+    :math:`+\infty`. Same values as ``jnp.sqrt``.
+
+    Second moments of parameters that never receive a gradient (a dead input, a blank pixel)
+    stay exactly 0 with an exactly-zero tangent, and ``jnp.sqrt``'s JVP there is
+    :math:`0 \cdot \infty = \mathrm{NaN}`, which turns a whole meta-gradient into NaN. At
+    such a point the moment is 0 for *every* meta-parameter nearby, so the true derivative of
+    the composite is 0, which is what this gives (``tests/test_contract.py``, dead input)."""
+    return jnp.sqrt(x)
+
+
+@safe_sqrt.defjvp
+def _safe_sqrt_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    y = jnp.sqrt(x)
+    positive = y > 0
+    return y, jnp.where(positive, dx / (2 * jnp.where(positive, y, 1)), jnp.zeros_like(dx))
+
+
 def global_norm(tree: PyTree) -> Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 

@@ -7,7 +7,8 @@ episode's horizon; ``ldco.pretrained.load(name, num_steps=...)`` tells them your
 
 * :class:`ScheduledAdam`: Adam (Kingma & Ba, 2015) with step size
   :math:`\eta_t = \exp s(t/T)` and learned :math:`\beta_1, \beta_2`;
-* :class:`LearnedProdigy`: Prodigy (Mishchenko & Defazio, 2023; ``optax.contrib.prodigy``),
+* :class:`LearnedProdigy`: Prodigy (Mishchenko & Defazio, 2023; :func:`prodigy`, the maths of
+  ``optax.contrib.prodigy``),
   Adam whose base step size is the running distance-to-solution estimate :math:`d_t`
   (D-Adaptation), scaled by the learned :math:`\exp s(t/T)`, with learned betas and a
   learned coefficient :math:`c` on the estimate. The estimate adapts the step size to the
@@ -23,18 +24,23 @@ not an extrapolation). Meta-parameters::
 
 Every real value is valid: rates are exponentials, betas sigmoids, and ``log_lr`` is clipped
 to :math:`\pm` ``LOG_CLIP`` before the exponential.
+
+Both take their square roots with :func:`learned_dco.optimizers.base.safe_sqrt` (Adam through
+optax's ``eps_root``, set to the dtype's smallest normal number), so the meta-gradient stays
+finite on models with parameters that never receive a gradient.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from learned_dco.optimizers.base import safe_sqrt
 from learned_dco.types import Array, MetaParams, Params, PRNGKey
 from learned_dco.validation import ValidationError, check_positive, positive_int
 
@@ -67,6 +73,68 @@ def _checked(tx) -> optax.GradientTransformation:
         return tx.update(grads, state, params)
 
     return optax.GradientTransformation(tx.init, update)
+
+
+class ProdigyState(NamedTuple):
+    """State of :func:`prodigy` (leaves of the first four follow the params tree)."""
+
+    exp_avg: Params  # m: EMA of d_t g
+    exp_avg_sq: Params  # v: EMA of (d_t g)^2
+    grad_sum: Params  # s: beta3-discounted sum of d_t * eta_t * d_t g / d_0
+    params0: Params  # x_0
+    estim_lr: Array  # d_t, the distance estimate (never decreases)
+    numerator_weighted: Array  # r_t, the estimate's numerator
+    count: Array  # int32: updates taken
+
+
+def prodigy(
+    learning_rate: Callable[[Array], Array], b1: Array, b2: Array, eps: float, estim_lr0: float, estim_lr_coef: Array
+) -> optax.GradientTransformation:
+    r"""Prodigy (Mishchenko & Defazio, 2023, Algorithm 3 with Adam; no weight decay, no
+    safeguard warm-up), the same maths as ``optax.contrib.prodigy``, written here so its
+    square root is :func:`~learned_dco.optimizers.base.safe_sqrt` (optax's gives NaN
+    meta-gradients where :math:`v = 0`). With :math:`\eta_t` = ``learning_rate(t)``,
+    :math:`\beta_3 = \sqrt{\beta_2}`, :math:`c` = ``estim_lr_coef`` and step
+    :math:`t = 1, 2, \dots`:
+
+    .. math::
+        \lambda_t &= d_{t-1}\,\eta_t\,\sqrt{1-\beta_2^t}/(1-\beta_1^t), \\
+        m_t &= \beta_1 m_{t-1} + (1-\beta_1)\, d_{t-1} g_t, \quad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2)\, d_{t-1}^2 g_t^2, \\
+        r_t &= \beta_3 r_{t-1} + (d_{t-1}/d_0)\,\lambda_t\, \langle g_t, x_0 - x_t\rangle, \quad
+        s_t = \beta_3 s_{t-1} + \lambda_t\, d_{t-1} g_t / d_0, \\
+        d_t &= \max(d_{t-1},\; c\, r_t / \lVert s_t \rVert_1), \quad
+        u_t = -\lambda_t\, m_t / (\sqrt{v_t} + d_t\, \epsilon).
+    """
+    b3 = b2**0.5
+
+    def init_fn(params):
+        leaves = jax.tree.leaves(params)
+        dtype = min((jnp.result_type(x) for x in leaves), key=lambda d: jnp.finfo(d).bits) if leaves else jnp.float32
+        zeros = lambda: jax.tree.map(jnp.zeros_like, params)
+        return ProdigyState(zeros(), zeros(), zeros(), params, jnp.asarray(estim_lr0, dtype),
+                            jnp.zeros((), dtype), jnp.zeros((), jnp.int32))
+
+    def update_fn(grads, state, params=None):
+        if params is None:
+            raise ValueError("prodigy needs params (its estimate uses x_0 - x_t)")
+        count = state.count + 1
+        d = state.estim_lr
+        bias = (1 - b2**count) ** 0.5 / (1 - b1**count)  # this order and form: optax's rounding
+        lam = (d * learning_rate(state.count) * bias).astype(d.dtype)
+        dg = jax.tree.map(lambda g: d * g, grads)
+        inner = sum(jnp.vdot(g, p0 - p) for g, p0, p in zip(
+            jax.tree.leaves(grads), jax.tree.leaves(state.params0), jax.tree.leaves(params)))
+        m = jax.tree.map(lambda a, x: b1 * a + (1 - b1) * x, state.exp_avg, dg)
+        v = jax.tree.map(lambda a, x: b2 * a + (1 - b2) * x * x, state.exp_avg_sq, dg)
+        s = jax.tree.map(lambda a, x: b3 * a + lam * x / estim_lr0, state.grad_sum, dg)
+        r = b3 * state.numerator_weighted + (d / estim_lr0) * lam * inner
+        l1 = sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(s))
+        d_new = jnp.maximum(d, estim_lr_coef * r / l1)
+        updates = jax.tree.map(lambda a, b: -(lam * a / (safe_sqrt(b) + d_new * eps)), m, v)
+        return updates, ProdigyState(m, v, s, state.params0, d_new, r, count)
+
+    return optax.GradientTransformation(init_fn, update_fn)
 
 
 def _logit(p: float) -> float:
@@ -136,7 +204,8 @@ class ScheduledAdam(_Scheduled):
 
     def opt_fn(self, meta: MetaParams) -> optax.GradientTransformation:
         b1, b2 = self.betas(meta)
-        return _checked(optax.adam(self.schedule(meta), b1=b1, b2=b2, eps=self.eps))
+        eps_root = float(jnp.finfo(jnp.result_type(meta["log_lr"])).tiny)  # finite meta-gradients at v = 0
+        return _checked(optax.adam(self.schedule(meta), b1=b1, b2=b2, eps=self.eps, eps_root=eps_root))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,9 +232,7 @@ class LearnedProdigy(_Scheduled):
     def opt_fn(self, meta: MetaParams) -> optax.GradientTransformation:
         b1, b2 = self.betas(meta)
         coef = jnp.exp(jnp.clip(meta["log_coef"], -LOG_CLIP, LOG_CLIP))
-        return _checked(optax.contrib.prodigy(
-            self.schedule(meta), betas=(b1, b2), eps=self.eps, estim_lr0=self.estim_lr0, estim_lr_coef=coef
-        ))
+        return _checked(prodigy(self.schedule(meta), b1, b2, self.eps, self.estim_lr0, coef))
 
 
-__all__ = ["LOG_CLIP", "LearnedProdigy", "ScheduledAdam", "knot_schedule"]
+__all__ = ["LOG_CLIP", "LearnedProdigy", "ProdigyState", "ScheduledAdam", "knot_schedule", "prodigy"]
