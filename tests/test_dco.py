@@ -302,7 +302,7 @@ def test_nonfinite_guard_matches_apply_if_finite_and_keeps_meta_gradients_finite
     grads = jax.grad(_loss)(params)
     bad = jax.tree.map(lambda g: jnp.full_like(g, jnp.nan), grads)
     stream = [grads, bad, bad, bad, jax.tree.map(lambda g: 0.5 * g, grads), bad]
-    from learned_dco.optimizers.general import skip_nonfinite
+    from learned_dco.optimizers.base import guard_nonfinite as skip_nonfinite
 
     def run(tx, stream):
         state, outs = tx.init(params), []

@@ -23,7 +23,7 @@ returns an ``optax.GradientTransformation`` whose ``update`` requires ``params``
 
 Non-finite gradients: a step whose gradient holds NaN/Inf is skipped (zero update, state
 unchanged, counted in an ``optax.ApplyIfFiniteState``) by
-:func:`learned_dco.optimizers.general.skip_nonfinite` (``optax.apply_if_finite``'s
+:func:`learned_dco.optimizers.base.guard_nonfinite` (``optax.apply_if_finite``'s
 behaviour, written with selects instead of a ``lax.cond`` so a batch of tasks sharing ``B``
 keeps sharing it); after ``max_consecutive_nonfinite`` consecutive bad steps updates pass
 through so divergence is visible. ``max_consecutive_nonfinite=None`` removes the guard.
