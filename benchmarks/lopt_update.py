@@ -7,10 +7,12 @@ over N independent parameter/state copies, as in meta-training; N = 1 is one pla
 update) we time, runs interleaved (``--repeats`` rounds, each calling every candidate
 ``--number`` times in turn, medians reported):
 
-* ``old``      -- the default implementation (``fuse_features=False``: the ``(n, 39)``
-  feature tensor materialised and fed to the MLP), default options;
+* ``old``      -- the materialised implementation (``fuse_features=False``: the ``(n, 39)``
+  feature tensor materialised and fed to the MLP; the default before issue 11, and still
+  the default on accelerators), default options otherwise;
 * ``new``      -- ``fuse_features=True`` (features and first layer fused per tensor,
-  ``features.first_layer``), default options otherwise (non-finite guard on);
+  ``features.first_layer``; the default on CPU through ``"auto"``), default options
+  otherwise (non-finite guard on);
 * ``new_noguard`` -- the same with ``max_consecutive_nonfinite=None`` (the setting for
   meta-training, where the trainer already masks non-finite tasks);
 * ``old_noguard`` -- the reference without the guard (the fair comparison for the above);
