@@ -4,8 +4,10 @@ For each config, three fresh ``learned-dco train`` processes run in turn, ``--re
 rounds interleaved:
 
 * ``off``   -- ``--no-compile-cache`` (what every run paid before the cache),
-* ``cold``  -- the cache on, in an empty directory (the first run: compiles and writes),
-* ``warm``  -- the same config again with that cache (the second run: reads).
+* ``cold``  -- the cache on, in an empty directory (the first run: traces, exports the
+  meta-step, compiles and writes),
+* ``warm``  -- the same config again with that cache (the second run: loads the stored
+  meta-step, ``learned_dco/app/stepcache.py``, and its compiled program).
 
 Reported per config: the first meta-step's seconds (``metrics.jsonl`` step 0: its
 ``seconds`` include compiling the meta-step) and the wall time of the whole process, as

@@ -14,6 +14,26 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def module_compilation_cache(tmp_path_factory):
+    """A persistent XLA compilation cache for one test module (request it from an autouse
+    module fixture): tests that rebuild the same program, as separate processes would,
+    load it instead of compiling it again. Restores the previous settings afterwards."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    saved = {n: getattr(jax.config, n) for n in names}
+    jax.config.update(names[0], str(tmp_path_factory.mktemp("xla-cache")))
+    jax.config.update(names[1], 0.0)
+    jax.config.update(names[2], 0)
+    cc.reset_cache()
+    yield
+    for n, v in saved.items():
+        jax.config.update(n, v)
+    cc.reset_cache()
+
+
 @pytest.fixture
 def x64():
     """Run one test with float64 enabled (central finite differences need it)."""

@@ -14,9 +14,9 @@ import pytest
 import yaml
 from flax import serialization
 
-from learned_dco.app import cli, runs
+from learned_dco.app import cli, runs, stepcache
 from learned_dco.app import config as C
-from learned_dco.meta import MetaTrainer, load_meta
+from learned_dco.meta import load_meta
 from learned_dco.tasks import sample_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,23 +34,9 @@ TINY = {
 
 
 @pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """A persistent XLA compilation cache for this module only: the resume tests rebuild the
-    same trainer several times (as separate processes would), and each rebuild would
-    otherwise recompile the identical meta-step."""
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    saved = {n: getattr(jax.config, n) for n in names}
-    jax.config.update(names[0], str(tmp_path_factory.mktemp("xla-cache")))
-    jax.config.update(names[1], 0.0)
-    jax.config.update(names[2], 0)
-    cc.reset_cache()
-    yield
-    for n, v in saved.items():
-        jax.config.update(n, v)
-    cc.reset_cache()
+def _module_cache(module_compilation_cache):
+    """The resume tests rebuild the same trainer several times (as separate processes
+    would); with a module-wide cache each rebuild loads the identical meta-step."""
 
 
 @pytest.fixture(scope="module")
@@ -228,18 +214,23 @@ def test_resume_through_the_cli_equals_an_uninterrupted_run(trained_run, tiny_co
 
     # (b) a run killed during its 4th meta-step resumes from the step-2 checkpoint
     killed = tmp_path / "killed"
-    real_step, calls = MetaTrainer.step, []
+    real_cached_step, calls = stepcache.cached_step, []
 
-    def dying_step(self, state):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real_step(self, state)
+    def dying_cached_step(*args):  # the CLI steps through the stored meta-step (a cache is on here)
+        step = real_cached_step(*args)
 
-    monkeypatch.setattr(MetaTrainer, "step", dying_step)
+        def dying(state):
+            calls.append(1)
+            if len(calls) == 4:
+                raise KeyboardInterrupt
+            return step(state)
+
+        return dying
+
+    monkeypatch.setattr(stepcache, "cached_step", dying_cached_step)
     code, _, err = _main(["train", tiny_config, "--out", killed, "--no-progress"], capsys)
-    assert code == 130 and f"learned-dco train --resume {killed}" in err
-    monkeypatch.setattr(MetaTrainer, "step", real_step)
+    assert code == 130 and f"learned-dco train --resume {killed}" in err and len(calls) == 4
+    monkeypatch.setattr(stepcache, "cached_step", real_cached_step)
     assert not (killed / "meta.msgpack").exists()
     assert int(serialization.msgpack_restore((killed / "checkpoint.msgpack").read_bytes())["state"]["step"]) == 2
     # the saved config is used; giving the same CONFIG again is allowed too

@@ -46,6 +46,7 @@ import numpy as np
 
 from learned_dco import meta, tasks
 from learned_dco.app import config as C
+from learned_dco.app import stepcache
 from learned_dco.io import atomic_write_json, atomic_write_text, environment, remove_temporaries
 from learned_dco.meta import checkpoint, distributed
 
@@ -225,8 +226,13 @@ def run(
     on_step: Callable[[int, dict], None] | None = None,
     fingerprint: str | None = None,
     warn: Warn = _warn,
+    step_cache: str | Path | None = None,
 ):
     """Meta-train with ``trainer.step`` until ``state.step == num_steps``.
+
+    With ``step_cache`` (a directory) and ``fingerprint``, the meta-step is loaded from or
+    stored to that directory by :func:`learned_dco.app.stepcache.cached_step` (same
+    results, no re-tracing on a second run of the same config).
 
     With ``run_dir``: metrics are appended to ``metrics.jsonl`` (one JSON object per
     meta-step, flushed), a checkpoint generation is written every ``checkpoint_every``
@@ -247,11 +253,14 @@ def run(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=num_steps, initial=start, desc="meta-train", unit="step", dynamic_ncols=True)
+    step = trainer.step
+    if step_cache is not None and fingerprint is not None and start < num_steps:
+        step = stepcache.cached_step(trainer, fingerprint, step_cache)
     try:
         for k in range(start, num_steps):
             t0 = time.perf_counter()
             drawn = trainer.draw(state) if getattr(trainer, "mixture", None) is not None else None
-            state, metrics = trainer.step(state)
+            state, metrics = step(state)
             record = {name: _to_python(v) for name, v in metrics._asdict().items()}
             record.update(step=k, seconds=time.perf_counter() - t0)
             if drawn is not None:  # a task mixture: which member and horizon this step ran
@@ -324,6 +333,7 @@ def train(
     state = run(
         trainer, state, cfg.train.num_steps, run_dir=run_dir, checkpoint_every=cfg.train.checkpoint_every,
         progress=progress, on_step=on_step, fingerprint=fingerprint, warn=warn,
+        step_cache=jax.config.jax_compilation_cache_dir or None,  # beside XLA's cache when one is on
     )
     info = {
         "optimizer": cfg.resolved().optimizer.to_dict(),

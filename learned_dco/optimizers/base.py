@@ -105,7 +105,7 @@ def _safe_sqrt_jvp(primals, tangents):
 
 
 def global_norm(tree: PyTree) -> Array:
-    """:math:`\lVert g \rVert_2` over a pytree (:func:`safe_sqrt`: derivative 0 at g = 0)."""
+    r""":math:`\lVert g \rVert_2` over a pytree (:func:`safe_sqrt`: derivative 0 at g = 0)."""
     return safe_sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
