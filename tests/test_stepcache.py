@@ -13,11 +13,6 @@ FAMILY = tasks.Quadratic(dim=4)
 EST = meta.TruncatedBPTT(horizon=4, truncation=2, num_tasks=2)  # persistent state, per-step keys
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _module_cache(module_compilation_cache):
-    """Each test rebuilds the same trainers: load their programs instead of compiling again."""
-
-
 def _trainer(estimator=EST, family=FAMILY):
     return meta.MetaTrainer(ldco.LearnedStepSize(learning_rate=0.01), family, estimator)
 
