@@ -145,7 +145,7 @@ def guard_nonfinite(tx: optax.GradientTransformation, max_consecutive: int | Non
     if max_consecutive is None:
         return tx
     if isinstance(max_consecutive, bool) or not isinstance(max_consecutive, int) or max_consecutive < 0:
-        raise ValueError(f"max_consecutive_nonfinite must be an int >= 0 or None, got {max_consecutive!r}")
+        raise validation.ValidationError(f"max_consecutive_nonfinite must be an int >= 0 or None, got {max_consecutive!r}")
 
     tx = optax.with_extra_args_support(tx)
 

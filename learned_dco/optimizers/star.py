@@ -157,15 +157,15 @@ def adafac_mlp(
       precond_eps: :math:`\epsilon_v` of the blackbox preconditioner.
       max_consecutive_nonfinite: non-finite gradient guard
         (:func:`learned_dco.optimizers.base.guard_nonfinite`); ``None`` disables it (the
-        setting for meta-training when the trainer already masks non-finite tasks: the
-        guard's ``lax.cond`` becomes a select over the whole state under ``vmap``).
+        setting for meta-training when the trainer already masks non-finite tasks; the
+        guard's selects over the state then cost nothing).
       fuse_features: ``True``: compute the features and the first layer per tensor without
         the ``(n, 39)`` feature tensor (:func:`learned_dco.optimizers.features.first_layer`:
         normalisation folded into the first-layer weights, time features into its bias, row
         and column channels through small matmuls, the rest of the MLP elementwise).
         ``False``: materialise the feature tensor and run the MLP on it (the reference).
         Same outputs up to float rounding (below 1e-6 relative in float32). ``"auto"``
-        (default): fused on XLA:CPU, where it is 1.7-8x faster for 8-64 vmapped tasks
+        (default): fused on XLA:CPU, where it is 2.2-5.5x faster for 8-64 vmapped tasks
         (``benchmarks/lopt_update.py``); materialised on accelerators, where the one
         measurement we have (an H200, an earlier fused design) found it 0.77x.
 
