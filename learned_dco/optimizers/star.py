@@ -157,8 +157,8 @@ def adafac_mlp(
       precond_eps: :math:`\epsilon_v` of the blackbox preconditioner.
       max_consecutive_nonfinite: non-finite gradient guard
         (:func:`learned_dco.optimizers.base.guard_nonfinite`); ``None`` disables it (the
-        setting for meta-training when the trainer already masks non-finite tasks; the
-        guard's selects over the state then cost nothing).
+        setting for meta-training when the trainer already masks non-finite tasks: it drops
+        the guard's per-step select over the whole optimizer state).
       fuse_features: ``True``: compute the features and the first layer per tensor without
         the ``(n, 39)`` feature tensor (:func:`learned_dco.optimizers.features.first_layer`:
         normalisation folded into the first-layer weights, time features into its bias, row
