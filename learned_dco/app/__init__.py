@@ -7,6 +7,7 @@
 * :mod:`learned_dco.app.cli` -- the ``learned-dco`` command
 * :mod:`learned_dco.app.exits` -- its exit statuses and the exception -> status mapping
 * :mod:`learned_dco.app.launch` -- multi-process options, heartbeats and shutdown
+* :mod:`learned_dco.app.xla` -- the XLA flags the command line adds before JAX starts
 
 The library below (``learned_dco.meta``, ``optimizers``, ``tasks``, ``qp``) never imports
 from here; submodules are imported on use so ``learned-dco --help`` stays fast.

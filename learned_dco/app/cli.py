@@ -18,7 +18,8 @@ Every expected failure is one line on stderr and a distinct exit status
 (:data:`EXIT_CODES`); ``--debug`` adds the traceback; anything else is reported as a bug.
 
 The persistent XLA compilation cache is on by default (:func:`compile_cache_dir`), so the
-second run of a config skips most compilation.
+second run of a config skips most compilation; ``reproduce --quick`` compiles with cheaper
+XLA settings unless ``XLA_FLAGS`` names them (:mod:`learned_dco.app.xla`).
 """
 
 from __future__ import annotations
@@ -356,11 +357,11 @@ def run_reproduce(args: argparse.Namespace) -> int:
         raise OutputExists(f"--out: {out} already holds results ({existing[0]}); pass --overwrite or another --out")
     if args.quick:
         # Quick runs are dominated by XLA compilation (many small programs, each run a few
-        # times): backend optimisation level 0 halves the DCO study's time here (275 s -> 152 s
-        # on 2 cores) with the same numbers. Must precede the first JAX computation.
-        flags = os.environ.get("XLA_FLAGS", "")
-        if "xla_backend_optimization_level" not in flags:
-            os.environ["XLA_FLAGS"] = (flags + " --xla_backend_optimization_level=0").strip()
+        # times): compile them cheaply (learned_dco/app/xla.py; the user's XLA_FLAGS win).
+        # Must precede the first JAX computation.
+        from learned_dco.app import xla
+
+        xla.apply_defaults(xla.QUICK_DEFAULTS)
     table[args.study].run(out, quick=args.quick, seed=args.seed)  # writes (and prints) on process 0 only
     if distributed.is_primary():
         print(f"wrote {out / 'report.md'} and {out / 'results.json'}")

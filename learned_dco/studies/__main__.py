@@ -7,7 +7,6 @@ without the console script.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 
@@ -27,10 +26,10 @@ def main(argv=None) -> int:
         return 0
     if args.study not in STUDIES:
         ap.error(f"unknown study {args.study!r}; expected one of {', '.join(STUDIES)}")
-    if args.quick:  # compile-bound: XLA backend optimisation level 0 roughly halves the quick runs on CPU
-        flags = os.environ.get("XLA_FLAGS", "")
-        if "xla_backend_optimization_level" not in flags:
-            os.environ["XLA_FLAGS"] = (flags + " --xla_backend_optimization_level=0").strip()
+    if args.quick:  # compile-bound: the CLI's cheaper XLA settings (learned_dco/app/xla.py)
+        from learned_dco.app import xla
+
+        xla.apply_defaults(xla.QUICK_DEFAULTS)
     results = STUDIES[args.study].run(args.out or f"results/{args.study}", quick=args.quick, seed=args.seed)
     for c in results["claims"]:
         print(f"{c['verdict']:18s} {c['id']}")
