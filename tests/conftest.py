@@ -5,7 +5,8 @@ times), so tests compile with XLA's backend optimisation level 0 (about 30% less
 here) and, on the CPU, without XLA's new fusion emitters (``xla_cpu_use_fusion_emitters``:
 the float64 meta-gradient of the fused Blackbox update compiles in 7.7 s instead of 17.9 s).
 Results stay within the tests' tolerances: the tests compare against references computed in
-the same process. Set ``XLA_FLAGS`` yourself to override.
+the same process. Tests that start ``learned-dco`` processes pass the same ``XLA_FLAGS`` on.
+Set ``XLA_FLAGS`` yourself to override.
 """
 
 import os

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -433,7 +434,7 @@ def test_compile_cache_directory_and_switches(tmp_path, monkeypatch):
 def test_the_cli_fills_the_compile_cache_by_default(tiny_config, tmp_path):
     """A fresh process with only LEARNED_DCO_CACHE_DIR set writes compiled programs there."""
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "LEARNED_DCO_CACHE_DIR": str(tmp_path / "cache"),
-           "XLA_FLAGS": "--xla_backend_optimization_level=0", "HOME": str(tmp_path)}
+           "XLA_FLAGS": os.environ["XLA_FLAGS"], "HOME": str(tmp_path)}
     cmd = [sys.executable, "-m", "learned_dco.app.cli", "train", str(tiny_config), "--out", str(tmp_path / "r"),
            "--no-progress", "--set", "train.num_steps=1"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

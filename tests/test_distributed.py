@@ -67,7 +67,7 @@ def start(config: Path, out: Path, processes: int, devices: int, *extra: str, re
           peer_timeout: float = 10.0) -> list[subprocess.Popen]:
     """``learned-dco train`` as ``processes`` processes with ``devices`` host devices each."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), LEARNED_DCO_COMPILE_CACHE="0",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0")
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {os.environ['XLA_FLAGS']}")
     base = [sys.executable, "-m", "learned_dco.app.cli", "train", "--no-progress"]
     base += ["--resume", str(out)] if resume else [str(config), "--out", str(out)]
     base += list(extra)
@@ -221,7 +221,7 @@ def test_distributed_flag_reads_a_slurm_environment(tmp_path):
            "--no-progress", "--distributed", "--peer-timeout", "10"]
     env = dict(os.environ, PYTHONPATH=str(ROOT), LEARNED_DCO_COMPILE_CACHE="0", SLURM_JOB_ID=str(job),
                SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2", SLURM_STEP_NUM_NODES="1",
-               XLA_FLAGS="--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0")
+               XLA_FLAGS="--xla_force_host_platform_device_count=2 " + os.environ["XLA_FLAGS"])
     procs = [subprocess.Popen(cmd, env=dict(env, SLURM_PROCID=str(i), SLURM_LOCALID=str(i)), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(2)]
     results = finish(procs)

@@ -55,7 +55,7 @@ def _run(tmp: Path, processes: int) -> dict:
     script.write_text(WORKER)
     out = tmp / f"p{processes}.json"
     env = dict(os.environ, PYTHONPATH=f"{ROOT}", LEARNED_DCO_COMPILE_CACHE="0",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0")
+               XLA_FLAGS="--xla_force_host_platform_device_count=1 " + os.environ["XLA_FLAGS"])
     port = str(free_port())
     procs = [subprocess.Popen([sys.executable, str(script), str(processes), str(i), port, str(out)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(processes)]
