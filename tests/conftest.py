@@ -11,7 +11,9 @@ Set ``XLA_FLAGS`` yourself to override.
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
+from learned_dco.app.xla import QUICK_DEFAULTS  # importing the package starts no XLA backend
+
+os.environ.setdefault("XLA_FLAGS", " ".join(QUICK_DEFAULTS))  # the flags of `reproduce --quick`
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
