@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 CONFIGS = {
-    "quick_demo": ("configs/quick_demo.yaml", ["train.num_steps=3", "train.checkpoint_every=0"]),
-    "dcom_beverton_holt": ("configs/dcom_beverton_holt.yaml", [
+    "quick_demo": ("learned_dco/configs/quick_demo.yaml", ["train.num_steps=3", "train.checkpoint_every=0"]),
+    "dcom_beverton_holt": ("learned_dco/configs/dcom_beverton_holt.yaml", [
         "train.num_steps=3", "train.checkpoint_every=0", "estimator.num_tasks=4", "train.num_train_tasks=8"]),
 }
 

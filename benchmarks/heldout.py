@@ -353,10 +353,9 @@ def _metrics(prob, name, c, ref, lr=None) -> dict:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
+    from learned_dco import extras
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = extras.pyplot()
 
     names = list(result["curves"])
     cols = 3

@@ -11,7 +11,7 @@ rows included) and the shipped optimizer's per-problem rows.
 Run::
 
     python -m benchmarks.ship_pretrained runs/pretrain_learned_prodigy --name learned_prodigy \
-        --config configs/pretrain_learned_prodigy.yaml --heldout benchmarks/results/heldout.json \
+        --config learned_dco/configs/pretrain_learned_prodigy.yaml --heldout benchmarks/results/heldout.json \
         --label run:learned_prodigy --cpu-hours 0.8
 """
 
@@ -50,7 +50,7 @@ def main(argv=None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir")
     ap.add_argument("--name", required=True, help="the shipped name (ldco.pretrained.load(NAME))")
-    ap.add_argument("--config", required=True, help="the recipe's config file (configs/pretrain_<name>.yaml)")
+    ap.add_argument("--config", required=True, help="the recipe's config file (learned_dco/configs/pretrain_<name>.yaml)")
     ap.add_argument("--heldout", required=True, help="heldout.json of a full held-out run that includes this run")
     ap.add_argument("--label", required=True, help="this run's row label in that result (e.g. run:NAME)")
     ap.add_argument("--cpu-hours", type=float, default=None, help="measured CPU time of the meta-training run")

@@ -13,7 +13,7 @@ Workloads:
   (``benchmarks/pes_throughput.py``'s :func:`measure`, N = 8 tasks, T = 200, K = 50):
   ``seconds`` = the first two meta-steps (compilation), ``throughput`` = inner task-steps/s
   after them;
-* ``train_dcom`` -- ``learned-dco train configs/dcom_beverton_holt.yaml`` (DCOM, a QP per
+* ``train_dcom`` -- ``learned-dco train dcom_beverton_holt`` (DCOM, a QP per
   inner step; 8 meta-steps, no compilation cache): ``seconds`` = the first meta-step
   (``metrics.jsonl``), ``throughput`` = meta-steps/s over the others;
 * ``reproduce_quick`` -- ``learned-dco reproduce dco --quick`` (the README's main command;
@@ -78,7 +78,7 @@ def _pes(optimizer: str, flags: str, smoke: bool) -> dict:
 def _train(flags: str, smoke: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
-        _run([sys.executable, "-m", "learned_dco.app.cli", "train", str(ROOT / "configs/dcom_beverton_holt.yaml"),
+        _run([sys.executable, "-m", "learned_dco.app.cli", "train", str(ROOT / "learned_dco/configs/dcom_beverton_holt.yaml"),
               "--out", str(run), "--no-progress", "--set", f"train.num_steps={2 if smoke else 8}",
               "--set", "train.checkpoint_every=0"], flags)
         rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]

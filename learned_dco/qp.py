@@ -55,16 +55,6 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-with warnings.catch_warnings():
-    # jaxopt is archived (0.8.5 is final) but works with current jax; keep it behind this
-    # module so a backend can be swapped, and silence only its import-time notice.
-    warnings.filterwarnings(
-        "ignore", message="JAXopt is no longer maintained", category=DeprecationWarning
-    )
-    import jaxopt
-    from jaxopt import linear_solve
-    from jaxopt.implicit_diff import custom_root
-
 from learned_dco.types import Array, PyTree
 
 tree_map = jax.tree.map
@@ -499,6 +489,28 @@ def solve_qp(
 # ------------------------------------------------------------------------------------------
 
 
+@functools.cache
+def _jaxopt():
+    """The ``jaxopt`` module, imported on the first solve of a backend that uses it (so
+    ``import learned_dco`` and the optimizers without a QP step never import it).
+
+    jaxopt is archived (0.8.5 is final) but works with current jax; it stays behind this
+    module so a backend can be swapped, and only its import-time notice is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="JAXopt is no longer maintained", category=DeprecationWarning
+        )
+        import jaxopt
+        import jaxopt.implicit_diff
+        import jaxopt.linear_solve
+    return jaxopt
+
+
+def _custom_root(*args, **kwargs):
+    """:func:`jaxopt.implicit_diff.custom_root`, importing jaxopt on first use."""
+    return _jaxopt().implicit_diff.custom_root(*args, **kwargs)
+
+
 def _identity_solve(matvec, b):
     """The linear solve of the implicit function theorem when dF/dx = I."""
     del matvec
@@ -511,10 +523,19 @@ def _exact_optimality(x, Q, c, lo, hi):
     return tree_map(jnp.subtract, x, target)
 
 
-@custom_root(_exact_optimality, solve=_identity_solve)
-def _exact_root(init, Q, c, lo, hi):
+def _exact_target(init, Q, c, lo, hi):
     del init
     return jax.lax.stop_gradient(_project(tree_map(jnp.negative, Q.solve(c)), lo, hi))
+
+
+@functools.cache
+def _exact_root_fn():
+    """:func:`_exact_target` wrapped in ``custom_root`` (built on the first exact solve)."""
+    return _custom_root(_exact_optimality, solve=_identity_solve)(_exact_target)
+
+
+def _exact_root(init, Q, c, lo, hi):
+    return _exact_root_fn()(init, Q, c, lo, hi)
 
 
 def _default_tol(dtype) -> float:
@@ -535,6 +556,8 @@ def _solve_eqqp(Q, c, A, b, tol, maxiter):
     flat_c, unravel, matvec_Q = _flat_problem(Q, c)
     tol = _default_tol(flat_c.dtype) if tol is None else tol
     maxiter = 10 * flat_c.size if maxiter is None else maxiter
+    jaxopt = _jaxopt()
+    linear_solve = jaxopt.linear_solve
     qp = jaxopt.EqualityConstrainedQP(
         matvec_Q=matvec_Q,
         solve=linear_solve.solve_gmres,
@@ -631,7 +654,7 @@ def _solve_osqp(Q, c, cons, tol, maxiter):
     C = jnp.concatenate(mats, axis=0) if mats else None
     lo_all, hi_all = jnp.concatenate(lows), jnp.concatenate(highs)
     tol = (1e-12 if dtype == jnp.float64 else 1e-6) if tol is None else tol
-    solver = jaxopt.BoxOSQP(
+    solver = _jaxopt().BoxOSQP(
         matvec_Q=matvec_Q,
         matvec_A=lambda C, v: _rows(C, v),
         tol=tol,
@@ -642,7 +665,7 @@ def _solve_osqp(Q, c, cons, tol, maxiter):
     def optimality(xy, Q, c, C, lo, hi):
         return _kkt_optimality(xy, matvec_Q, Q, c, C, lo, hi)
 
-    @custom_root(optimality, has_aux=True, solve=_dense_solve)
+    @_custom_root(optimality, has_aux=True, solve=_dense_solve)
     def kkt_point(init, Q, c, C, lo, hi):
         del init
         sol, state = solver.run(params_obj=(Q, c), params_eq=C, params_ineq=(lo, hi))
@@ -659,7 +682,7 @@ def _solve_cdqp(Q, c, lo, hi, tol, maxiter):
     flat_c, unravel, _ = _flat_problem(Q, c)
     flo, fhi = _flat_bounds(c, lo, hi)
     tol = _default_tol(flat_c.dtype) if tol is None else tol
-    qp = jaxopt.BoxCDQP(tol=tol, maxiter=1000 if maxiter is None else maxiter)
+    qp = _jaxopt().BoxCDQP(tol=tol, maxiter=1000 if maxiter is None else maxiter)
     dense_q = Q.to_dense(c)
     init = jnp.clip(jnp.zeros_like(flat_c), flo, fhi)
     sol, state = qp.run(init, params_obj=(dense_q, flat_c), params_ineq=(flo, fhi))

@@ -21,7 +21,7 @@ from learned_dco.meta import load_meta
 from learned_dco.tasks import sample_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+CONFIGS = sorted((ROOT / "learned_dco" / "configs").glob("*.yaml"))
 
 TINY = {
     "seed": 0,
@@ -267,10 +267,10 @@ def test_errors_name_the_problem(trained_run, tiny_config, tmp_path, capsys):
 
 
 def test_default_run_dir_is_unique(tmp_path):
-    first = cli.default_run_dir("configs/quick_demo.yaml", tmp_path)
+    first = cli.default_run_dir("learned_dco/configs/quick_demo.yaml", tmp_path)
     assert first.parent == tmp_path and first.name.startswith("quick_demo-")
     first.mkdir()
-    second = cli.default_run_dir("configs/quick_demo.yaml", tmp_path)
+    second = cli.default_run_dir("learned_dco/configs/quick_demo.yaml", tmp_path)
     assert second != first and not second.exists()
 
 

@@ -1,4 +1,4 @@
-"""Run configs: strict schema (keys and types named in errors), overrides, builders, configs/."""
+"""Run configs: strict schema (keys and types named in errors), overrides, builders, learned_dco/configs/."""
 
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import learned_dco as ldco
 from learned_dco.app import config as C
 from learned_dco import meta, tasks
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "learned_dco" / "configs").glob("*.yaml"))
 
 BASE = {
     "seed": 3,

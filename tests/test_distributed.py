@@ -297,10 +297,10 @@ def test_single_process_helpers_are_plain():
 
 
 def test_bad_multiprocess_options_are_config_errors(capsys):
-    code = cli.main(["train", "configs/quick_demo.yaml", "--coordinator", "localhost:1234"])
+    code = cli.main(["train", "quick_demo", "--coordinator", "localhost:1234"])
     assert code == cli.EXIT_CONFIG
     assert "--num-processes: required" in capsys.readouterr().err
-    code = cli.main(["train", "configs/quick_demo.yaml", "--process-id", "0", "--peer-timeout", "0"])
+    code = cli.main(["train", "quick_demo", "--process-id", "0", "--peer-timeout", "0"])
     assert code == cli.EXIT_CONFIG
 
 

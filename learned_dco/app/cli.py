@@ -1,9 +1,10 @@
 """The ``learned-dco`` command line.
 
-    learned-dco train CONFIG.yaml [--set KEY=VALUE ...] [--out DIR] [--no-progress]
+    learned-dco train CONFIG [--set KEY=VALUE ...] [--out DIR] [--no-progress]   (a YAML path or a shipped config's name)
     learned-dco train --resume RUN_DIR [--set train.num_steps=N]
     learned-dco eval RUN_DIR [--num-tasks N] [--num-steps T] [--seed S] [--member I] [--out DIR] [--overwrite]
     learned-dco reproduce [STUDY] [--list] [--quick] [--out DIR] [--seed S] [--overwrite]
+    learned-dco configs                    the shipped configs, each with a one-line description
     (train, eval and reproduce also take --coordinator/--num-processes/--process-id or --distributed)
     (every command also takes --debug, --no-compile-cache and --compile-cache DIR)
 
@@ -44,6 +45,7 @@ from learned_dco.app.exits import (  # noqa: F401 -- the exit statuses are part 
     EXIT_FILE,
     EXIT_INTERRUPTED,
     EXIT_MEMORY,
+    EXIT_MISSING_EXTRA,
     EXIT_OK,
     EXIT_PEER,
     OutputExists,
@@ -123,7 +125,8 @@ def enable_compile_cache(path: Path) -> None:
 # --------------------------------------------------------------------------------------
 
 TRAIN_HELP = """\
-Meta-train a learned optimizer described by a YAML config (see configs/ and the README).
+Meta-train a learned optimizer described by a YAML config: a file, or the name of a config
+shipped with the package (`learned-dco configs` lists them).
 
 The run directory receives config.yaml (the resolved config: every default written out),
 run.json (config fingerprint, defaults, versions, device), metrics.jsonl (one JSON line per
@@ -134,8 +137,9 @@ learned_dco.app.runs.load_trained(RUN_DIR)). After a crash or kill, --resume con
 the newest readable checkpoint and ends with the same meta.msgpack as an uninterrupted run.
 
 examples:
-  learned-dco train configs/quick_demo.yaml
-  learned-dco train configs/dcog_least_squares.yaml --set estimator.num_tasks=50 --set seed=3
+  learned-dco train quick_demo
+  learned-dco train dcog_least_squares --set estimator.num_tasks=50 --set seed=3
+  learned-dco train my_config.yaml
   learned-dco train --resume runs/quick_demo-20250101-120000 --set train.num_steps=60
 """
 
@@ -143,7 +147,8 @@ examples:
 def add_train(subparsers) -> argparse.ArgumentParser:
     p = _add_parser(subparsers, "train", help="meta-train a learned optimizer from a YAML config",
                     description=TRAIN_HELP)
-    p.add_argument("config", nargs="?", metavar="CONFIG.yaml", help="run config (optional with --resume)")
+    p.add_argument("config", nargs="?", metavar="CONFIG",
+                   help="run config: a YAML file or a shipped config's name (optional with --resume)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config value by its dotted key, VALUE parsed as YAML "
@@ -178,9 +183,11 @@ def _warn(command: str) -> Callable[[str], None]:
 
 def run_train(args: argparse.Namespace) -> int:
     from learned_dco.app import config as C
-    from learned_dco.app import runs
+    from learned_dco.app import runs, shipped
     from learned_dco.meta import distributed
 
+    if args.config:
+        args.config = shipped.resolve(args.config)
     if args.resume:
         run_dir = Path(args.resume)
         if args.out and Path(args.out) != run_dir:
@@ -190,7 +197,7 @@ def run_train(args: argparse.Namespace) -> int:
         runs.check_resumable(saved, cfg)
     else:
         if not args.config:
-            raise C.ConfigError("train: give a CONFIG.yaml (or --resume RUN_DIR)")
+            raise C.ConfigError("train: give a CONFIG (a YAML file or a shipped config's name; or --resume RUN_DIR)")
         cfg = C.load_config(args.config, args.overrides)
         # several processes: process 0 names the directory and checks it (the others may have no view of it)
         run_dir = Path(distributed.from_primary(lambda: str(Path(args.out) if args.out else default_run_dir(args.config))))
@@ -232,7 +239,7 @@ run's pool, or fresh training-distribution tasks without one); then the meta-tra
 optimizer, its untrained initialisation and the tuned baselines run on the same held-out
 tasks with the same keys. Writes into RUN_DIR/eval/ (or --out; existing results there are
 replaced only with --overwrite):
-  curves.png    mean validation loss vs step, interquartile band, log scale
+  curves.png    mean validation loss vs step, interquartile band, log scale (needs learned-dco[plots])
   report.md     table: tuned lr, loss at step 0, final, best, diverged tasks
   results.json  steps, per-optimizer curves (mean/std/median/q25/q75), tuned lrs, grid, versions, device
 Defaults come from the eval: section of the run's config.yaml.
@@ -289,7 +296,7 @@ def run_eval(args: argparse.Namespace) -> int:
         )
         if not distributed.is_primary():
             continue  # process 0 writes the results
-        paths = report.write(results, target)
+        paths = report.write(results, target, warn=_warn("eval"))
         print(report.markdown(results).split("\n\n![")[0])
         print("\nwrote " + ", ".join(str(p) for p in paths.values()))
     return EXIT_OK
@@ -348,6 +355,9 @@ def run_reproduce(args: argparse.Namespace) -> int:
         raise ConfigError(f"reproduce: unknown study {args.study!r} (known: {', '.join(table)}; see --list)")
     if args.seed < 0:
         raise ConfigError(f"--seed: must be >= 0, got {args.seed}")
+    from learned_dco import extras
+
+    extras.pyplot()  # the studies' figures: fail now, not after the study has run
     from learned_dco.meta import distributed
 
     out = Path(args.out) if args.out else Path("results") / args.study
@@ -369,6 +379,38 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------
+# configs
+# --------------------------------------------------------------------------------------
+
+CONFIGS_HELP = """\
+List the run configs shipped with the package, each with its one-line description. Train one
+by name (`learned-dco train NAME`); print one to copy and edit with --show NAME.
+"""
+
+
+def add_configs(subparsers) -> argparse.ArgumentParser:
+    p = _add_parser(subparsers, "configs", help="list the shipped configs (train one by name)",
+                    description=CONFIGS_HELP)
+    p.add_argument("--show", metavar="NAME", help="print the shipped config NAME (YAML)")
+    p.set_defaults(handler=run_configs)
+    return p
+
+
+def run_configs(args: argparse.Namespace) -> int:
+    from learned_dco.app import shipped
+
+    if args.show:
+        print(shipped.resolve_name(args.show).read_text(encoding="utf-8"), end="")
+        return EXIT_OK
+    table = shipped.shipped()
+    width = max(map(len, table))
+    for name, path in table.items():
+        print(f"{name:<{width}}  {shipped.describe(path)}")
+    print(f"\n(in {shipped.config_dir()}; train one with `learned-dco train NAME`)")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------
 
@@ -376,6 +418,7 @@ COMMANDS: dict[str, Registrar] = {
     "train": add_train,
     "eval": add_eval,
     "reproduce": add_reproduce,
+    "configs": add_configs,
 }
 """Subcommand name -> registrar (see the module docstring)."""
 

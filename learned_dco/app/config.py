@@ -1,4 +1,4 @@
-r"""Run configurations: the schema of ``configs/*.yaml``, builders, resources, random streams.
+r"""Run configurations: the schema of ``learned_dco/configs/*.yaml``, builders, resources, random streams.
 
 A run configuration names a learned optimizer, a task family and a meta-gradient
 estimator, each as ``{name: <registry key>, <field>: <value>, ...}`` whose fields are

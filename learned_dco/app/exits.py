@@ -20,6 +20,7 @@ EXIT_CHECKPOINT = 5
 EXIT_EXISTS = 6
 EXIT_MEMORY = 7
 EXIT_PEER = 8  # multi-process: another process died or hung (learned_dco.app.launch)
+EXIT_MISSING_EXTRA = 9  # an optional dependency is not installed (learned_dco.extras)
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES = {
@@ -32,6 +33,7 @@ EXIT_CODES = {
     EXIT_EXISTS: "outputs exist: pass --overwrite, another --out, or --resume",
     EXIT_MEMORY: "the config needs more memory than this machine has (the estimate is printed)",
     EXIT_PEER: "multi-process run: another process died, hung or stopped (the message names it)",
+    EXIT_MISSING_EXTRA: "an optional dependency is not installed (the message names the pip extra)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C or SIGTERM); a training run can be resumed",
 }
 
@@ -49,6 +51,7 @@ def classify(exc: BaseException) -> tuple[int, str]:
     """``(exit status, one-line message)`` of an exception (:data:`EXIT_CODES`)."""
     from learned_dco.app.config import ConfigError, ResourceError
     from learned_dco.app.runs import RunError
+    from learned_dco.extras import MissingExtra
     from learned_dco.meta.checkpoint import CheckpointError
     from learned_dco.meta.distributed import PeerError
 
@@ -64,6 +67,8 @@ def classify(exc: BaseException) -> tuple[int, str]:
         return EXIT_EXISTS, str(exc)
     if isinstance(exc, PeerError):
         return EXIT_PEER, str(exc)
+    if isinstance(exc, MissingExtra):
+        return EXIT_MISSING_EXTRA, str(exc)
     if isinstance(exc, OSError):
         where = exc.filename if exc.filename is not None else "?"
         reason = exc.strerror or str(exc)

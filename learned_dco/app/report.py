@@ -19,7 +19,8 @@ Outputs in ``RUN_DIR/eval/``:
 
 * ``curves.png`` -- mean validation loss over tasks against the step (log scale when all
   losses are positive), one line per optimizer, shaded band = interquartile range
-  (25th-75th percentile over tasks), which stays positive on a log axis unlike mean ± std;
+  (25th-75th percentile over tasks), which stays positive on a log axis unlike mean ± std
+  (needs matplotlib, the ``plots`` extra; left out with a warning without it);
 * ``report.md`` -- a table: optimizer, tuned learning rate, mean loss at step 0, at the final
   step, the best mean loss (and its step), and how many tasks diverged;
 * ``results.json`` -- ``steps``, ``curves`` (per optimizer: ``mean``, ``std``, ``median``,
@@ -221,10 +222,9 @@ def member_dir(cfg: C.RunConfig, member: int) -> str:
 
 def plot_curves(results: dict[str, Any], path: str | Path) -> Path:
     """Mean validation loss per optimizer with an interquartile band (PNG, Agg backend)."""
-    import matplotlib
+    from learned_dco import extras
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = extras.pyplot()
 
     steps = np.asarray(results["steps"])
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
@@ -262,8 +262,8 @@ def _fmt(x) -> str:
     return str(x)
 
 
-def markdown(results: dict[str, Any]) -> str:
-    """The evaluation report as markdown."""
+def markdown(results: dict[str, Any], figure: bool = True) -> str:
+    """The evaluation report as markdown (linking ``curves.png`` when ``figure``)."""
     opt = ", ".join(f"{k}={v}" for k, v in results["optimizer"].items() if k != "name")
     lines = [
         f"# Evaluation of `{results['run_dir']}`",
@@ -294,9 +294,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"a task diverged when its loss became non-finite or ended above {DIVERGED_FACTOR:g}x its loss "
         "at step 0. `(initial)` is the learned optimizer at its untrained meta-parameters.",
         "",
-        "![validation loss curves](curves.png)",
-        "",
     ]
+    if figure:
+        lines += ["![validation loss curves](curves.png)", ""]
     return "\n".join(lines)
 
 
@@ -305,11 +305,20 @@ def existing_outputs(out_dir: str | Path) -> list[Path]:
     return [Path(out_dir) / name for name in OUTPUTS if (Path(out_dir) / name).exists()]
 
 
-def write(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """Write ``curves.png``, ``report.md`` and ``results.json`` into ``out_dir``."""
+def write(results: dict[str, Any], out_dir: str | Path,
+          warn: Callable[[str], None] | None = None) -> dict[str, Path]:
+    """Write ``curves.png``, ``report.md`` and ``results.json`` into ``out_dir``. Without
+    matplotlib (the ``plots`` extra) the figure is left out and ``warn`` says so in one line."""
+    from learned_dco.extras import MissingExtra
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"png": plot_curves(results, out_dir / "curves.png")}
-    paths["report"] = atomic_write_text(out_dir / "report.md", markdown(results))
+    paths: dict[str, Path] = {}
+    try:
+        paths["png"] = plot_curves(results, out_dir / "curves.png")
+    except MissingExtra as e:
+        (out_dir / "curves.png").unlink(missing_ok=True)  # an earlier evaluation's figure
+        (warn or (lambda msg: None))(f"curves.png not written: {e}")
+    paths["report"] = atomic_write_text(out_dir / "report.md", markdown(results, figure="png" in paths))
     paths["results"] = atomic_write_json(out_dir / "results.json", _jsonable(results))
     return paths

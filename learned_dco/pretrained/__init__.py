@@ -18,7 +18,7 @@ are refused with an error naming the first difference, never silently misloaded.
 :func:`save` writes a card in the format above; :func:`from_run` ships the result of a
 ``learned-dco train`` run, reading its recipe (resolved config, seed, task mixture,
 estimator, meta-steps, wall time, versions and hardware) from the run directory. The
-shipped optimizers, their recipes (``configs/pretrain_<name>.yaml``) and their held-out
+shipped optimizers, their recipes (``learned_dco/configs/pretrain_<name>.yaml``, ``learned-dco train pretrain_<name>``) and their held-out
 numbers are described in ``docs/pretrained.md``.
 
 Example::

@@ -197,9 +197,7 @@ def _primary() -> bool:
 
 
 def _pyplot():
-    import matplotlib
+    """``matplotlib.pyplot`` (Agg), or a one-line error naming the ``plots`` extra."""
+    from learned_dco import extras
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return extras.pyplot()

@@ -20,12 +20,10 @@ FIGURES = {"least_squares": ("figure1_least_squares.png", "Figure 1: 100-dimensi
 
 
 def _pyplot():
-    import matplotlib
+    """``matplotlib.pyplot`` (Agg), or a one-line error naming the ``plots`` extra."""
+    from learned_dco import extras
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return extras.pyplot()
 
 
 def plot_experiment(name: str, result: dict[str, Any], path: Path) -> Path:

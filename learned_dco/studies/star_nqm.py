@@ -21,10 +21,9 @@ from learned_dco.tasks import NoisyQuadratic
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
+    from learned_dco import extras
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = extras.pyplot()
 
     alphas = np.asarray(result["alphas"])
     var = np.asarray(result["trace_variance"])
