@@ -309,6 +309,26 @@ def test_every_shipped_config_trains(path, tmp_path, capsys):
 # --- failures: one line, a distinct status, --debug for the traceback -------------------------
 
 
+def test_eval_without_matplotlib_writes_the_tables_and_says_so_in_one_line(trained_run, tmp_path, monkeypatch, capsys):
+    """matplotlib is the ``plots`` extra: without it ``eval`` writes report.md and
+    results.json, leaves the figure (and the report's link to it) out, and warns once."""
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "curves.png").write_bytes(b"an earlier evaluation's figure")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    code, _, err = _main(["eval", trained_run, "--num-tasks", 3, "--num-steps", 4, "--seed", 7, "--out", out,
+                          "--overwrite"], capsys)
+    assert code == 0, err
+    assert err.strip().splitlines() == [
+        "learned-dco eval: warning: curves.png not written: figures need matplotlib, which is not installed: "
+        "pip install 'learned-dco[plots]'"]
+    assert sorted(p.name for p in out.iterdir()) == ["report.md", "results.json"]
+    assert "curves.png" not in (out / "report.md").read_text()
+    reference = json.loads((trained_run / "eval" / "results.json").read_text())
+    assert json.loads((out / "results.json").read_text())["summary"] == reference["summary"]
+
+
 def test_eval_overwrite_replaces_results_atomically(trained_run, capsys):
     before = json.loads((trained_run / "eval" / "results.json").read_text())
     code, _, err = _main(["eval", trained_run, "--num-tasks", 3, "--num-steps", 4, "--seed", 7, "--overwrite"], capsys)
