@@ -68,8 +68,9 @@ def _main(argv, capsys):
 
 def test_help_texts(capsys):
     for argv, needles in [
-        ([], ["train", "eval", "reproduce", "COMMAND --help", "exit status", "130"]),
-        (["train"], ["CONFIG.yaml", "--set", "--resume", "--out", "metrics.jsonl", "meta.msgpack", "load_trained"]),
+        ([], ["train", "eval", "reproduce", "configs", "COMMAND --help", "exit status", "130"]),
+        (["configs"], ["--show", "learned-dco train NAME"]),
+        (["train"], ["CONFIG", "shipped config", "learned-dco configs", "train quick_demo", "--set", "--resume", "--out", "metrics.jsonl", "meta.msgpack", "load_trained"]),
         (["eval"], ["RUN_DIR", "--num-tasks", "--num-steps", "--seed", "curves.png", "report.md", "results.json",
                     "--overwrite", "--debug", "--no-compile-cache"]),
         (["reproduce"], ["STUDY", "--list", "--quick", "--out", "--seed", "--overwrite", "exit status"]),
@@ -91,7 +92,7 @@ def test_module_entry_point_runs():
 
 
 def test_commands_are_a_registry_of_subparsers():
-    assert set(cli.COMMANDS) == {"train", "eval", "reproduce"}
+    assert set(cli.COMMANDS) == {"train", "eval", "reproduce", "configs"}
     parser = cli.build_parser()
     args = parser.parse_args(["eval", "somewhere", "--num-tasks", "5"])
     assert args.handler is cli.run_eval and args.num_tasks == 5 and args.num_steps is None

@@ -16,15 +16,48 @@ no single setting is right for every config; set ``XLA_FLAGS`` yourself to choos
 A flag the user's ``XLA_FLAGS`` already names is left as the user set it. XLA reads
 ``XLA_FLAGS`` once, when the first backend starts: set later in a process that has already
 computed, the flags have no effect (harmless: the run then uses whatever was in force).
-The flags exist from jaxlib 0.8.0 (the minimum) on; XLA aborts on an unknown flag.
+XLA aborts on an unknown flag: ``--xla_backend_optimization_level`` exists in every supported
+jaxlib; ``--xla_cpu_use_fusion_emitters`` exists in jaxlib 0.8.0-0.10.2 and is gone in 0.12.1
+(the releases for Python >= 3.12), so it is added only below jaxlib 0.11 (:func:`quick_defaults`).
 """
 
 from __future__ import annotations
 
 import os
+from importlib import metadata
 from typing import MutableMapping, Sequence
 
-QUICK_DEFAULTS: tuple[str, ...] = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+FUSION_EMITTERS_UNTIL = (0, 11)
+"""The first jaxlib release (major, minor) given no ``--xla_cpu_use_fusion_emitters``."""
+
+
+def jaxlib_version() -> tuple[int, ...]:
+    """The installed jaxlib's version as integers (``"0.10.2"`` -> ``(0, 10, 2)``), read from
+    its metadata without importing it; ``()`` when it cannot be read."""
+    try:
+        text = metadata.version("jaxlib")
+    except metadata.PackageNotFoundError:
+        return ()
+    parts = []
+    for piece in text.split("."):
+        digits = "".join(c for c in piece if c.isdigit()) if piece[:1].isdigit() else ""
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def quick_defaults(jaxlib: tuple[int, ...] | None = None) -> tuple[str, ...]:
+    """The ``reproduce --quick`` flags that the XLA of ``jaxlib`` (default: the installed
+    one) knows."""
+    version = jaxlib_version() if jaxlib is None else jaxlib
+    flags = ("--xla_backend_optimization_level=0",)
+    if version and version < FUSION_EMITTERS_UNTIL:
+        flags += ("--xla_cpu_use_fusion_emitters=false",)
+    return flags
+
+
+QUICK_DEFAULTS: tuple[str, ...] = quick_defaults()
 """Flags ``reproduce --quick`` adds unless ``XLA_FLAGS`` names them."""
 
 
