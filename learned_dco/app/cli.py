@@ -28,6 +28,7 @@ XLA settings unless ``XLA_FLAGS`` names them (:mod:`learned_dco.app.xla`).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
 import sys
@@ -126,6 +127,10 @@ def enable_compile_cache(path: Path, max_size: int | None = None) -> None:
 
     limit = cache.max_size() if max_size is None else max_size
     path.mkdir(parents=True, exist_ok=True)
+    if limit != cache.UNLIMITED and importlib.util.find_spec("filelock") is None:  # JAX's eviction needs it
+        print("learned-dco: warning: the compilation cache has no size limit: install filelock "
+              "(a dependency of learned-dco)", file=sys.stderr)
+        limit = cache.UNLIMITED
     jax.config.update("jax_compilation_cache_max_size", cache.split(limit)[0])
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
