@@ -89,9 +89,10 @@ def entries(directory: str | Path) -> list[Path]:
 
 
 def size(directory: str | Path) -> tuple[int, int]:
-    """``(number of entries, bytes)`` of the cache in ``directory``."""
+    """``(number of entries, bytes)`` of the cache in ``directory`` (XLA's access stamps count
+    in the bytes, not as entries)."""
     files = entries(directory)
-    return len(files), sum(p.stat().st_size for p in files)
+    return sum(not p.name.endswith("-atime") for p in files), sum(p.stat().st_size for p in files)
 
 
 def clear(directory: str | Path) -> tuple[int, int]:
