@@ -108,6 +108,7 @@ def test_task_batch_vmaps(family):
     for i in range(4):
         one = jax.tree.map(lambda a: a[i], pool)
         np.testing.assert_allclose(got[i], family.val_loss(family.init_params(keys[i], one), one), rtol=1e-5)
+    assert isinstance(family, tasks.TaskFamily)
     assert family.info.num_params == 3 * 5 + 5 + 5 * 2 + 2 and family.info.stochastic
 
 
