@@ -103,7 +103,7 @@ class FlaxTask(TaskFamilyBase):
 
     model: Any
     loss_fn: Callable[[Any, Any], Array]
-    data: Any
+    data: Any = dataclasses.field(repr=False)  # arrays: too long to print
     n_val: int | None = None
     batch_size: int | None = None
     label: str = "flax"
