@@ -149,8 +149,10 @@ run.json (config fingerprint, defaults, versions, device), metrics.jsonl (one JS
 meta-step, appended as it goes), checkpoint.msgpack (every train.checkpoint_every steps and
 at the end; the previous one is kept as checkpoint.prev.msgpack) and meta.msgpack (the
 trained meta-parameters; load them in Python with
-learned_dco.app.runs.load_trained(RUN_DIR)). After a crash or kill, --resume continues from
-the newest readable checkpoint and ends with the same meta.msgpack as an uninterrupted run.
+learned_dco.app.runs.load_trained(RUN_DIR)); with --tensorboard also tensorboard/
+(event files: `tensorboard --logdir RUN_DIR`); `learned-dco plot RUN_DIR` draws the curves.
+After a crash or kill, --resume continues from the newest readable checkpoint and ends with
+the same meta.msgpack as an uninterrupted run.
 
 examples:
   learned-dco train configs/quick_demo.yaml
