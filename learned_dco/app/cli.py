@@ -6,7 +6,10 @@
     learned-dco reproduce [STUDY] [--list] [--quick] [--out DIR] [--seed S] [--overwrite]
     learned-dco configs                    the shipped configs, each with a one-line description
     (train, eval and reproduce also take --coordinator/--num-processes/--process-id or --distributed)
-    (every command also takes --debug, --no-compile-cache and --compile-cache DIR)
+    learned-dco plot RUN_DIR [--out FILE.png]
+    learned-dco cache [--info] [--clear]
+    (train also takes --tensorboard)
+    (every command also takes --debug, --no-compile-cache, --compile-cache DIR and --compile-cache-max-size SIZE)
 
 Subcommands live in :data:`COMMANDS`, a mapping from name to a *registrar*: a function
 that receives the ``argparse`` subparsers object, adds its parser (with help texts and
@@ -26,6 +29,7 @@ XLA settings unless ``XLA_FLAGS`` names them (:mod:`learned_dco.app.xla`).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
 import sys
@@ -64,7 +68,9 @@ def _exit_epilog() -> str:
         "",
         "compilation cache: compiled XLA programs are kept in $LEARNED_DCO_CACHE_DIR",
         "(default $XDG_CACHE_HOME/learned_dco/jax, i.e. ~/.cache/learned_dco/jax) so a second run of a",
-        "config starts at once; --no-compile-cache or LEARNED_DCO_COMPILE_CACHE=0 turns it off.",
+        "config starts at once; --no-compile-cache or LEARNED_DCO_COMPILE_CACHE=0 turns it off. It is kept",
+        "under --compile-cache-max-size or $LEARNED_DCO_CACHE_MAX_SIZE (default 2G; least recently used",
+        "entries go first); `learned-dco cache --info/--clear` shows or empties it.",
     ]
     return "\n".join(lines)
 
@@ -79,6 +85,9 @@ def common_options() -> argparse.ArgumentParser:
                    help=f"do not use the persistent compilation cache (also: {COMPILE_CACHE_ENV}=0)")
     g.add_argument("--compile-cache", dest="cache_dir", metavar="DIR", default=argparse.SUPPRESS,
                    help=f"compilation cache directory (default: ${CACHE_DIR_ENV} or ~/.cache/learned_dco/jax)")
+    g.add_argument("--compile-cache-max-size", dest="cache_max_size", metavar="SIZE", default=argparse.SUPPRESS,
+                   help="size limit of the compilation cache, e.g. 500M, 2G, unlimited "
+                   "(default: $LEARNED_DCO_CACHE_MAX_SIZE or 2G); least recently used entries are evicted")
     return p
 
 
@@ -109,12 +118,22 @@ def compile_cache_dir(args: argparse.Namespace | None = None) -> Path | None:
     return base / "learned_dco" / "jax"
 
 
-def enable_compile_cache(path: Path) -> None:
+def enable_compile_cache(path: Path, max_size: int | None = None) -> None:
     """Point JAX's persistent compilation cache at ``path`` and cache every program (the
-    CLI's programs are many and small; JAX's default skips those compiling under 1 s)."""
+    CLI's programs are many and small; JAX's default skips those compiling under 1 s),
+    keeping it under ``max_size`` bytes (default :func:`learned_dco.app.cache.max_size`;
+    :mod:`learned_dco.app.cache` splits it between XLA's entries and the stored steps)."""
     import jax
 
+    from learned_dco.app import cache
+
+    limit = cache.max_size() if max_size is None else max_size
     path.mkdir(parents=True, exist_ok=True)
+    if limit != cache.UNLIMITED and importlib.util.find_spec("filelock") is None:  # JAX's eviction needs it
+        print("learned-dco: warning: the compilation cache has no size limit: install filelock "
+              "(a dependency of learned-dco)", file=sys.stderr)
+        limit = cache.UNLIMITED
+    jax.config.update("jax_compilation_cache_max_size", cache.split(limit)[0])
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -133,8 +152,10 @@ run.json (config fingerprint, defaults, versions, device), metrics.jsonl (one JS
 meta-step, appended as it goes), checkpoint.msgpack (every train.checkpoint_every steps and
 at the end; the previous one is kept as checkpoint.prev.msgpack) and meta.msgpack (the
 trained meta-parameters; load them in Python with
-learned_dco.app.runs.load_trained(RUN_DIR)). After a crash or kill, --resume continues from
-the newest readable checkpoint and ends with the same meta.msgpack as an uninterrupted run.
+learned_dco.app.runs.load_trained(RUN_DIR)); with --tensorboard also tensorboard/
+(event files: `tensorboard --logdir RUN_DIR`); `learned-dco plot RUN_DIR` draws the curves.
+After a crash or kill, --resume continues from the newest readable checkpoint and ends with
+the same meta.msgpack as an uninterrupted run.
 
 examples:
   learned-dco train quick_demo
@@ -161,6 +182,8 @@ def add_train(subparsers) -> argparse.ArgumentParser:
         "config is used (a CONFIG given too must match it except train.num_steps/checkpoint_every)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics still go to metrics.jsonl)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files to RUN_DIR/tensorboard (needs learned-dco[tensorboard])")
     from learned_dco.app import launch
 
     launch.add_options(p)
@@ -186,6 +209,10 @@ def run_train(args: argparse.Namespace) -> int:
     from learned_dco.app import runs, shipped
     from learned_dco.meta import distributed
 
+    if getattr(args, "tensorboard", False):
+        from learned_dco.app import observe
+
+        observe.require_tensorboard()  # before any work
     if args.config:
         args.config = shipped.resolve(args.config)
     if args.resume:
@@ -211,7 +238,7 @@ def run_train(args: argparse.Namespace) -> int:
         f"with {cfg.estimator.name} in {run_dir}", flush=True)
     try:
         state = runs.train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress,
-                           warn=_warn("train"))
+                           warn=_warn("train"), tensorboard=getattr(args, "tensorboard", False))
     except KeyboardInterrupt:
         print(f"\nlearned-dco train: interrupted; continue with: learned-dco train --resume {run_dir}",
               file=sys.stderr)
@@ -411,6 +438,76 @@ def run_configs(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------
+# plot, cache
+# --------------------------------------------------------------------------------------
+
+PLOT_HELP = """\
+Plot a run's meta-training curves from RUN_DIR/metrics.jsonl as one PNG: meta-loss, inner
+training loss and meta-gradient norm per meta-step, plus the held-out evaluation curves when
+`learned-dco eval` has written RUN_DIR/eval/results.json. Needs matplotlib
+(pip install 'learned-dco[plots]'). Works on a run still in progress.
+
+example:
+  learned-dco plot runs/quick_demo-20250101-120000      # writes RUN_DIR/meta_training.png
+"""
+
+
+def add_plot(subparsers) -> argparse.ArgumentParser:
+    p = _add_parser(subparsers, "plot", help="plot a run's meta-training curves (PNG)", description=PLOT_HELP)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `learned-dco train`")
+    p.add_argument("--out", metavar="FILE.png", help="output file (default: RUN_DIR/meta_training.png)")
+    p.set_defaults(handler=run_plot, compile_cache=False)  # draws no JAX program
+    return p
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from learned_dco.app import observe
+
+    print(f"wrote {observe.plot_run(args.run_dir, args.out)}")
+    return EXIT_OK
+
+
+CACHE_HELP = """\
+Show or empty the persistent compilation cache (XLA's compiled programs and the stored
+meta-steps; see `learned-dco train --help`). Without options: --info.
+
+  learned-dco cache                 location, entries, size and size limit
+  learned-dco cache --clear         delete the entries (other files in the directory are kept)
+  learned-dco cache --compile-cache DIR --clear
+"""
+
+
+def add_cache(subparsers) -> argparse.ArgumentParser:
+    p = _add_parser(subparsers, "cache", help="show (--info) or empty (--clear) the compilation cache",
+                    description=CACHE_HELP)
+    p.add_argument("--info", action="store_true", help="print location, size and limit (the default)")
+    p.add_argument("--clear", action="store_true", help="delete the cache's entries")
+    p.set_defaults(handler=run_cache)
+    return p
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    from learned_dco.app import cache
+    from learned_dco.app.config import ConfigError
+
+    if getattr(args, "compile_cache", True) is False:
+        raise ConfigError("cache: --no-compile-cache leaves no cache to show or clear")
+    where = compile_cache_dir(argparse.Namespace(cache_dir=getattr(args, "cache_dir", None)))
+    try:
+        limit = cache.max_size(getattr(args, "cache_max_size", None))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if args.clear:
+        count, total = cache.clear(where)
+        print(f"cleared {where}: removed {count} entries ({cache.human(total)})")
+    if args.info or not args.clear:
+        count, total = cache.size(where)
+        print(f"location  {where}{'' if where.is_dir() else '  (not created yet)'}\n"
+              f"entries   {count}\nsize      {cache.human(total)} ({total} bytes)\nlimit     {cache.human(limit)}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------
 
@@ -419,6 +516,8 @@ COMMANDS: dict[str, Registrar] = {
     "eval": add_eval,
     "reproduce": add_reproduce,
     "configs": add_configs,
+    "plot": add_plot,
+    "cache": add_cache,
 }
 """Subcommand name -> registrar (see the module docstring)."""
 
@@ -447,9 +546,16 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_sigterm) if _main_thread() else None
     try:
-        cache = compile_cache_dir(args)
+        cache = compile_cache_dir(args) if args.command != "cache" else None  # `cache` only inspects it
         if cache is not None and (getattr(args, "cache_dir", None) or not _cache_already_set()):
-            enable_compile_cache(cache)
+            from learned_dco.app import cache as cache_limits
+            from learned_dco.app.config import ConfigError
+
+            try:
+                limit = cache_limits.max_size(getattr(args, "cache_max_size", None))
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            enable_compile_cache(cache, limit)
         from learned_dco.app import launch
 
         with launch.session(args, args.command) as job:  # no-op unless multi-process options were given

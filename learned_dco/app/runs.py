@@ -227,6 +227,7 @@ def run(
     fingerprint: str | None = None,
     warn: Warn = _warn,
     step_cache: str | Path | None = None,
+    tensorboard: bool = False,
 ):
     """Meta-train with ``trainer.step`` until ``state.step == num_steps``.
 
@@ -238,6 +239,8 @@ def run(
     meta-step, flushed), a checkpoint generation is written every ``checkpoint_every``
     steps and at the end, and the final meta-parameters go to ``meta.msgpack``. Starting
     from a restored state drops the metrics lines at or after its step, then appends.
+    With ``tensorboard`` each record also goes to TensorBoard event files in
+    ``run_dir/tensorboard`` (:mod:`learned_dco.app.observe`; needs tensorboardX).
     """
     start = int(state.step)
     primary = distributed.is_primary()  # several processes: only process 0 writes and prints
@@ -248,6 +251,11 @@ def run(
         run_dir.mkdir(parents=True, exist_ok=True)
         recover_metrics(run_dir / METRICS, start, warn)
         metrics_file = open(run_dir / METRICS, "a")
+    board = None
+    if tensorboard and run_dir is not None and primary:
+        from learned_dco.app import observe
+
+        board = observe.tensorboard_writer(run_dir)
     bar = None
     if progress and primary:
         from tqdm.auto import tqdm
@@ -268,6 +276,8 @@ def run(
             if metrics_file is not None:
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
+            if board is not None:
+                board.write(k, record)
             if bar is not None:
                 bar.set_postfix(meta_loss=f"{record['meta_loss']:.4g}", refresh=False)
                 bar.update(1)
@@ -280,6 +290,8 @@ def run(
             bar.close()
         if metrics_file is not None:
             metrics_file.close()
+        if board is not None:
+            board.close()
     if run_dir is not None:
         distributed.save_checkpoint(run_dir / CHECKPOINT, state, fingerprint)
     return state
@@ -294,6 +306,7 @@ def train(
     devices: list | None = None,
     on_step: Callable[[int, dict], None] | None = None,
     warn: Warn = _warn,
+    tensorboard: bool = False,
 ):
     """Meta-train ``cfg`` in ``run_dir`` until ``train.num_steps``.
 
@@ -334,6 +347,7 @@ def train(
         trainer, state, cfg.train.num_steps, run_dir=run_dir, checkpoint_every=cfg.train.checkpoint_every,
         progress=progress, on_step=on_step, fingerprint=fingerprint, warn=warn,
         step_cache=jax.config.jax_compilation_cache_dir or None,  # beside XLA's cache when one is on
+        tensorboard=tensorboard,
     )
     info = {
         "optimizer": cfg.resolved().optimizer.to_dict(),

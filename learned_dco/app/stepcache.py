@@ -26,6 +26,9 @@ Used only where it is safe and simple: one process, one device, one task family 
 compiles one step per member and horizon and keeps the plain path). Anything unexpected
 (an unreadable entry, a different output structure) falls back to the plain jitted step.
 ``jax.export`` needs the ``flatbuffers`` package (a dependency of this project).
+
+The stored steps share the cache's size limit (:mod:`learned_dco.app.cache`): after each
+write the least recently used ones are deleted beyond their budget.
 """
 
 from __future__ import annotations
@@ -40,9 +43,10 @@ from typing import Callable
 import jax
 
 from learned_dco import io
+from learned_dco.app import cache
 from learned_dco.meta.trainer import Metrics
 
-SUBDIR = "learned_dco-steps"
+SUBDIR = cache.STEPS_SUBDIR
 _PACKAGE = Path(__file__).resolve().parents[1]
 
 
@@ -110,6 +114,7 @@ def _resolve(trainer, state, fingerprint: str, directory: str | os.PathLike) -> 
     if path.exists():
         try:
             exported = jax.export.deserialize(bytearray(path.read_bytes()))
+            os.utime(path)  # recently used: pruned last
         except Exception:  # noqa: BLE001 -- a torn or foreign entry: export afresh
             exported = None
     if exported is None:
@@ -127,6 +132,7 @@ def _resolve(trainer, state, fingerprint: str, directory: str | os.PathLike) -> 
         if seen.get("tree") != out_tree:
             return trainer.step
         io.atomic_write_bytes(path, bytes(exported.serialize()))
+        cache.prune(path.parent, cache.steps_budget(jax.config.jax_compilation_cache_max_size))
     call = jax.jit(exported.call)
     num_state = state_tree.num_leaves
 

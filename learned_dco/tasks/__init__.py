@@ -31,6 +31,9 @@ set a DCO step's QP carries), ``project`` and ``violation``.
 meta-step, for meta-training over families of different parameter shapes; ``random_mlps``
 makes MLP members with random widths, depths and activations.
 
+``from_flax(model, loss_fn, data)`` (a ``FlaxTask``) makes a family of the user's own flax
+model, loss and data: tasks are random train/validation splits and random initialisations.
+
 Also exported (not in ``FAMILIES``): ``MatrixLeastSquares``, multi-output least squares
 with a shared rotated ill-conditioned feature covariance (Kronecker curvature), built for
 MetaMD's benchmark.
@@ -66,6 +69,7 @@ from learned_dco.tasks.constrained import (
     project_simplex,
 )
 from learned_dco.tasks.base import TaskFamily, TaskFamilyBase, TaskInfo, sample_tasks
+from learned_dco.tasks.flax_task import FlaxTask, FlaxTaskData, from_flax
 from learned_dco.tasks.digits import DigitsConvNet, DigitsMLP, DigitsTask, load_digits
 from learned_dco.tasks.interpolation import SmoothInterpolation, SmoothInterpolationTask
 from learned_dco.tasks.lasso import Lasso, LassoTask, lasso_solve
@@ -121,6 +125,9 @@ def make_family(name: str, **fields: Any) -> TaskFamilyBase:
 
 
 __all__ = [
+    "FlaxTask",
+    "FlaxTaskData",
+    "from_flax",
     "BoxLQR",
     "LQRTask",
     "NonnegLeastSquares",
