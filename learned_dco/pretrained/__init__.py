@@ -156,12 +156,38 @@ def load_lopt(name: str, *, root: str | Path | None = None) -> tuple[LearnedOpti
     return lopt, meta
 
 
-def load(name: str, *, root: str | Path | None = None, **options: Any) -> optax.GradientTransformation:
-    """The pretrained optimizer ``name`` as an ``optax.GradientTransformation``.
+def load(
+    name: str,
+    *,
+    root: str | Path | None = None,
+    learning_rate: Any = 1.0,
+    weight_decay: Any = 0.0,
+    num_steps: Any = None,
+    **options: Any,
+) -> optax.GradientTransformationExtraArgs:
+    r"""The pretrained optimizer ``name`` as an ``optax.GradientTransformationExtraArgs``.
 
-    ``options`` are the card's ``options`` (e.g. ``num_steps``); each sets one field of the
-    optimizer. Anything else raises ``PretrainedError`` listing what the optimizer takes.
+    ``options`` are the card's ``options`` (e.g. ``num_steps``, the run's length for a
+    horizon-aware optimizer: a Python int or a, possibly traced, scalar array); each sets
+    one field of the optimizer. Anything else raises ``PretrainedError`` listing what the
+    optimizer takes. ``learning_rate`` (a number, array or optax schedule; default 1, the
+    shipped behaviour) scales every update and ``weight_decay`` adds decoupled weight decay
+    scaled by it, :math:`u = \eta\,(u^{opt} - \lambda\theta)` as in ``optax.adamw``.
+    bfloat16/float16 params keep their state dtypes. ``optax.inject_hyperparams`` can wrap
+    it::
+
+        tx = optax.inject_hyperparams(functools.partial(load, "learned_prodigy"))(
+            learning_rate=0.5, num_steps=300)   # state.hyperparams holds both
     """
+    nested = options.pop("options", None)
+    if isinstance(nested, Mapping):
+        # optax.inject_hyperparams binds this signature and hands the var-keyword back as
+        # one mapping named ``options``.
+        options = {**nested, **options}
+    elif nested is not None:
+        options["options"] = nested
+    if num_steps is not None:
+        options["num_steps"] = num_steps
     data = card(name, root)
     accepted = data.get("options", {})
     unknown = sorted(set(options) - set(accepted))
@@ -172,7 +198,7 @@ def load(name: str, *, root: str | Path | None = None, **options: Any) -> optax.
     lopt, meta = load_lopt(name, root=root)
     if options:
         lopt = _build(name, data["architecture"], {accepted[k]: v for k, v in options.items()})
-    return lopt.opt_fn(meta)
+    return lopt.opt_fn(meta, learning_rate=learning_rate, weight_decay=weight_decay)
 
 
 def _json_safe(value: Any) -> Any:
