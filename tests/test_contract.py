@@ -5,7 +5,11 @@ init/opt_fn on nested pytree params; jit; state shapes/dtypes stable across step
 through ``jax.lax.cond``; ``jax.vmap`` over a batch of meta-parameters equals a Python
 loop; ``optax.chain`` with gradient clipping trains a small flax MLP; the meta-gradient is
 finite and matches central differences; meta-parameters tied to one model's shapes raise
-``ValueError`` on another, model-agnostic ones work there.
+``ValueError`` on another, model-agnostic ones work there. The same optimizers and the
+shipped ``pretrained.load`` are optax citizens (section below): bfloat16/float16 params keep
+their state dtypes under ``lax.scan``, ``update`` takes extra arguments (``value=``), and they
+compose with ``optax.MultiSteps``, ``optax.multi_transform``, ``flax.nnx.Optimizer`` and
+``optax.inject_hyperparams`` (``learning_rate``, ``weight_decay``, a traced ``num_steps``).
 """
 
 import functools
