@@ -227,7 +227,8 @@ class ScheduledScaleState(NamedTuple):
     inner_state: Any
 
 
-def _is_python(value: Any, number: float) -> bool:
+def is_python_number(value: Any, number: float) -> bool:
+    """``value`` is a Python int/float (not a bool, not an array) equal to ``number``."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == number
 
 
@@ -246,8 +247,8 @@ def scale_and_decay(
     The product is formed in at least float32 and cast back to the update's dtype.
     """
     scheduled = callable(learning_rate)
-    decays = not _is_python(weight_decay, 0.0)
-    if not scheduled and _is_python(learning_rate, 1.0) and not decays:
+    decays = not is_python_number(weight_decay, 0.0)
+    if not scheduled and is_python_number(learning_rate, 1.0) and not decays:
         return optax.with_extra_args_support(tx)
     if not scheduled:
         validation.check_values(owner, "learning_rate", learning_rate, lambda v: np.isfinite(v), "finite")

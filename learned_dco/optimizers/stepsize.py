@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from learned_dco.optimizers.base import check_grads, finish
+from learned_dco.optimizers.base import check_grads, finish, is_python_number
 from learned_dco.optimizers.dco import LOG_CLIP
 from learned_dco.types import MetaParams, Params, PRNGKey
 from learned_dco.validation import check_positive
@@ -38,12 +38,18 @@ def step_size_gd(learning_rate: Any, *, weight_decay: Any = 0.0) -> optax.Gradie
         del params
         return StepSizeState()
 
+    # Without a schedule or decay the step is folded into the rule, u = -eta g; otherwise the
+    # rule is -g and scale_and_decay (via finish) forms eta (-g - lambda theta).
+    folded = not callable(learning_rate) and is_python_number(weight_decay, 0.0)
+    inner_lr = learning_rate if folded else 1.0
+
     def update_fn(grads, state, params=None):
         if params is not None:
             check_grads("step_size_gd", grads, params)
-        return jax.tree.map(jnp.negative, grads), state
+        lr = jnp.asarray(inner_lr)
+        return jax.tree.map(lambda g: -lr.astype(g.dtype) * g, grads), state
 
-    return finish(optax.GradientTransformation(init_fn, update_fn), learning_rate=learning_rate,
+    return finish(optax.GradientTransformation(init_fn, update_fn), learning_rate=1.0 if folded else learning_rate,
                   weight_decay=weight_decay, owner="step_size_gd")
 
 
