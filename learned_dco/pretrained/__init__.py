@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any, Mapping
@@ -140,7 +141,30 @@ def _check_shapes(name: str, want: Mapping[str, Any], got: Mapping[str, Any], wh
 
 
 def load_lopt(name: str, *, root: str | Path | None = None) -> tuple[LearnedOptimizer, Any]:
-    """``(lopt, meta)`` of a pretrained optimizer, e.g. to meta-train it further."""
+    """``(lopt, meta)`` of a pretrained optimizer, e.g. to meta-train it further.
+
+    The result is cached per (card, weights) file version, so a builder called at every
+    step (``optax.inject_hyperparams`` calls :func:`load` in each ``update``) reads the files
+    once; rewriting either file loads it afresh."""
+    stamp = None
+    if isinstance(name, str) and name and "/" not in name:
+        files = [_root(root) / f"{name}.json", _root(root) / f"{name}.msgpack"]
+        if all(f.is_file() for f in files):
+            stats = [(f, f.stat()) for f in files]
+            stamp = tuple((str(f.resolve()), st.st_ino, st.st_mtime_ns, st.st_size) for f, st in stats)
+    if stamp is None:
+        return _load_lopt(name, root)
+    lopt, meta = _cached_lopt(name, str(_root(root).resolve()), stamp)
+    return lopt, jax.tree.map(lambda x: x, meta)  # fresh containers: the caller may edit them
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_lopt(name: str, root: str, stamp: tuple) -> tuple[LearnedOptimizer, Any]:
+    del stamp  # part of the cache key only
+    return _load_lopt(name, root)
+
+
+def _load_lopt(name: str, root: str | Path | None) -> tuple[LearnedOptimizer, Any]:
     data = card(name, root)
     arch = data.get("architecture", {})
     lopt = _build(name, arch)
