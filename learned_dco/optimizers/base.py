@@ -1,5 +1,6 @@
-"""Pieces every optimizer builder shares: input validation, gradient normalisation and the
-non-finite-gradient guard."""
+"""Pieces every optimizer builder shares: input validation, gradient normalisation, the
+non-finite-gradient guard, and :func:`finish`, which makes a builder's rule a full optax
+transformation (params' dtypes kept, learning-rate scale and weight decay, extra arguments)."""
 
 from __future__ import annotations
 
