@@ -153,9 +153,12 @@ def load_lopt(name: str, *, root: str | Path | None = None) -> tuple[LearnedOpti
             stats = [(f, f.stat()) for f in files]
             stamp = tuple((str(f.resolve()), st.st_ino, st.st_mtime_ns, st.st_size) for f, st in stats)
     if stamp is None:
-        return _load_lopt(name, root)
-    lopt, meta = _cached_lopt(name, str(_root(root).resolve()), stamp)
-    return lopt, jax.tree.map(lambda x: x, meta)  # fresh containers: the caller may edit them
+        lopt, meta = _load_lopt(name, root)
+    else:
+        lopt, meta = _cached_lopt(name, str(_root(root).resolve()), stamp)
+    # Fresh containers and JAX arrays: the cache holds NumPy values (a load inside jit must
+    # not store that trace's values) and the caller may edit what it gets.
+    return lopt, jax.tree.map(jnp.asarray, meta)
 
 
 @functools.lru_cache(maxsize=16)
@@ -176,7 +179,7 @@ def _load_lopt(name: str, root: str | Path | None) -> tuple[LearnedOptimizer, An
     except (ValueError, KeyError, TypeError) as err:
         raise PretrainedError(f"pretrained {name!r}: weights do not match the architecture ({err})") from None
     _check_shapes(name, meta_shapes(template), meta_shapes(meta), "the stored weights")
-    meta = jax.tree.map(lambda t, v: jnp.asarray(v, jnp.result_type(t)), template, meta)
+    meta = jax.tree.map(lambda t, v: np.asarray(v, np.dtype(jnp.result_type(t))), template, meta)
     return lopt, meta
 
 
