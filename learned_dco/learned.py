@@ -8,7 +8,11 @@ A learned optimizer is a pair of pure functions, the same split as learned_optim
   set: positive curvature, momentum in [0, 1], ...). ``params`` is passed so per-parameter
   meta-parameters can take its shapes.
 * ``opt_fn(meta) -> optax.GradientTransformation``: the update rule with ``meta`` closed
-  over, so ``jax.grad`` of any meta-loss built from its updates flows into ``meta``.
+  over, so ``jax.grad`` of any meta-loss built from its updates flows into ``meta``. The
+  library's optimizers return an ``optax.GradientTransformationExtraArgs`` and take two
+  keyword options, ``learning_rate`` (a scale: number, array or optax schedule) and
+  ``weight_decay`` (decoupled, scaled by ``learning_rate``), defaults 1 and 0 (the rule as
+  meta-trained), so ``optax.inject_hyperparams(functools.partial(lopt.opt_fn, meta))`` works.
 
 Concrete optimizers are frozen dataclasses of their (non-learned) hyperparameters, so they
 are hashable, can be static arguments of ``jax.jit``, and are cheap to copy.

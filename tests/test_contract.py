@@ -5,8 +5,14 @@ init/opt_fn on nested pytree params; jit; state shapes/dtypes stable across step
 through ``jax.lax.cond``; ``jax.vmap`` over a batch of meta-parameters equals a Python
 loop; ``optax.chain`` with gradient clipping trains a small flax MLP; the meta-gradient is
 finite and matches central differences; meta-parameters tied to one model's shapes raise
-``ValueError`` on another, model-agnostic ones work there.
+``ValueError`` on another, model-agnostic ones work there. The same optimizers and the
+shipped ``pretrained.load`` are optax citizens (section below): bfloat16/float16 params keep
+their state dtypes under ``lax.scan``, ``update`` takes extra arguments (``value=``), and they
+compose with ``optax.MultiSteps``, ``optax.multi_transform``, ``flax.nnx.Optimizer`` and
+``optax.inject_hyperparams`` (``learning_rate``, ``weight_decay``, a traced ``num_steps``).
 """
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -213,3 +219,264 @@ def test_registries_build_by_name():
             make("nope")
     assert optimizers.make_optimizer("dcog", learning_rate=0.5).learning_rate == 0.5
     assert meta.make_estimator("pes", horizon=4, truncation=2).truncation == 2
+
+
+# --- optax citizenship -----------------------------------------------------------------------
+# Every learned optimizer's ``opt_fn(meta)`` and the shipped ``pretrained.load(name)`` behave
+# like an optax optimizer: low-precision params keep their state dtypes under ``lax.scan``
+# (float32 meta-parameters do not promote the moments), ``update`` takes extra arguments
+# (``value=loss``), the transformation composes with ``optax.MultiSteps``,
+# ``optax.multi_transform`` and ``flax.nnx.Optimizer``, and ``optax.inject_hyperparams``
+# drives its ``learning_rate`` / ``weight_decay``. Tiny params keep each case one small program.
+
+CITIZENS = NAMES + ["pretrained:learned_prodigy"]
+
+
+def _tiny(dtype=jnp.float32):
+    return {"w": jnp.asarray([[0.5, -1.0], [2.0, 0.25], [-0.75, 1.5]], dtype), "b": jnp.asarray([0.3, -0.2], dtype)}
+
+
+def _tiny_loss(p):
+    w, b = p["w"].astype(jnp.float32), p["b"].astype(jnp.float32)
+    scale = jnp.arange(1.0, 7.0).reshape(3, 2)
+    return 0.5 * jnp.sum(scale * (w - 1.0) ** 2) + jnp.sum((b + 0.5) ** 2)
+
+
+def _factory(name, params):
+    """``factory(**options)`` -> the transformation of ``name`` for params shaped like
+    ``params`` (float32 meta-parameters, as trained or shipped)."""
+    if name.startswith("pretrained:"):
+        return functools.partial(ldco.pretrained.load, name.split(":", 1)[1], num_steps=20)
+    lopt = ldco.LEARNED_OPTIMIZERS[name]()
+    meta = lopt.init(jax.random.PRNGKey(1), jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params))
+    return functools.partial(lopt.opt_fn, meta)
+
+
+def _float_leaves_dtypes(tree):
+    return {jnp.dtype(jnp.result_type(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.floating)}
+
+
+@pytest.mark.parametrize("name", CITIZENS)
+def test_low_precision_params_keep_state_dtypes_under_scan(name):
+    """bfloat16 and float16 params train under ``lax.scan`` (a carry whose dtypes changed
+    would raise TypeError) and every floating state leaf keeps the params' dtype."""
+    factory = _factory(name, _tiny())
+
+    def run(params):
+        tx = factory()
+        state = tx.init(params)
+
+        def step(carry, _):
+            p, s = carry
+            value, g = jax.value_and_grad(_tiny_loss)(p)
+            u, s = tx.update(g, s, p)
+            return (optax.apply_updates(p, u), s), (value, u)
+
+        (p, s), (values, updates) = jax.lax.scan(step, (params, state), length=3)
+        return state, s, p, values, updates
+
+    runs = jax.jit(lambda a, b: (run(a), run(b)))(_tiny(jnp.bfloat16), _tiny(jnp.float16))
+    for dtype, (state0, state, p, values, updates) in zip((jnp.bfloat16, jnp.float16), runs):
+        assert _signature(state) == _signature(state0)
+        assert _float_leaves_dtypes(state0) <= {jnp.dtype(dtype)}, f"{dtype.__name__} params, state {_float_leaves_dtypes(state0)}"
+        assert _float_leaves_dtypes(updates) == {jnp.dtype(dtype)} and _float_leaves_dtypes(p) == {jnp.dtype(dtype)}
+        assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves((values, updates, p)))
+        assert any(bool(jnp.any(u != 0)) for u in jax.tree.leaves(updates))
+
+
+@pytest.mark.parametrize("name", CITIZENS)
+def test_update_takes_extra_args(name):
+    """A ``GradientTransformationExtraArgs``: ``update(..., value=loss)`` (alone and in a
+    chain) gives the same update and state as without."""
+    params = _tiny()
+    tx = _factory(name, params)()
+    assert isinstance(tx, optax.GradientTransformationExtraArgs)
+    value, grads = jax.value_and_grad(_tiny_loss)(params)
+    state = tx.init(params)
+    plain = tx.update(grads, state, params)
+    extra = tx.update(grads, state, params, value=value, unrelated=3)
+    chained = optax.chain(optax.identity(), tx)
+    via_chain = chained.update(grads, chained.init(params), params, value=value)
+    for a, b, c in zip(jax.tree.leaves(plain), jax.tree.leaves(extra), jax.tree.leaves((via_chain[0], via_chain[1][1]))):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("name", CITIZENS)
+def test_multi_steps_averages_gradients(name):
+    """``optax.MultiSteps(tx, 2)``: no update on the first mini-step, then ``tx``'s update
+    on the mean of the two gradients (params unchanged in between); with bfloat16 params
+    (its ``lax.cond`` / selects need both branches' states of one dtype) the state keeps
+    its dtypes."""
+    params = _tiny()
+    tx = _factory(name, params)()
+    g1 = jax.grad(_tiny_loss)(params)
+    g2 = jax.tree.map(lambda g: 0.5 * g + 0.25, g1)
+    low = jax.tree.map(lambda x: x.astype(jnp.bfloat16), (params, g1, g2))
+
+    @jax.jit
+    def run():
+        ms = optax.MultiSteps(tx, every_k_schedule=2)
+        s0 = ms.init(params)
+        u1, s1 = ms.update(g1, s0, params, value=1.0)
+        u2, s2 = ms.update(g2, s1, params, value=1.0)
+        mean = jax.tree.map(lambda a, b: 0.5 * (a + b), g1, g2)
+        want, _ = tx.update(mean, tx.init(params), params)
+        b0 = ms.init(low[0])  # one bfloat16 mini-step traces both branches of MultiSteps' cond
+        bu, b1 = ms.update(low[1], b0, low[0])
+        return (s0, s2, u1, u2, want), (b0, b1, bu)
+
+    (s0, s2, u1, u2, want), (b0, b1, bu) = run()
+    assert _signature(s2) == _signature(s0) and _signature(b1) == _signature(b0)
+    assert _signature(bu) == _signature(low[0])
+    assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(u1))
+    for got, ref in zip(jax.tree.leaves(u2), jax.tree.leaves(want)):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", CITIZENS)
+def test_multi_transform_sub_tree(name):
+    """Under ``optax.multi_transform`` the optimizer sees its leaves only (the others are
+    ``optax.MaskedNode``): its updates equal the optimizer run on those leaves alone."""
+    params = _tiny()
+    labels = {"w": "learned", "b": "sgd"}
+    masked = {"w": params["w"], "b": optax.MaskedNode()}
+    tx = optax.multi_transform({"learned": _factory(name, masked)(), "sgd": optax.sgd(0.1)}, labels)
+    grads = jax.grad(_tiny_loss)(params)
+    updates, state = tx.update(grads, tx.init(params), params, value=1.0)
+    updates, _ = tx.update(grads, state, params)
+    alone = _factory(name, {"w": params["w"]})()
+    ref, s = alone.update({"w": grads["w"]}, alone.init({"w": params["w"]}), {"w": params["w"]})
+    ref, _ = alone.update({"w": grads["w"]}, s, {"w": params["w"]})
+    np.testing.assert_allclose(updates["w"], ref["w"], rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(updates["b"], -0.1 * grads["b"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", CITIZENS)
+def test_nnx_optimizer(name):
+    """``flax.nnx.Optimizer(model, tx, wrt=nnx.Param)`` (it passes ``Variable`` s to
+    ``init`` and plain arrays to ``update``) takes the same step as ``tx`` on the arrays."""
+    from flax import nnx
+
+    model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    x = jnp.asarray([[1.0, -2.0, 0.5], [0.3, 0.1, -1.0]])
+
+    def loss(m):
+        return jnp.mean((m(x) - 1.0) ** 2)
+
+    pure = nnx.as_pure(nnx.state(model, nnx.Param))
+    tx = _factory(name, nnx.state(model, nnx.Param))()  # meta-parameters made from the model's State
+    grads = nnx.grad(loss)(model)
+    want, _ = tx.update(nnx.as_pure(nnx.state(grads, nnx.Param)), tx.init(pure), pure)
+    opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    opt.update(model, grads, value=loss(model))
+    after = nnx.as_pure(nnx.state(model, nnx.Param))
+    for p, u, q in zip(jax.tree.leaves(pure), jax.tree.leaves(want), jax.tree.leaves(after)):
+        np.testing.assert_allclose(q, p + u, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", CITIZENS)
+def test_inject_hyperparams_learning_rate_and_weight_decay(name):
+    r"""``optax.inject_hyperparams`` over the builder: the state exposes ``learning_rate``
+    and ``weight_decay``, and the update is :math:`\eta\,(u - \lambda\theta)` with ``u``
+    the default update (decoupled weight decay scaled by the learning rate, as
+    ``optax.adamw``); a schedule scales step ``t`` by ``schedule(t)``; the default
+    ``learning_rate=1`` is the plain update bit for bit."""
+    params = _tiny()
+    factory = _factory(name, params)
+    grads = jax.grad(_tiny_loss)(params)
+    base = factory()
+    injected = optax.inject_hyperparams(factory)(learning_rate=0.5, weight_decay=0.1)
+    one = factory(learning_rate=1.0, weight_decay=0.0)
+    schedule = optax.linear_schedule(1.0, 0.0, 4)
+    scheduled = factory(learning_rate=schedule)
+    states = [t.init(params) for t in (base, injected, one, scheduled)]
+    assert float(states[1].hyperparams["learning_rate"]) == 0.5
+    assert float(states[1].hyperparams["weight_decay"]) == pytest.approx(0.1)
+    for t in range(2):
+        outs = [tx.update(grads, s, params) for tx, s in zip((base, injected, one, scheduled), states)]
+        (u, _), (ui, _), (u1, _), (us, _) = outs
+        states = [s for _, s in outs]
+        for k in params:
+            np.testing.assert_allclose(ui[k], 0.5 * (u[k] - 0.1 * params[k]), rtol=1e-5, atol=1e-8)
+            np.testing.assert_array_equal(u1[k], u[k])
+            np.testing.assert_allclose(us[k], float(schedule(t)) * u[k], rtol=1e-6, atol=1e-9)
+
+
+def test_pretrained_under_inject_hyperparams_with_traced_num_steps():
+    """``inject_hyperparams(partial(pretrained.load, name))(learning_rate=, num_steps=)``:
+    the state exposes both, ``num_steps`` arrives as an array, and the updates are
+    ``learning_rate`` times those of ``load(name, num_steps=T)`` with a Python int."""
+    params = _tiny()
+    grads = jax.grad(_tiny_loss)(params)
+    tx = optax.inject_hyperparams(functools.partial(ldco.pretrained.load, "learned_prodigy"))(learning_rate=0.5, num_steps=300)
+    ref = ldco.pretrained.load("learned_prodigy", num_steps=300)
+    s, r = tx.init(params), ref.init(params)
+    assert {"learning_rate", "weight_decay", "num_steps"} <= set(s.hyperparams)
+    assert int(s.hyperparams["num_steps"]) == 300 and float(s.hyperparams["learning_rate"]) == 0.5
+    p = params
+    for _ in range(3):
+        u, s = jax.jit(tx.update)(grads, s, p, value=_tiny_loss(p))
+        v, r = ref.update(grads, r, p)
+        for k in p:
+            np.testing.assert_allclose(u[k], 0.5 * v[k], rtol=1e-5, atol=1e-9)
+        p = optax.apply_updates(p, v)
+
+
+def _three_updates(make):
+    """The updates of three steps of ``make()`` on the tiny problem."""
+    tx = make()
+    p, s, out = _tiny(), None, []
+    s = tx.init(p)
+    for _ in range(3):
+        u, s = tx.update(jax.grad(_tiny_loss)(p), s, p)
+        p = optax.apply_updates(p, u)
+        out.append(u)
+    return out
+
+
+@pytest.mark.parametrize("make", [
+    lambda T: ldco.pretrained.load("learned_prodigy", num_steps=T),
+    lambda T: ldco.ScheduledAdam(num_steps=T, learning_rate=0.1).opt_fn(
+        {"log_lr": jnp.log(jnp.asarray([0.3, 0.1, 0.01])), "b1_logit": jnp.asarray(2.0), "b2_logit": jnp.asarray(6.0)}),
+], ids=["pretrained", "scheduled_adam"])
+def test_num_steps_may_be_traced(make):
+    """A traced ``num_steps`` (one compiled program for every horizon) gives the updates of
+    the same Python int; another horizon gives other updates (the schedule reads it)."""
+    run = jax.jit(lambda T: _three_updates(lambda: make(T)))
+    traced, longer = run(jnp.asarray(4)), run(jnp.asarray(400))
+    python = _three_updates(lambda: make(4))
+    for a, b in zip(jax.tree.leaves(traced), jax.tree.leaves(python)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+    assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(traced), jax.tree.leaves(longer)))
+
+
+def test_learning_rate_and_weight_decay_closed_form():
+    r"""``dcog(lam, learning_rate=eta, weight_decay=wd)`` is
+    :math:`\eta\,(-g/\Lambda^2 - \lambda\theta)`; ``step_size_gd(eta, weight_decay=wd)`` is
+    :math:`-\eta\,(g + \lambda\theta)`."""
+    p = _tiny()
+    g = jax.grad(_tiny_loss)(p)
+    tx = ldco.dcog(2.0, learning_rate=0.5, weight_decay=0.1)
+    u, _ = tx.update(g, tx.init(p), p)
+    gd = ldco.step_size_gd(0.3, weight_decay=0.2)
+    v, _ = gd.update(g, gd.init(p), p)
+    for k in p:
+        np.testing.assert_allclose(u[k], 0.5 * (-g[k] / 4.0 - 0.1 * p[k]), rtol=1e-6)
+        np.testing.assert_allclose(v[k], -0.3 * (g[k] + 0.2 * p[k]), rtol=1e-6)
+
+
+def test_bad_learning_rate_weight_decay_and_num_steps_are_refused():
+    p = _tiny()
+    with pytest.raises(ldco.ValidationError, match="weight_decay"):
+        ldco.dcog(1.0, weight_decay=-0.1)
+    with pytest.raises(ldco.ValidationError, match="learning_rate"):
+        ldco.STAR().opt_fn(ldco.STAR().init(jax.random.PRNGKey(0), p), learning_rate=float("nan"))
+    gd = ldco.step_size_gd(0.1, weight_decay=0.1)
+    with pytest.raises(ldco.ValidationError, match="weight_decay needs params"):
+        gd.update(p, gd.init(p))
+    for bad in (0, jnp.asarray(0), jnp.ones(2), 2.5):
+        with pytest.raises(ldco.ValidationError, match="num_steps"):
+            ldco.ScheduledAdam(num_steps=bad)
+    with pytest.raises(ldco.ValidationError, match="num_steps"):
+        ldco.pretrained.load("learned_prodigy", num_steps=-3)

@@ -164,3 +164,22 @@ def test_a_mixture_run_ships_reproducibly(tmp_path):
     got = fourth_update(pretrained.load("mix", root=tmp_path / "w", num_steps=7))
     np.testing.assert_allclose(got, fourth_update(dataclasses.replace(trained.lopt, num_steps=7).opt_fn(meta)), rtol=1e-6)
     assert not np.allclose(got, fourth_update(dataclasses.replace(trained.lopt, num_steps=1000).opt_fn(meta)), rtol=1e-3)
+
+
+def test_loaded_weights_follow_a_rewrite_and_edits_stay_local(shipped):
+    """``load_lopt`` caches per file version: weights saved again under the same name are
+    what the next load returns, editing a returned meta does not reach the next load, and a
+    load inside ``jit`` leaves no traced values behind for the next one."""
+    root, lopt, meta = shipped
+    jax.jit(lambda: jax.tree.leaves(pretrained.load_lopt("tiny", root=root)[1]))()  # a first load inside a trace
+    _, first = pretrained.load_lopt("tiny", root=root)
+    assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(first))  # concrete, not that trace's values
+    first["heads"] = None  # a caller's edit
+    _, again = pretrained.load_lopt("tiny", root=root)
+    for a, b in zip(jax.tree.leaves(meta), jax.tree.leaves(again)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    _, other = _perturbed_star(seed=5)
+    pretrained.save("tiny", lopt, other, root=root, options={"nominal_step": "nominal_step"})
+    _, reloaded = pretrained.load_lopt("tiny", root=root)
+    for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(reloaded)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

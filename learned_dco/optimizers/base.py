@@ -1,10 +1,11 @@
-"""Pieces every optimizer builder shares: input validation, gradient normalisation and the
-non-finite-gradient guard."""
+"""Pieces every optimizer builder shares: input validation, gradient normalisation, the
+non-finite-gradient guard, and :func:`finish`, which makes a builder's rule a full optax
+transformation (params' dtypes kept, learning-rate scale and weight decay, extra arguments)."""
 
 from __future__ import annotations
 
-from typing import Any
-
+import sys
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -173,3 +174,135 @@ def guard_nonfinite(tx: optax.GradientTransformation, max_consecutive: int | Non
 
 def ravel_size(params: PyTree) -> int:
     return int(sum(np.prod(jnp.shape(p), dtype=int) for p in jax.tree.leaves(params)))
+
+
+# --- what makes a builder's rule a full optax citizen ------------------------------------
+
+
+def plain(tree: PyTree) -> PyTree:
+    """``tree`` with flax ``nnx.Variable`` s replaced by their values (``nnx.Optimizer``
+    hands ``init`` a ``State`` of ``Param`` variables and ``update`` plain arrays); any
+    other pytree unchanged. flax is consulted only when its ``nnx`` is already imported
+    (no ``Variable`` can exist otherwise)."""
+    nnx = sys.modules.get("flax.nnx")
+    return tree if nnx is None else nnx.as_pure(tree)
+
+
+def _compute_dtype(x: Array):
+    """float32 for floating leaves narrower than 32 bits (bfloat16, float16), else the leaf's dtype."""
+    dtype = jnp.result_type(x)
+    if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+        return jnp.float32
+    return dtype
+
+
+def _upcast(tree: PyTree) -> PyTree:
+    return tree_map(lambda x: jnp.asarray(x, _compute_dtype(x)), tree)
+
+
+def follow_dtypes(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+    """``tx`` whose state and updates keep the dtypes of the parameters.
+
+    ``update`` computes in at least float32 (bfloat16/float16 gradients, params and state
+    are upcast, exactly) and casts every new state leaf back to the dtype it had and every
+    update to its gradient's dtype. So float32 meta-parameters cannot promote the moments of
+    bfloat16 params, a ``jax.lax.scan`` carry keeps its type, and float16 second moments do
+    not overflow. For float32 and float64 params nothing is cast: the same program as ``tx``.
+    """
+    tx = optax.with_extra_args_support(tx)
+
+    def update_fn(grads, state, params=None, **extra_args):
+        params_c = None if params is None else _upcast(params)
+        updates, new = tx.update(_upcast(grads), _upcast(state), params_c, **extra_args)
+        new = tree_map(lambda n, o: jnp.asarray(n, jnp.result_type(o)), new, state)
+        updates = tree_map(lambda u, g: jnp.asarray(u, jnp.result_type(g)), updates, grads)
+        return updates, new
+
+    return optax.GradientTransformationExtraArgs(tx.init, update_fn)
+
+
+class ScheduledScaleState(NamedTuple):
+    """State of :func:`scale_and_decay` with a learning-rate schedule."""
+
+    count: Array  # int32: updates taken (the schedule's argument)
+    inner_state: Any
+
+
+def is_python_number(value: Any, number: float) -> bool:
+    """``value`` is a Python int/float (not a bool, not an array) equal to ``number``."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == number
+
+
+def scale_and_decay(
+    tx: optax.GradientTransformation, learning_rate: Any = 1.0, weight_decay: Any = 0.0, *, owner: str = "optimizer"
+) -> optax.GradientTransformationExtraArgs:
+    r"""``tx`` with its update scaled by a learning rate and a decoupled weight decay:
+
+    .. math:: u_t = \eta_t\,(u^{tx}_t - \lambda\,\theta_t)
+
+    (Loshchilov & Hutter, 2019, AdamW: the decay is scaled by the learning rate, as
+    ``optax.adamw`` does). ``learning_rate`` :math:`\eta` is a number, a (traced) array or an
+    optax schedule ``count -> value`` (then the state is :class:`ScheduledScaleState`,
+    counting this transformation's updates); ``weight_decay`` :math:`\lambda \ge 0` a number
+    or array. The Python defaults ``1.0`` and ``0.0`` return ``tx`` itself (bit for bit).
+    The product is formed in at least float32 and cast back to the update's dtype.
+    """
+    scheduled = callable(learning_rate)
+    decays = not is_python_number(weight_decay, 0.0)
+    if not scheduled and is_python_number(learning_rate, 1.0) and not decays:
+        return optax.with_extra_args_support(tx)
+    if not scheduled:
+        validation.check_values(owner, "learning_rate", learning_rate, lambda v: np.isfinite(v), "finite")
+    validation.check_values(owner, "weight_decay", weight_decay, lambda v: v >= 0, ">= 0")
+    tx = optax.with_extra_args_support(tx)
+
+    def init_fn(params):
+        inner = tx.init(params)
+        return ScheduledScaleState(jnp.zeros([], jnp.int32), inner) if scheduled else inner
+
+    def update_fn(grads, state, params=None, **extra_args):
+        if decays and params is None:
+            raise validation.ValidationError(f"{owner}: weight_decay needs params; call tx.update(grads, state, params)")
+        inner = state.inner_state if scheduled else state
+        updates, inner = tx.update(grads, inner, params, **extra_args)
+        eta = learning_rate(state.count) if scheduled else learning_rate
+
+        def one(u, p):
+            dtype = _compute_dtype(u)
+            step = u.astype(dtype)
+            if decays:
+                step = step - jnp.asarray(weight_decay, dtype) * jnp.asarray(p, dtype)
+            return (jnp.asarray(eta, dtype) * step).astype(jnp.result_type(u))
+
+        updates = tree_map(one, updates, params if decays else updates)
+        if scheduled:
+            return updates, ScheduledScaleState(optax.safe_increment(state.count), inner)
+        return updates, inner
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def finish(
+    core: optax.GradientTransformation,
+    *,
+    learning_rate: Any = 1.0,
+    weight_decay: Any = 0.0,
+    max_consecutive_nonfinite: int | None = None,
+    owner: str = "optimizer",
+) -> optax.GradientTransformationExtraArgs:
+    """A builder's rule as the public transformation every builder returns: states and
+    updates in the params' dtypes (:func:`follow_dtypes`), the learning-rate scale and
+    decoupled weight decay (:func:`scale_and_decay`), the non-finite guard
+    (:func:`guard_nonfinite`; a skipped step also skips the decay), ``update`` accepting
+    extra arguments such as ``value=loss`` (an ``optax.GradientTransformationExtraArgs``)
+    and ``init`` accepting a flax ``nnx`` ``State`` (:func:`plain`)."""
+    tx = scale_and_decay(follow_dtypes(core), learning_rate, weight_decay, owner=owner)
+    tx = optax.with_extra_args_support(guard_nonfinite(tx, max_consecutive_nonfinite))
+
+    def init_fn(params):
+        return tx.init(plain(params))
+
+    def update_fn(grads, state, params=None, **extra_args):
+        return tx.update(plain(grads), state, None if params is None else plain(params), **extra_args)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

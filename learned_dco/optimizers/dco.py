@@ -45,6 +45,7 @@ from learned_dco import qp
 from learned_dco.optimizers.base import (
     broadcast_like,
     check_values,
+    plain,
     ravel_size,
 )
 from learned_dco.optimizers.general import GeneralDCOState, StepQP, general_dco
@@ -95,13 +96,15 @@ def _check_radius(owner: str, radius: PyTree | None) -> None:
         check_values(owner, "radius", radius, lambda r: r > 0, "> 0 (a trust-region radius)")
 
 
-def _instance(owner, meta, step, init_state, state_type, radius, normalize, solver, max_consecutive_nonfinite):
+def _instance(owner, meta, step, init_state, state_type, radius, normalize, solver, max_consecutive_nonfinite,
+              learning_rate, weight_decay):
     """The rule as an instance of :func:`general_dco` (``constraints`` the box when ``radius``)."""
     _check_radius(owner, radius)
     return general_dco(
         meta, step, init_state=init_state, solver=_step_solver(owner, solver, radius),
         constraints=("box",) if radius is not None else (), normalize=normalize,
         max_consecutive_nonfinite=max_consecutive_nonfinite, owner=owner, state_type=state_type,
+        learning_rate=learning_rate, weight_decay=weight_decay,
     )
 
 
@@ -112,7 +115,9 @@ def dcog(
     normalize: bool = False,
     solver: qp.SolverLike = "exact",
     max_consecutive_nonfinite: int | None = 10,
-) -> optax.GradientTransformation:
+    learning_rate: Any = 1.0,
+    weight_decay: Any = 0.0,
+) -> optax.GradientTransformationExtraArgs:
     r"""DCO Gradient: :math:`\theta^+ = \arg\min_\theta g^\top\theta + \tfrac12
     \|\Lambda\odot(\theta-\theta_t)\|^2 \;[\,|\theta-\theta_t|\le r\,]`.
 
@@ -130,9 +135,15 @@ def dcog(
         ``"cdqp"``); it must handle box constraints when ``radius`` is given.
       max_consecutive_nonfinite: non-finite gradient guard (module docstring); ``None``
         disables it.
+      learning_rate: a scale :math:`\eta` on every step (number, array or optax schedule;
+        default 1: the rule as written), ``optax.inject_hyperparams``-compatible.
+      weight_decay: decoupled weight decay :math:`\lambda`: the update becomes
+        :math:`\eta\,(d - \lambda\theta_t)` (AdamW's form, scaled by the learning rate).
 
     Returns:
-      An ``optax.GradientTransformation`` with :class:`DCOState`; ``update(grads, state, params)``.
+      An ``optax.GradientTransformationExtraArgs`` with :class:`DCOState`;
+      ``update(grads, state, params, **extra_args)``. bfloat16/float16 params keep their
+      state dtypes (the step is computed in float32 and cast back).
 
     Example:
       >>> tx = optax.chain(optax.clip_by_global_norm(1.0), dcog(10.0))
@@ -149,7 +160,8 @@ def dcog(
         curvature = qp.Diagonal(tree_map(jnp.square, broadcast_like(owner, "lam", lam, params)))
         return StepQP(curvature, g, **_box(owner, radius, params)), state
 
-    return _instance(owner, lam, step, init_state, DCOState, radius, normalize, solver, max_consecutive_nonfinite)
+    return _instance(owner, lam, step, init_state, DCOState, radius, normalize, solver, max_consecutive_nonfinite,
+                     learning_rate, weight_decay)
 
 
 def dcogd(
@@ -159,7 +171,9 @@ def dcogd(
     normalize: bool = False,
     solver: qp.SolverLike = "exact",
     max_consecutive_nonfinite: int | None = 10,
-) -> optax.GradientTransformation:
+    learning_rate: Any = 1.0,
+    weight_decay: Any = 0.0,
+) -> optax.GradientTransformationExtraArgs:
     r"""DCO General Descent: :math:`\theta^+ = \arg\min_\theta (Bg)^\top\theta +
     \tfrac12\|\theta-\theta_t\|^2 \;[\,|\theta-\theta_t|\le r\,]`, i.e.
     :math:`\theta^+ = \theta_t - \Pi_{[-r,r]}(Bg)` (paper eq. 14); an instance of
@@ -168,7 +182,7 @@ def dcogd(
     Args:
       B: a ``(p, p)`` matrix acting on the ravelled gradient
         (``jax.flatten_util.ravel_pytree`` order), ``p`` the number of parameters.
-      radius, normalize, solver, max_consecutive_nonfinite: as in :func:`dcog`.
+      radius, normalize, solver, max_consecutive_nonfinite, learning_rate, weight_decay: as in :func:`dcog`.
     """
     owner = "dcogd"
     check_values(owner, "B", B, lambda v: np.ones_like(v, bool), "finite")
@@ -193,7 +207,8 @@ def dcogd(
         curvature = qp.ScaledIdentity(jnp.ones((), flat_g.dtype))
         return StepQP(curvature, linear, **_box(owner, radius, params)), state
 
-    return _instance(owner, B, step, init_state, DCOState, radius, normalize, solver, max_consecutive_nonfinite)
+    return _instance(owner, B, step, init_state, DCOState, radius, normalize, solver, max_consecutive_nonfinite,
+                     learning_rate, weight_decay)
 
 
 def dcom(
@@ -204,7 +219,9 @@ def dcom(
     normalize: bool = False,
     solver: qp.SolverLike = "exact",
     max_consecutive_nonfinite: int | None = 10,
-) -> optax.GradientTransformation:
+    learning_rate: Any = 1.0,
+    weight_decay: Any = 0.0,
+) -> optax.GradientTransformationExtraArgs:
     r"""DCO Momentum (paper eqs. 15-16):
 
     .. math::
@@ -218,7 +235,7 @@ def dcom(
     Args:
       lam: :math:`\Lambda` as in :func:`dcog`.
       m: :math:`M \in [0, 1]`, a scalar or pytree like params (weight on the new gradient).
-      radius, normalize, solver, max_consecutive_nonfinite: as in :func:`dcog`.
+      radius, normalize, solver, max_consecutive_nonfinite, learning_rate, weight_decay: as in :func:`dcog`.
     """
     owner = "dcom"
     check_values(owner, "lam", lam, lambda v: v != 0, "nonzero (the QP is unbounded where lam = 0)")
@@ -237,7 +254,8 @@ def dcom(
         curvature = qp.Diagonal(tree_map(jnp.square, broadcast_like(owner, "lam", lam, params)))
         return StepQP(curvature, momentum, **_box(owner, radius, params)), momentum
 
-    return _instance(owner, (lam, m), step, init_state, DCOMState, radius, normalize, solver, max_consecutive_nonfinite)
+    return _instance(owner, (lam, m), step, init_state, DCOMState, radius, normalize, solver, max_consecutive_nonfinite,
+                     learning_rate, weight_decay)
 
 
 # ------------------------------------------------------------------------------------------
@@ -316,12 +334,14 @@ class _DCOOptions:
     def _radius_meta(self, params: Params) -> dict[str, Any]:
         return {"log_radius": _full_like(params, math.log(self.init_radius))} if self.trust_region else {}
 
-    def _builder_kwargs(self, meta: MetaParams) -> dict[str, Any]:
+    def _builder_kwargs(self, meta: MetaParams, learning_rate: Any, weight_decay: Any) -> dict[str, Any]:
         return dict(
             radius=positive(meta["log_radius"]) if self.trust_region else None,
             normalize=self.normalize,
             solver=self.solver,
             max_consecutive_nonfinite=self.max_consecutive_nonfinite,
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
         )
 
 
@@ -333,10 +353,11 @@ class DCOG(_DCOOptions):
 
     def init(self, key: PRNGKey, params: Params) -> MetaParams:
         del key
+        params = plain(params)
         return {"log_lam": _full_like(params, -0.5 * math.log(self.learning_rate)), **self._radius_meta(params)}
 
-    def opt_fn(self, meta: MetaParams) -> optax.GradientTransformation:
-        return dcog(positive(meta["log_lam"]), **self._builder_kwargs(meta))
+    def opt_fn(self, meta: MetaParams, *, learning_rate: Any = 1.0, weight_decay: Any = 0.0) -> optax.GradientTransformationExtraArgs:
+        return dcog(positive(meta["log_lam"]), **self._builder_kwargs(meta, learning_rate, weight_decay))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,11 +368,12 @@ class DCOGD(_DCOOptions):
 
     def init(self, key: PRNGKey, params: Params) -> MetaParams:
         del key
+        params = plain(params)
         p = ravel_size(params)
         return {"B": self.learning_rate * jnp.eye(p, dtype=_dtype(params)), **self._radius_meta(params)}
 
-    def opt_fn(self, meta: MetaParams) -> optax.GradientTransformation:
-        return dcogd(meta["B"], **self._builder_kwargs(meta))
+    def opt_fn(self, meta: MetaParams, *, learning_rate: Any = 1.0, weight_decay: Any = 0.0) -> optax.GradientTransformationExtraArgs:
+        return dcogd(meta["B"], **self._builder_kwargs(meta, learning_rate, weight_decay))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,6 +393,7 @@ class DCOM(_DCOOptions):
 
     def init(self, key: PRNGKey, params: Params) -> MetaParams:
         del key
+        params = plain(params)
         m = 1.0 - self.momentum
         logit = math.log(m / (1 - m)) if m < 1 else LOG_CLIP
         return {
@@ -379,6 +402,6 @@ class DCOM(_DCOOptions):
             **self._radius_meta(params),
         }
 
-    def opt_fn(self, meta: MetaParams) -> optax.GradientTransformation:
+    def opt_fn(self, meta: MetaParams, *, learning_rate: Any = 1.0, weight_decay: Any = 0.0) -> optax.GradientTransformationExtraArgs:
         m = tree_map(jax.nn.sigmoid, meta["logit_m"])
-        return dcom(positive(meta["log_lam"]), m, **self._builder_kwargs(meta))
+        return dcom(positive(meta["log_lam"]), m, **self._builder_kwargs(meta, learning_rate, weight_decay))

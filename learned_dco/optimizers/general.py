@@ -23,7 +23,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from learned_dco import qp
-from learned_dco.optimizers.base import check_grads, guard_nonfinite, normalize_gradient
+from learned_dco.optimizers.base import check_grads, finish, normalize_gradient, plain
 from learned_dco.types import Array, PyTree
 
 tree_map = jax.tree.map
@@ -77,7 +77,9 @@ def general_dco(
     max_consecutive_nonfinite: int | None = 10,
     owner: str = "general_dco",
     state_type: type[GeneralDCOState] = GeneralDCOState,
-) -> optax.GradientTransformation:
+    learning_rate: Any = 1.0,
+    weight_decay: Any = 0.0,
+) -> optax.GradientTransformationExtraArgs:
     r"""A DCO optimizer from a user-defined step QP (Gautam, Pfrommer & Sojoudi, eq. 5).
 
     ``step(meta, grads, params, state) -> (StepQP, next_state)`` poses the step's convex QP
@@ -99,10 +101,17 @@ def general_dco(
       owner: the name error messages start with (the public builder's name).
       state_type: the state class, :class:`GeneralDCOState` or a subclass of it that only
         adds named views of ``inner`` (``DCOMState.momentum``); keeps a builder's state type.
+      learning_rate: a scale :math:`\eta` on the step (number, array or optax schedule;
+        :func:`~learned_dco.optimizers.base.scale_and_decay`). With constraints in the
+        step, :math:`\eta \le 1` keeps the iterates feasible (the set is convex).
+      weight_decay: decoupled weight decay :math:`\lambda`: the update is
+        :math:`\eta\,(d - \lambda\theta_t)` (AdamW's form; it can leave a constrained set).
 
     Returns:
-      An ``optax.GradientTransformation`` with :class:`GeneralDCOState` (inside the guard's
-      ``optax.ApplyIfFiniteState``); ``update`` requires ``params``.
+      An ``optax.GradientTransformationExtraArgs`` with :class:`GeneralDCOState` (inside the
+      guard's ``optax.ApplyIfFiniteState``); ``update`` requires ``params`` and takes extra
+      arguments (``value=loss``). Low-precision params keep their state dtypes
+      (:func:`~learned_dco.optimizers.base.follow_dtypes`).
     """
     solver = qp.as_solver(solver)
     unknown = sorted(set(constraints) - set(qp.CONSTRAINT_KINDS))
@@ -136,7 +145,8 @@ def general_dco(
         dtype = state.qp_residual.dtype
         return sol.x, state_type(inner, sol.residual.astype(dtype), sol.status)
 
-    return guard_nonfinite(optax.GradientTransformation(init_fn, update_fn), max_consecutive_nonfinite)
+    return finish(optax.GradientTransformation(init_fn, update_fn), learning_rate=learning_rate,
+                  weight_decay=weight_decay, max_consecutive_nonfinite=max_consecutive_nonfinite, owner=owner)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,12 +175,16 @@ class LearnedDCO:
             solver.require(self.constraints, owner="LearnedDCO", setting=f"constraints={self.constraints}")
 
     def init(self, key, params: PyTree) -> PyTree:
-        return self.init_meta(key, params)
+        return self.init_meta(key, plain(params))
 
-    def opt_fn(self, meta: PyTree) -> optax.GradientTransformation:
+    def opt_fn(self, meta: PyTree, *, learning_rate: Any = 1.0, weight_decay: Any = 0.0) -> optax.GradientTransformationExtraArgs:
+        """The :func:`general_dco` transform of ``meta``; ``learning_rate`` (number, array or
+        optax schedule) scales its steps and ``weight_decay`` adds decoupled decay
+        (:func:`~learned_dco.optimizers.base.scale_and_decay`)."""
         return general_dco(
             meta, self.step, init_state=self.init_state, solver=self.solver, constraints=self.constraints,
             normalize=self.normalize, max_consecutive_nonfinite=self.max_consecutive_nonfinite,
+            learning_rate=learning_rate, weight_decay=weight_decay,
         )
 
 

@@ -34,14 +34,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from learned_dco.optimizers.base import check_grads, guard_nonfinite
+from learned_dco.optimizers.base import check_grads, finish
 from learned_dco.optimizers.dco import LOG_CLIP
 from learned_dco.types import Array, MetaParams, Params, PRNGKey
 from learned_dco.validation import ValidationError, check_choice, check_positive, one_of, positive_int
@@ -86,7 +86,9 @@ def lstm_optimizer(
     output_scale: float = 0.1,
     gd_term: bool = True,
     max_consecutive_nonfinite: int | None = 10,
-) -> optax.GradientTransformation:
+    learning_rate: Any = 1.0,
+    weight_decay: Any = 0.0,
+) -> optax.GradientTransformationExtraArgs:
     r"""The coordinatewise LSTM update rule with explicit weights (module docstring).
 
     Args:
@@ -96,6 +98,12 @@ def lstm_optimizer(
       output_scale: factor :math:`s` on the LSTM head.
       gd_term: add the learned GD term :math:`\eta g`.
       max_consecutive_nonfinite: non-finite-gradient guard (``None`` disables it).
+      learning_rate, weight_decay: a scale on the step (number, array or optax schedule) and
+        decoupled weight decay, :math:`u = \eta\,(u^{lstm} - \lambda\theta)`
+        (:func:`learned_dco.optimizers.base.scale_and_decay`).
+
+    Returns an ``optax.GradientTransformationExtraArgs``; low-precision params keep their
+    state dtypes (the network runs in float32 for them).
     """
     one_of("lstm_optimizer", "preprocess", preprocess_kind, PREPROCESS)
     layers = weights["lstm"]
@@ -130,7 +138,8 @@ def lstm_optimizer(
             step = step + jnp.exp(jnp.clip(weights["log_lr"], -LOG_CLIP, LOG_CLIP)).astype(dtype) * g
         return unravel(-step), L2OState(jnp.stack(hs, axis=1), jnp.stack(cs, axis=1))
 
-    return guard_nonfinite(optax.GradientTransformation(init_fn, update_fn), max_consecutive_nonfinite)
+    return finish(optax.GradientTransformation(init_fn, update_fn), learning_rate=learning_rate,
+                  weight_decay=weight_decay, max_consecutive_nonfinite=max_consecutive_nonfinite, owner="lstm_optimizer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,9 +198,11 @@ class LSTMOptimizer:
             "log_lr": jnp.asarray(math.log(self.learning_rate), dtype),
         }
 
-    def opt_fn(self, meta: MetaParams) -> optax.GradientTransformation:
+    def opt_fn(self, meta: MetaParams, *, learning_rate: Any = 1.0, weight_decay: Any = 0.0) -> optax.GradientTransformationExtraArgs:
+        """The :func:`lstm_optimizer` of ``meta``; ``learning_rate`` / ``weight_decay`` as there."""
         return lstm_optimizer(
             meta, preprocess_kind=self.preprocess, preprocess_p=self.preprocess_p, input_scale=self.input_scale,
             output_scale=self.output_scale, gd_term=self.gd_term,
-            max_consecutive_nonfinite=self.max_consecutive_nonfinite,
+            max_consecutive_nonfinite=self.max_consecutive_nonfinite, learning_rate=learning_rate,
+            weight_decay=weight_decay,
         )

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +47,7 @@ import numpy as np
 import optax
 
 from learned_dco import qp
+from learned_dco.optimizers.base import finish, plain
 from learned_dco.optimizers.dco import LOG_CLIP, resolve_solver
 from learned_dco.optimizers.general import GeneralDCOState, StepQP, general_dco
 from learned_dco.types import Array, MetaParams, Params, PRNGKey, PyTree
@@ -162,7 +163,9 @@ def metamd(
     normalize: bool = False,
     solver: qp.SolverLike = "exact",
     max_consecutive_nonfinite: int | None = 10,
-) -> optax.GradientTransformation:
+    learning_rate: Any = 1.0,
+    weight_decay: Any = 0.0,
+) -> optax.GradientTransformationExtraArgs:
     r"""Mirror descent with :math:`\psi(\theta) = \tfrac12\theta^\top M\theta`, one QP per step:
 
     .. math::
@@ -184,9 +187,13 @@ def metamd(
         ``"exact"`` uses the Kronecker/diagonal solves, ``qp.EqQP(...)`` a Krylov solve. The
         step is unconstrained, so the box backends (OSQP, CDQP) work too but are slower.
       max_consecutive_nonfinite: non-finite-gradient guard (see :mod:`learned_dco.optimizers.dco`).
+      learning_rate, weight_decay: a scale on the step (number, array or optax schedule) and
+        decoupled weight decay, :math:`u = \eta\,(d - \lambda\theta_t)` (as in
+        :func:`learned_dco.dcog`).
 
     Returns:
-      An ``optax.GradientTransformation``; ``update(grads, state, params)`` needs params.
+      An ``optax.GradientTransformationExtraArgs``; ``update(grads, state, params)`` needs
+      params. bfloat16/float16 params are solved in float32 and keep their state dtypes.
 
     Example:
       >>> factors = {"w": qp.Kronecker(jnp.eye(3), jnp.eye(2)), "b": jnp.ones(2)}
@@ -208,13 +215,14 @@ def metamd(
 
     # The step is solved in the blocks' (m, n) matrix views; the update is reshaped back.
     tx = general_dco((factors, eta), step, init_state=init_state, solver=qp.as_solver(solver), normalize=normalize,
-                     max_consecutive_nonfinite=max_consecutive_nonfinite, owner=owner, state_type=MirrorState)
+                     max_consecutive_nonfinite=None, owner=owner, state_type=MirrorState)
 
     def update_fn(grads, state, params=None, **extra_args):
         blocks, state = tx.update(grads, state, params, **extra_args)
         return _from_blocks(blocks, params), state
 
-    return optax.GradientTransformationExtraArgs(tx.init, update_fn)
+    return finish(optax.GradientTransformationExtraArgs(tx.init, update_fn), learning_rate=learning_rate,
+                  weight_decay=weight_decay, max_consecutive_nonfinite=max_consecutive_nonfinite, owner=owner)
 
 
 # ------------------------------------------------------------------------------------------
@@ -276,6 +284,7 @@ class MetaMD:
 
     def init(self, key: PRNGKey, params: Params) -> MetaParams:
         del key
+        params = plain(params)
         leaves = jax.tree.leaves(params)
         dtype = jnp.result_type(*leaves) if leaves else jnp.float32
 
@@ -301,10 +310,12 @@ class MetaMD:
 
         return tree_map(one, meta["factors"], is_leaf=_is_raw)
 
-    def opt_fn(self, meta: MetaParams) -> optax.GradientTransformation:
+    def opt_fn(self, meta: MetaParams, *, learning_rate: Any = 1.0, weight_decay: Any = 0.0) -> optax.GradientTransformationExtraArgs:
+        """The :func:`metamd` transform of ``meta``; ``learning_rate`` / ``weight_decay`` as there."""
         return metamd(
             self.factors(meta), self.eta(meta), normalize=self.normalize, solver=self.solver,
-            max_consecutive_nonfinite=self.max_consecutive_nonfinite,
+            max_consecutive_nonfinite=self.max_consecutive_nonfinite, learning_rate=learning_rate,
+            weight_decay=weight_decay,
         )
 
     def divergence(self, meta: MetaParams, delta: Params) -> Array:

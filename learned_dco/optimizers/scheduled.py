@@ -34,22 +34,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from learned_dco.optimizers.base import safe_sqrt
+from learned_dco.optimizers.base import finish, safe_sqrt
 from learned_dco.types import Array, MetaParams, Params, PRNGKey
-from learned_dco.validation import ValidationError, check_positive, positive_int
+from learned_dco.validation import ValidationError, check_positive, is_concrete, positive_int
 
 LOG_CLIP = 30.0
 
 
-def knot_schedule(log_values: Array, num_steps: int) -> Callable[[Array], Array]:
+def knot_schedule(log_values: Array, num_steps: int | Array) -> Callable[[Array], Array]:
     r"""``count -> exp(s(min(count / num_steps, 1)))``, ``s`` piecewise linear through
-    ``log_values`` at evenly spaced fractions of the run (module docstring)."""
+    ``log_values`` at evenly spaced fractions of the run (module docstring). ``num_steps``
+    may be a Python int or a (traced) scalar array."""
     log_values = jnp.clip(jnp.asarray(log_values), -LOG_CLIP, LOG_CLIP)
     knots = log_values.shape[0]
 
@@ -60,9 +62,11 @@ def knot_schedule(log_values: Array, num_steps: int) -> Callable[[Array], Array]
     return schedule
 
 
-def _checked(tx) -> optax.GradientTransformation:
+def _checked(tx, learning_rate: Any, weight_decay: Any, owner: str) -> optax.GradientTransformationExtraArgs:
     """``tx`` whose ``update`` raises ``ValueError`` when the gradients do not match the
-    parameters (structure or shapes), as every learned optimizer's contract asks."""
+    parameters (structure or shapes), as every learned optimizer's contract asks, as the
+    public transformation (:func:`learned_dco.optimizers.base.finish`: params' dtypes,
+    learning-rate scale, weight decay, extra arguments)."""
 
     def update(grads, state, params=None):
         if params is not None:
@@ -72,7 +76,21 @@ def _checked(tx) -> optax.GradientTransformation:
                 raise ValueError("gradients do not match the parameters (pytree structure or leaf shapes differ)")
         return tx.update(grads, state, params)
 
-    return optax.GradientTransformation(tx.init, update)
+    return finish(optax.GradientTransformation(tx.init, update), learning_rate=learning_rate,
+                  weight_decay=weight_decay, owner=owner)
+
+
+def check_num_steps(owner: str, num_steps: Any) -> None:
+    """``num_steps`` is a Python int >= 1 or a scalar integer/floating array (checked >= 1
+    when concrete; a traced value passes unchecked)."""
+    if isinstance(num_steps, (jax.Array, np.ndarray, np.generic)) and not isinstance(num_steps, bool):
+        dtype = jnp.result_type(num_steps)
+        if jnp.ndim(num_steps) != 0 or not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
+            raise ValidationError(f"{owner}.num_steps must be a scalar (got shape {jnp.shape(num_steps)}, dtype {dtype})")
+        if is_concrete(num_steps) and not float(num_steps) >= 1:
+            raise ValidationError(f"{owner}.num_steps must be >= 1, got {num_steps!r}")
+        return
+    positive_int(owner, "num_steps", num_steps)
 
 
 class ProdigyState(NamedTuple):
@@ -150,7 +168,7 @@ def _dtype(params: Params):
 class _Scheduled:
     """Fields and checks shared by the scheduled designs."""
 
-    num_steps: int = 1000
+    num_steps: int | Array = 1000
     knots: int = 6
     b1: float = 0.9
     b2: float = 0.999
@@ -158,7 +176,7 @@ class _Scheduled:
 
     def _check(self) -> None:
         name = type(self).__name__
-        positive_int(name, "num_steps", self.num_steps)
+        check_num_steps(name, self.num_steps)
         positive_int(name, "knots", self.knots)
         if self.knots < 2:
             raise ValidationError(f"{name}.knots must be >= 2 (a schedule needs two ends), got {self.knots}")
@@ -176,9 +194,13 @@ class _Scheduled:
             "b2_logit": jnp.asarray(_logit(self.b2), dtype),
         }
 
-    def schedule(self, meta: MetaParams) -> Callable[[Array], Array]:
-        """The learned step-size (or multiplier) schedule of ``meta``."""
-        return knot_schedule(meta["log_lr"], self.num_steps)
+    def schedule(self, meta: MetaParams, num_steps: int | Array | None = None) -> Callable[[Array], Array]:
+        """The learned step-size (or multiplier) schedule of ``meta`` over ``num_steps``
+        (default the field)."""
+        if num_steps is None:
+            return knot_schedule(meta["log_lr"], self.num_steps)
+        check_num_steps(type(self).__name__, num_steps)
+        return knot_schedule(meta["log_lr"], num_steps)
 
     @staticmethod
     def betas(meta: MetaParams) -> tuple[Array, Array]:
@@ -202,10 +224,16 @@ class ScheduledAdam(_Scheduled):
         del key
         return self._meta(params, math.log(self.learning_rate))
 
-    def opt_fn(self, meta: MetaParams) -> optax.GradientTransformation:
+    def opt_fn(self, meta: MetaParams, *, learning_rate: Any = 1.0, weight_decay: Any = 0.0,
+               num_steps: int | Array | None = None) -> optax.GradientTransformationExtraArgs:
+        r"""Adam with the learned schedule of ``meta`` over ``num_steps`` (default the field; a
+        Python int or a traced array); ``learning_rate`` (number, array or optax schedule)
+        scales every update and ``weight_decay`` adds decoupled decay,
+        :math:`u = \eta\,(u^{adam} - \lambda\theta)`."""
         b1, b2 = self.betas(meta)
         eps_root = float(jnp.finfo(jnp.result_type(meta["log_lr"])).tiny)  # finite meta-gradients at v = 0
-        return _checked(optax.adam(self.schedule(meta), b1=b1, b2=b2, eps=self.eps, eps_root=eps_root))
+        adam = optax.adam(self.schedule(meta, num_steps), b1=b1, b2=b2, eps=self.eps, eps_root=eps_root)
+        return _checked(adam, learning_rate, weight_decay, "ScheduledAdam")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,10 +257,17 @@ class LearnedProdigy(_Scheduled):
         meta["log_coef"] = jnp.zeros((), meta["log_lr"].dtype)
         return meta
 
-    def opt_fn(self, meta: MetaParams) -> optax.GradientTransformation:
+    def opt_fn(self, meta: MetaParams, *, learning_rate: Any = 1.0, weight_decay: Any = 0.0,
+               num_steps: int | Array | None = None) -> optax.GradientTransformationExtraArgs:
+        r"""Prodigy with the learned multiplier schedule of ``meta`` over ``num_steps`` (default
+        the field; a Python int or a traced array). ``learning_rate`` (number, array or optax
+        schedule) scales every update *after* the distance estimate (which it leaves
+        unchanged) and ``weight_decay`` adds decoupled decay,
+        :math:`u = \eta\,(u^{prodigy} - \lambda\theta)` (``optax.adamw``'s form)."""
         b1, b2 = self.betas(meta)
         coef = jnp.exp(jnp.clip(meta["log_coef"], -LOG_CLIP, LOG_CLIP))
-        return _checked(prodigy(self.schedule(meta), b1, b2, self.eps, self.estim_lr0, coef))
+        rule = prodigy(self.schedule(meta, num_steps), b1, b2, self.eps, self.estim_lr0, coef)
+        return _checked(rule, learning_rate, weight_decay, "LearnedProdigy")
 
 
-__all__ = ["LOG_CLIP", "LearnedProdigy", "ProdigyState", "ScheduledAdam", "knot_schedule", "prodigy"]
+__all__ = ["LOG_CLIP", "LearnedProdigy", "ProdigyState", "ScheduledAdam", "check_num_steps", "knot_schedule", "prodigy"]

@@ -93,7 +93,7 @@ import optax
 
 from learned_dco import validation
 from learned_dco.optimizers import features as F
-from learned_dco.optimizers.base import check_grads, guard_nonfinite, safe_sqrt
+from learned_dco.optimizers.base import check_grads, finish, plain, safe_sqrt
 from learned_dco.types import Array, MetaParams, Params, PRNGKey
 
 tree_map = jax.tree.map
@@ -131,7 +131,9 @@ def adafac_mlp(
     precond_eps: float = 1e-6,
     max_consecutive_nonfinite: int | None = 10,
     fuse_features: bool | str = "auto",
-) -> optax.GradientTransformation:
+    learning_rate: Any = 1.0,
+    weight_decay: Any = 0.0,
+) -> optax.GradientTransformationExtraArgs:
     r"""The per-parameter MLP update rule with explicit meta-parameters (module docstring).
 
     Which terms are active follows from ``heads``: ``"direction"`` and ``"magnitude"`` give
@@ -168,10 +170,14 @@ def adafac_mlp(
         (default): fused on XLA:CPU, where it is 2.2-5.5x faster for 8-64 vmapped tasks
         (``benchmarks/lopt_update.py``); materialised on accelerators, where the one
         measurement we have (an H200, an earlier fused design) found it 0.77x.
+      learning_rate, weight_decay: a scale :math:`\eta` on the update (number, array or
+        optax schedule) and decoupled weight decay :math:`\lambda`:
+        :math:`u = \eta\,(-f(z) - \lambda\phi)` (AdamW's form, scaled by the learning rate).
 
     Returns:
-      An ``optax.GradientTransformation`` with state :class:`AdafacState` (wrapped by
-      ``optax.ApplyIfFiniteState`` unless the guard is off); ``update`` requires ``params``.
+      An ``optax.GradientTransformationExtraArgs`` with state :class:`AdafacState` (wrapped
+      by ``optax.ApplyIfFiniteState`` unless the guard is off); ``update`` requires
+      ``params``. bfloat16/float16 params keep their state dtypes (computed in float32).
     """
     if nominal not in NOMINAL_DIRECTIONS:
         raise ValueError(f"nominal must be one of {NOMINAL_DIRECTIONS}, got {nominal!r}")
@@ -262,7 +268,8 @@ def adafac_mlp(
         pieces = jnp.split(-step, np.cumsum(sizes)[:-1])
         return [u.reshape(jnp.shape(p)).astype(jnp.result_type(p)) for u, (p, *_) in zip(pieces, per_leaf)]
 
-    return guard_nonfinite(optax.GradientTransformation(init_fn, update_fn), max_consecutive_nonfinite)
+    return finish(optax.GradientTransformation(init_fn, update_fn), learning_rate=learning_rate,
+                  weight_decay=weight_decay, max_consecutive_nonfinite=max_consecutive_nonfinite, owner="adafac_mlp")
 
 
 def mean_last(x: Array) -> Array:
@@ -360,7 +367,7 @@ class _AdafacMLPOptimizer:
 
     def init(self, key: PRNGKey, params: Params) -> MetaParams:
         """MLP weights, heads and (optionally) decays; ``params`` only sets the dtype."""
-        leaves = jax.tree.leaves(params)
+        leaves = jax.tree.leaves(plain(params))
         dtype = jnp.result_type(*leaves) if leaves else jnp.float32
         if not jnp.issubdtype(dtype, jnp.floating):
             dtype = jnp.float32
@@ -442,8 +449,11 @@ class _AdafacMLPOptimizer:
     def _rule_kwargs(self) -> dict[str, Any]:
         return {}
 
-    def opt_fn(self, meta: MetaParams) -> optax.GradientTransformation:
-        return adafac_mlp(meta["trunk"], meta["heads"], **self._rule_options(meta))
+    def opt_fn(self, meta: MetaParams, *, learning_rate: Any = 1.0, weight_decay: Any = 0.0) -> optax.GradientTransformationExtraArgs:
+        """The :func:`adafac_mlp` rule of ``meta``; ``learning_rate`` (number, array or optax
+        schedule) scales the update, ``weight_decay`` adds decoupled decay (as there)."""
+        return adafac_mlp(meta["trunk"], meta["heads"], learning_rate=learning_rate, weight_decay=weight_decay,
+                          **self._rule_options(meta))
 
     def _rule_options(self, meta: MetaParams) -> dict[str, Any]:
         self._check_meta(meta)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any, Mapping
@@ -140,7 +141,33 @@ def _check_shapes(name: str, want: Mapping[str, Any], got: Mapping[str, Any], wh
 
 
 def load_lopt(name: str, *, root: str | Path | None = None) -> tuple[LearnedOptimizer, Any]:
-    """``(lopt, meta)`` of a pretrained optimizer, e.g. to meta-train it further."""
+    """``(lopt, meta)`` of a pretrained optimizer, e.g. to meta-train it further.
+
+    The result is cached per (card, weights) file version, so a builder called at every
+    step (``optax.inject_hyperparams`` calls :func:`load` in each ``update``) reads the files
+    once; rewriting either file loads it afresh."""
+    stamp = None
+    if isinstance(name, str) and name and "/" not in name:
+        files = [_root(root) / f"{name}.json", _root(root) / f"{name}.msgpack"]
+        if all(f.is_file() for f in files):
+            stats = [(f, f.stat()) for f in files]
+            stamp = tuple((str(f.resolve()), st.st_ino, st.st_mtime_ns, st.st_size) for f, st in stats)
+    if stamp is None:
+        lopt, meta = _load_lopt(name, root)
+    else:
+        lopt, meta = _cached_lopt(name, str(_root(root).resolve()), stamp)
+    # Fresh containers and JAX arrays: the cache holds NumPy values (a load inside jit must
+    # not store that trace's values) and the caller may edit what it gets.
+    return lopt, jax.tree.map(jnp.asarray, meta)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_lopt(name: str, root: str, stamp: tuple) -> tuple[LearnedOptimizer, Any]:
+    del stamp  # part of the cache key only
+    return _load_lopt(name, root)
+
+
+def _load_lopt(name: str, root: str | Path | None) -> tuple[LearnedOptimizer, Any]:
     data = card(name, root)
     arch = data.get("architecture", {})
     lopt = _build(name, arch)
@@ -152,16 +179,42 @@ def load_lopt(name: str, *, root: str | Path | None = None) -> tuple[LearnedOpti
     except (ValueError, KeyError, TypeError) as err:
         raise PretrainedError(f"pretrained {name!r}: weights do not match the architecture ({err})") from None
     _check_shapes(name, meta_shapes(template), meta_shapes(meta), "the stored weights")
-    meta = jax.tree.map(lambda t, v: jnp.asarray(v, jnp.result_type(t)), template, meta)
+    meta = jax.tree.map(lambda t, v: np.asarray(v, np.dtype(jnp.result_type(t))), template, meta)
     return lopt, meta
 
 
-def load(name: str, *, root: str | Path | None = None, **options: Any) -> optax.GradientTransformation:
-    """The pretrained optimizer ``name`` as an ``optax.GradientTransformation``.
+def load(
+    name: str,
+    *,
+    root: str | Path | None = None,
+    learning_rate: Any = 1.0,
+    weight_decay: Any = 0.0,
+    num_steps: Any = None,
+    **options: Any,
+) -> optax.GradientTransformationExtraArgs:
+    r"""The pretrained optimizer ``name`` as an ``optax.GradientTransformationExtraArgs``.
 
-    ``options`` are the card's ``options`` (e.g. ``num_steps``); each sets one field of the
-    optimizer. Anything else raises ``PretrainedError`` listing what the optimizer takes.
+    ``options`` are the card's ``options`` (e.g. ``num_steps``, the run's length for a
+    horizon-aware optimizer: a Python int or a, possibly traced, scalar array); each sets
+    one field of the optimizer. Anything else raises ``PretrainedError`` listing what the
+    optimizer takes. ``learning_rate`` (a number, array or optax schedule; default 1, the
+    shipped behaviour) scales every update and ``weight_decay`` adds decoupled weight decay
+    scaled by it, :math:`u = \eta\,(u^{opt} - \lambda\theta)` as in ``optax.adamw``.
+    bfloat16/float16 params keep their state dtypes. ``optax.inject_hyperparams`` can wrap
+    it::
+
+        tx = optax.inject_hyperparams(functools.partial(load, "learned_prodigy"))(
+            learning_rate=0.5, num_steps=300)   # state.hyperparams holds both
     """
+    nested = options.pop("options", None)
+    if isinstance(nested, Mapping):
+        # optax.inject_hyperparams binds this signature and hands the var-keyword back as
+        # one mapping named ``options``.
+        options = {**nested, **options}
+    elif nested is not None:
+        options["options"] = nested
+    if num_steps is not None:
+        options["num_steps"] = num_steps
     data = card(name, root)
     accepted = data.get("options", {})
     unknown = sorted(set(options) - set(accepted))
@@ -172,7 +225,7 @@ def load(name: str, *, root: str | Path | None = None, **options: Any) -> optax.
     lopt, meta = load_lopt(name, root=root)
     if options:
         lopt = _build(name, data["architecture"], {accepted[k]: v for k, v in options.items()})
-    return lopt.opt_fn(meta)
+    return lopt.opt_fn(meta, learning_rate=learning_rate, weight_decay=weight_decay)
 
 
 def _json_safe(value: Any) -> Any:
