@@ -5,6 +5,7 @@ from typing import Any as _Any
 
 from learned_dco.validation import ValidationError as _ValidationError
 
+from learned_dco.optimizers.controller import ControllerState, ProdigyController, prodigy_controller
 from learned_dco.optimizers.dco import DCOG, DCOGD, DCOM, DCOMState, DCOState, dcog, dcogd, dcom
 from learned_dco.optimizers.general import (
     GeneralDCOState,
@@ -44,6 +45,7 @@ LEARNED_OPTIMIZERS = {
     "l2o": LSTMOptimizer,
     "scheduled_adam": ScheduledAdam,
     "learned_prodigy": LearnedProdigy,
+    "prodigy_controller": ProdigyController,
 }
 
 
