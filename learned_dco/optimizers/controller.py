@@ -45,14 +45,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from learned_dco.optimizers.base import check_grads, safe_sqrt
-from learned_dco.optimizers.scheduled import LOG_CLIP, ProdigyState, prodigy
+from learned_dco.optimizers.base import check_grads, finish, safe_sqrt
+from learned_dco.optimizers.scheduled import LOG_CLIP, ProdigyState, check_num_steps, prodigy
 from learned_dco.types import Array, MetaParams, Params, PRNGKey
 from learned_dco.validation import ValidationError, check_positive, positive_int
 
@@ -118,9 +118,15 @@ def prodigy_controller(
     eps: float = 1e-8,
     estim_lr0: float = 1e-6,
     max_log_mult: float = 3.0,
+    learning_rate: Any = 1.0,
+    weight_decay: Any = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Prodigy whose per-tensor updates are scaled by the controller network of ``meta``
-    (module docstring). ``num_steps`` (int or array) is the run's budget :math:`T`."""
+    (module docstring). ``num_steps`` (int or array, traced or not) is the run's budget
+    :math:`T`. ``learning_rate`` (number, array or optax schedule) and ``weight_decay``
+    act after the controller, :math:`u = \eta\,(e^{\ell_i} u^{prodigy}_i - \lambda\theta_i)`
+    (:func:`~learned_dco.optimizers.base.finish`: the state keeps the params' dtypes)."""
+    check_num_steps("prodigy_controller", num_steps)
     b1, b2 = jax.nn.sigmoid(meta["b1_logit"]), jax.nn.sigmoid(meta["b2_logit"])
     coef = jnp.exp(jnp.clip(meta["log_coef"], -LOG_CLIP, LOG_CLIP))
     base = prodigy(lambda count: jnp.ones((), jnp.result_type(meta["w3"])), b1, b2, eps, estim_lr0, coef)
@@ -128,8 +134,7 @@ def prodigy_controller(
     def init_fn(params):
         return ControllerState(base.init(params), jax.tree.map(lambda _: jnp.zeros((), jnp.float32), params))
 
-    def update_fn(grads, state, params=None, **extra_args):
-        del extra_args
+    def update_fn(grads, state, params=None):
         check_grads("prodigy_controller", grads, params)
         updates, new = base.update(grads, state.base, params)
         leaves = lambda tree: jax.tree.leaves(tree)
@@ -148,7 +153,8 @@ def prodigy_controller(
         log_tree = jax.tree.unflatten(treedef, [lm.astype(jnp.float32) for lm in log_mult])
         return jax.tree.unflatten(treedef, scaled), ControllerState(new, log_tree)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return finish(optax.GradientTransformation(init_fn, update_fn), learning_rate=learning_rate,
+                  weight_decay=weight_decay, owner="prodigy_controller")
 
 
 def _logit(p: float) -> float:
@@ -161,7 +167,7 @@ class ProdigyController:
     estimate coefficient (module docstring). Horizon-aware: ``num_steps`` is the budget it is
     told (a mixture's meta-training tells it each episode's horizon)."""
 
-    num_steps: int = 1000
+    num_steps: Any = 1000
     hidden: int = 16
     b1: float = 0.9
     b2: float = 0.999
@@ -172,7 +178,7 @@ class ProdigyController:
 
     def __post_init__(self):
         name = type(self).__name__
-        positive_int(name, "num_steps", self.num_steps)
+        check_num_steps(name, self.num_steps)
         positive_int(name, "hidden", self.hidden)
         for field in ("b1", "b2"):
             value = getattr(self, field)
@@ -198,9 +204,12 @@ class ProdigyController:
             "log_coef": jnp.zeros(()),
         }
 
-    def opt_fn(self, meta: MetaParams) -> optax.GradientTransformationExtraArgs:
-        return prodigy_controller(meta, self.num_steps, eps=self.eps, estim_lr0=self.estim_lr0,
-                                  max_log_mult=self.max_log_mult)
+    def opt_fn(self, meta: MetaParams, *, learning_rate: Any = 1.0, weight_decay: Any = 0.0,
+               num_steps: Any = None) -> optax.GradientTransformationExtraArgs:
+        """:func:`prodigy_controller` of ``meta`` told ``num_steps`` (default: the field)."""
+        return prodigy_controller(meta, self.num_steps if num_steps is None else num_steps, eps=self.eps,
+                                  estim_lr0=self.estim_lr0, max_log_mult=self.max_log_mult,
+                                  learning_rate=learning_rate, weight_decay=weight_decay)
 
 
 __all__ = ["ControllerState", "NUM_FEATURES", "ProdigyController", "controller_mlp", "global_features",
