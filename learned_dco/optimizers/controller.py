@@ -66,7 +66,7 @@ class ControllerState(NamedTuple):
     """State of :func:`prodigy_controller`: Prodigy's state and the last multipliers."""
 
     base: ProdigyState
-    log_mult: Params  # per tensor, (): the log-multipliers of the last step (for inspection)
+    log_mult: Params  # per tensor, () in the tensor's dtype: the log-multipliers of the last step
 
 
 def _cos(a: Array, b: Array) -> Array:
@@ -132,7 +132,7 @@ def prodigy_controller(
     base = prodigy(lambda count: jnp.ones((), jnp.result_type(meta["w3"])), b1, b2, eps, estim_lr0, coef)
 
     def init_fn(params):
-        return ControllerState(base.init(params), jax.tree.map(lambda _: jnp.zeros((), jnp.float32), params))
+        return ControllerState(base.init(params), jax.tree.map(lambda p: jnp.zeros((), jnp.result_type(p)), params))
 
     def update_fn(grads, state, params=None):
         check_grads("prodigy_controller", grads, params)
@@ -150,7 +150,7 @@ def prodigy_controller(
         log_mult = controller_mlp(meta, feats.astype(jnp.result_type(meta["w1"])), max_log_mult)
         treedef = jax.tree.structure(updates)
         scaled = [(jnp.exp(lm) * u).astype(jnp.result_type(u)) for lm, u in zip(log_mult, leaves(updates))]
-        log_tree = jax.tree.unflatten(treedef, [lm.astype(jnp.float32) for lm in log_mult])
+        log_tree = jax.tree.unflatten(treedef, [lm.astype(jnp.result_type(p)) for lm, p in zip(log_mult, leaves(params))])
         return jax.tree.unflatten(treedef, scaled), ControllerState(new, log_tree)
 
     return finish(optax.GradientTransformation(init_fn, update_fn), learning_rate=learning_rate,
