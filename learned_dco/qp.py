@@ -664,3 +664,96 @@ def _solve_cdqp(Q, c, lo, hi, tol, maxiter):
     init = jnp.clip(jnp.zeros_like(flat_c), flo, fhi)
     sol, state = qp.run(init, params_obj=(dense_q, flat_c), params_ineq=(flo, fhi))
     return _Raw(unravel(sol), state.iter_num)
+
+
+# ------------------------------------------------------------------------------------------
+# The interior-point backend (solver in learned_dco.qp_ipm)
+# ------------------------------------------------------------------------------------------
+
+
+def _ipm_rows(c, cons, dtype):
+    """``A, b`` and ``G, h`` on the ravelled ``x``, the box stacked into ``G`` as
+    ``[I; -I] x <= [hi; -lo]``; a row with an infinite bound becomes ``0 x <= 1`` (always
+    slack, multiplier 0), so bounds may hold ``inf`` values known only when traced."""
+    n = ravel_pytree(c)[0].size
+    A = jnp.zeros((0, n), dtype) if cons.A is None else cons.A.astype(dtype)
+    b = jnp.zeros((0,), dtype) if cons.b is None else cons.b.astype(dtype)
+    Gs, hs = [], []
+    if cons.G is not None:
+        Gs.append(cons.G.astype(dtype))
+        hs.append(cons.h.astype(dtype))
+    if cons.lo is not None or cons.hi is not None:
+        flo, fhi = _flat_bounds(c, cons.lo, cons.hi)
+        eye = jnp.eye(n, dtype=dtype)
+        Gs += [eye, -eye]
+        hs += [fhi, -flo]
+    if not Gs:
+        return A, b, jnp.zeros((0, n), dtype), jnp.zeros((0,), dtype)
+    G, h = jnp.concatenate(Gs), jnp.concatenate(hs)
+    finite = jnp.isfinite(h)
+    return A, b, jnp.where(finite[:, None], G, 0.0), jnp.where(finite, h, 1.0)
+
+
+def _solve_ipm(Q, c, cons, iterations, tol):
+    r"""Forward: :func:`learned_dco.qp_ipm.solve` on the dense problem. Backward: the
+    implicit function theorem on :func:`_kkt_optimality` with ``C = [A; G]``,
+    ``l = [b; -inf]``, ``u = [b; h]`` (the KKT system of the active set, solved exactly)."""
+    from learned_dco import qp_ipm
+
+    flat_c, unravel, matvec_Q = _flat_problem(Q, c)
+    dtype = flat_c.dtype
+    A, b, G, h = _ipm_rows(c, cons, dtype)
+    me = A.shape[0]
+    C = jnp.concatenate([A, G])
+    lo_all = jnp.concatenate([b, jnp.full(h.shape, -jnp.inf, dtype)])
+    hi_all = jnp.concatenate([b, h])
+
+    def optimality(xy, Q, c, C, lo, hi):
+        return _kkt_optimality(xy, matvec_Q, Q, c, C, lo, hi)
+
+    @custom_root(optimality, has_aux=True, solve=_dense_solve)
+    def kkt_point(init, Q, c, C, lo, hi):
+        del init
+        dense_q = Q.to_dense(unravel(c)).astype(dtype)
+        res = qp_ipm.solve(dense_q, c, C[:me], hi[:me], C[me:], hi[me:], iterations=iterations, tol=tol)
+        xy = (res.x, jnp.concatenate([res.y, res.z]))
+        return jax.lax.stop_gradient(xy), jax.lax.stop_gradient((res.iterations, res.infeasible))
+
+    init = (flat_c, jnp.zeros_like(lo_all))
+    (x, y), (iters, infeasible) = kkt_point(init, Q, flat_c, C, lo_all, hi_all)
+    stat, comp = _kkt_optimality((x, y), matvec_Q, Q, flat_c, C, lo_all, hi_all)
+    dual = jax.lax.stop_gradient(jnp.maximum(_inf_norm(stat), _inf_norm(comp)))
+    status = jnp.where(infeasible, PRIMAL_INFEASIBLE, SOLVED).astype(jnp.int32)
+    return _Raw(unravel(x), iters, status, dual)
+
+
+@dataclasses.dataclass(frozen=True)
+class IPM(QPSolver):
+    r"""A batched primal-dual interior-point method (Mehrotra predictor-corrector,
+    :mod:`learned_dco.qp_ipm`) on the dense problem (``Q`` materialised; ``p`` up to a few
+    hundred), any curvature, every constraint kind (the box is stacked into ``G``). A
+    *fixed* number of iterations, so ``vmap`` runs every member the same short program;
+    differentiated by the implicit function theorem on the active set's KKT system, like
+    :class:`OSQP`. ``dual_residual`` is the KKT residual (stationarity and complementarity).
+
+    Attributes:
+      iterations: Newton iterations (default 30 in float64, 20 in float32).
+      tol: residual at which a problem is frozen as solved (default 1e-11 / 1e-6).
+    """
+
+    name: ClassVar[str] = "ipm"
+    handles: ClassVar[frozenset[str]] = frozenset({"box", "eq", "ineq"})
+    iterations: int | None = None
+    tol: float | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        it = self.iterations
+        if it is not None and (isinstance(it, bool) or not isinstance(it, int) or it < 1):
+            raise ValueError(f"qp.IPM.iterations must be an int >= 1 or None, got {it!r}")
+
+    def solve(self, Q, c, cons):
+        return _solve_ipm(Q, c, cons, self.iterations, self.tol)
+
+
+SOLVERS[IPM.name] = IPM
