@@ -10,18 +10,13 @@ Solves the dense convex QP
 predictor-corrector method (Mehrotra 1992; Nocedal & Wright, *Numerical Optimization*,
 2nd ed., section 16.6; Wright, *Primal-Dual Interior-Point Methods*, ch. 10) on the
 slack form :math:`Gx + s = h`, :math:`s \ge 0`, with multipliers ``y`` (equalities) and
-``z \ge 0`` (inequalities). One Newton system per iteration
-
-.. math::
-
-    \begin{pmatrix} Q & A^\top & G^\top \\ A & 0 & 0 \\ G & 0 & -Z^{-1}S \end{pmatrix}
-    \begin{pmatrix} \Delta x \\ \Delta y \\ \Delta z \end{pmatrix}
-    = \ldots
-
-is reduced to :math:`H = Q + G^\top (Z S^{-1}) G` (Cholesky) and the Schur complement
-:math:`A H^{-1} A^\top` of the equality rows (small), factored once and used for both the
-predictor (affine) and the corrector direction, whose centring parameter is
-:math:`\sigma = (\mu_\text{aff}/\mu)^3`.
+``z \ge 0`` (inequalities). The Newton system of each iteration is reduced to the
+multipliers' space, :math:`(C Q^{-1} C^\top + \mathrm{diag}(0, S Z^{-1}))\Delta u = r`
+with :math:`C = [A; G]` (``me + mi`` unknowns, one small Cholesky factorisation per
+iteration; ``Q`` is factored once per solve), and the factor serves both the predictor
+(affine) and the corrector direction, whose centring parameter is
+:math:`\sigma = (\mu_\text{aff}/\mu)^3`. The reduction suits the QP steps of DCO, where
+the constraints are fewer than the parameters.
 
 The loop runs a *fixed* number of iterations (no data-dependent ``while_loop``), so it is
 cheap under ``vmap``: every batch member runs the same program. A member whose residuals
@@ -35,12 +30,15 @@ without bound along a Farkas certificate :math:`(y, z)`, :math:`z \ge 0`,
 :math:`A^\top y + G^\top z = 0`, :math:`b^\top y + h^\top z < 0`; the normalised final
 multipliers are tested against it (as OSQP does with its dual iterates' differences).
 
-Only arrays here; the QP layer (:mod:`learned_dco.qp`, the ``IPM`` value) stacks boxes into
-``G``, materialises the curvature operator and adds implicit differentiation.
+Gradients: a ``custom_vjp`` that solves the active set's KKT system at the solution
+(:func:`_solve_bwd`), the same derivative as the implicit function theorem gives the
+other backends. Only arrays here; the QP layer (:mod:`learned_dco.qp`, the ``IPM`` value)
+stacks boxes into ``G`` and materialises the curvature operator.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -88,55 +86,54 @@ def _inf(v: Array) -> Array:
     return jnp.max(jnp.abs(v), initial=0.0)
 
 
-def solve(Q: Array, c: Array, A: Array, b: Array, G: Array, h: Array, *,
-          iterations: int | None = None, tol: float | None = None) -> IPMResult:
-    r"""Mehrotra predictor-corrector on one dense QP (``vmap`` it for a batch).
+def _active(me: int, s: Array, z: Array) -> Array:
+    """The active set at an interior-point solution: every equality row, and the inequality
+    rows whose multiplier exceeds their slack (``z_i > s_i``; at a strictly complementary
+    solution one of the two is 0)."""
+    return jnp.concatenate([jnp.ones((me,), bool), z > s])
 
-    Args:
-      Q: ``(n, n)`` symmetric positive definite.
-      c: ``(n,)``.
-      A, b: ``(me, n)``, ``(me,)`` equality rows (``me = 0`` allowed).
-      G, h: ``(mi, n)``, ``(mi,)`` inequality rows (``mi = 0`` allowed; every ``h`` finite).
-      iterations: the fixed iteration count (default :func:`default_iterations`).
-      tol: residual below which a problem is frozen as solved (default :func:`default_tol`).
 
-    Returns:
-      An :class:`IPMResult`.
-    """
+def _forward(Q, c, A, b, G, h, iterations, tol):
+    r"""Mehrotra predictor-corrector in the multipliers' space. With the Cholesky factor
+    ``L`` of ``Q`` and ``C = [A; G]``, the Newton step eliminates
+    :math:`\Delta x = -Q^{-1}(r_d + C^\top \Delta u)` and solves
+
+    .. math::
+
+        (C Q^{-1} C^\top + \mathrm{diag}(0, S Z^{-1}))\,\Delta u = \ldots
+
+    for :math:`\Delta u = (\Delta y, \Delta z)`: an ``(me + mi)`` square SPD system per
+    iteration. ``C Q^{-1} C^\top`` and :math:`Q^{-1}C^\top` are formed once, so the loop
+    holds no ``n``-sized factorisation."""
     dtype = c.dtype
     n, me, mi = c.shape[0], A.shape[0], G.shape[0]
-    iterations = default_iterations(dtype) if iterations is None else iterations
-    tol = default_tol(dtype) if tol is None else tol
-    scale = 1.0 + jnp.maximum(_inf(c), jnp.maximum(_inf(b), _inf(h)))
     cho = jax.scipy.linalg
+    C = jnp.concatenate([A, G])
+    L = cho.cho_factor(Q)
+    # Q^{-1} explicitly (matrix products batch well under vmap when Q is shared and C is not)
+    Qi = cho.cho_solve(L, jnp.eye(n, dtype=dtype))
+    QiC = Qi @ C.T  # (n, me + mi)
+    Qic = Qi @ c
+    K0 = C @ QiC
+    scale = 1.0 + jnp.maximum(_inf(c), jnp.maximum(_inf(b), _inf(h)))
+    pad = jnp.zeros((me,), dtype)
 
-    def factor(w):
-        H = Q + G.T @ (w[:, None] * G)
-        L = cho.cho_factor(H)
-        if me == 0:
-            return L, None, None
-        HiA = cho.cho_solve(L, A.T)
-        S = A @ HiA
-        return L, HiA, cho.cho_factor(S)
+    def solve_u(d, rhs):
+        """``(K0 + diag(0, d)) u = rhs``."""
+        K = K0 + jnp.diag(jnp.concatenate([pad, d]))
+        return cho.cho_solve(cho.cho_factor(K), rhs)
 
-    def kkt_solve(fac, f, g):
-        """``[H A'; A 0] [dx; dy] = [f; g]`` by the Schur complement of the equality rows."""
-        L, HiA, Sf = fac
-        Hif = cho.cho_solve(L, f)
-        if me == 0:
-            return Hif, jnp.zeros((0,), dtype)
-        dy = cho.cho_solve(Sf, A @ Hif - g)
-        return Hif - HiA @ dy, dy
-
-    # Starting point: the KKT system with unit weights (the equality-constrained least
-    # squares point of Q, G), slacks and multipliers shifted into the positive orthant.
-    x0, y0 = kkt_solve(factor(jnp.ones((mi,), dtype)), -c + G.T @ h, b)
+    # Starting point: argmin 1/2 x'Qx + c'x + 1/2 ||Gx - h||^2 s.t. Ax = b (unit weights),
+    # then slacks and multipliers shifted into the positive orthant (Vandenberghe's CVXOPT
+    # initialisation).
+    u0 = solve_u(jnp.ones((mi,), dtype), -(C @ Qic) - jnp.concatenate([b, h]))
+    x0 = -(Qic + QiC @ u0)
     r0 = h - G @ x0
 
     def shift(v):
         return v + jnp.maximum(0.0, 1.0 - jnp.min(v, initial=1.0))
 
-    s0, z0 = shift(r0), shift(-r0)
+    s0, z0, y0 = shift(r0), shift(-r0), u0[:me]
 
     def measure(x, s, z, y):
         rd, rp, ri = _residuals(Q, c, A, b, G, h, x, s, z, y)
@@ -144,24 +141,25 @@ def solve(Q: Array, c: Array, A: Array, b: Array, G: Array, h: Array, *,
         comp = jnp.max(jnp.minimum(s, z), initial=0.0)  # 0 iff complementary (s, z >= 0)
         return rd, rp, ri, mu, jnp.maximum(jnp.maximum(_inf(rd), _inf(rp)), jnp.maximum(_inf(ri), comp))
 
-    def direction(fac, rd, rp, ri, s, z, rc):
-        # Z ds + S dz = rc, G dx + ds = -ri  =>  dz = (rc + z ri + z G dx) / s
-        f = -rd - G.T @ ((rc + z * ri) / s)
-        dx, dy = kkt_solve(fac, f, -rp)
-        ds = -ri - G @ dx
-        dz = (rc + z * ri + z * (G @ dx)) / s
-        return dx, ds, dz, dy
+    def direction(factor, x, y, z, rp, ri, s, rc):
+        # Z ds + S dz = rc and G dx + ds = -ri give G dx - (s/z) dz = -(rc + z ri)/z;
+        # Q^{-1} r_d = x + Q^{-1}c + Q^{-1}C'u needs no solve.
+        Qird = x + Qic + QiC @ jnp.concatenate([y, z])
+        rhs = jnp.concatenate([rp, (rc + z * ri) / z]) - C @ Qird
+        du = cho.cho_solve(factor, rhs)
+        dx = -(Qird + QiC @ du)
+        return dx, -ri - G @ dx, du[me:], du[:me]
 
     def body(_, state):
         x, s, z, y, count = state
-        rd, rp, ri, mu, res = measure(x, s, z, y)
+        _, rp, ri, mu, res = measure(x, s, z, y)
         done = res <= tol * scale
-        fac = factor(z / s)
-        dx, ds, dz, dy = direction(fac, rd, rp, ri, s, z, -s * z)
+        factor = cho.cho_factor(K0 + jnp.diag(jnp.concatenate([pad, s / z])))
+        dx, ds, dz, dy = direction(factor, x, y, z, rp, ri, s, -s * z)
         a_aff = jnp.minimum(_max_step(s, ds), _max_step(z, dz))
         mu_aff = jnp.sum((s + a_aff * ds) * (z + a_aff * dz)) / max(mi, 1)
         sigma = jnp.clip(mu_aff / jnp.maximum(mu, jnp.finfo(dtype).tiny), 0.0, 1.0) ** 3
-        dx, ds, dz, dy = direction(fac, rd, rp, ri, s, z, -s * z + sigma * mu - ds * dz)
+        dx, ds, dz, dy = direction(factor, x, y, z, rp, ri, s, -s * z + sigma * mu - ds * dz)
         a = 0.99 * jnp.minimum(_max_step(s, ds), _max_step(z, dz))
         new = (x + a * dx, s + a * ds, z + a * dz, y + a * dy)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in new]))
@@ -176,4 +174,71 @@ def solve(Q: Array, c: Array, A: Array, b: Array, G: Array, h: Array, *,
     yn, zn = y / norm, z / norm
     eps = jnp.sqrt(jnp.finfo(dtype).eps)
     infeasible = (res > tol * scale) & (_inf(A.T @ yn + G.T @ zn) <= eps) & (b @ yn + h @ zn < -eps)
-    return IPMResult(x, y, z, s, count, res, infeasible)
+    return IPMResult(x, y, z, s, count, res, infeasible), (Qi, QiC, K0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _solve(Q, c, A, b, G, h, iterations, tol):
+    return _forward(Q, c, A, b, G, h, iterations, tol)[0]
+
+
+def _solve_fwd(Q, c, A, b, G, h, iterations, tol):
+    res, (Qi, QiC, K0) = _forward(Q, c, A, b, G, h, iterations, tol)
+    return res, (res, Qi, QiC, K0, A, G)
+
+
+def _solve_bwd(iterations, tol, saved, cotangent):
+    r"""The implicit-function-theorem derivative at the active set ``E`` (rows of
+    ``C = [A; G]``, :func:`_active`) with multipliers :math:`\lambda` (Amos & Kolter 2017,
+    OptNet, eq. 8): solve
+
+    .. math::
+
+        \begin{pmatrix} Q & E^\top \\ E & 0 \end{pmatrix}
+        \begin{pmatrix} v_x \\ v_\lambda \end{pmatrix}
+        = \begin{pmatrix} \bar x \\ 0 \end{pmatrix}
+
+    by its Schur complement :math:`E Q^{-1} E^\top v_\lambda = E Q^{-1}\bar x` (inactive
+    rows held at :math:`v_\lambda = 0` by an identity row), then
+    :math:`\bar c = -v_x`, :math:`\bar Q = -v_x x^\top`,
+    :math:`\bar C = -(\lambda v_x^\top + v_\lambda x^\top)` on active rows,
+    :math:`\bar b, \bar h = v_\lambda`. Only the cotangent of ``x`` is used (the
+    multipliers and diagnostics are outputs for reporting, not for differentiation)."""
+    res, Qi, QiC, K0, A, G = saved
+    me = A.shape[0]
+    xbar = cotangent.x
+    active = _active(me, res.s, res.z)
+    both = active[:, None] & active[None, :]
+    K = jnp.where(both, K0, jnp.eye(K0.shape[0], dtype=K0.dtype))
+    rhs = jnp.where(active, QiC.T @ xbar, 0.0)
+    v_lam = jnp.where(active, jnp.linalg.solve(K, rhs), 0.0)
+    v_x = Qi @ xbar - QiC @ v_lam
+    lam = jnp.where(active, jnp.concatenate([res.y, res.z]), 0.0)
+    Cbar = -(lam[:, None] * v_x[None, :] + v_lam[:, None] * res.x[None, :])
+    Cbar = jnp.where(active[:, None], Cbar, 0.0)
+    del iterations, tol
+    return (-jnp.outer(v_x, res.x), -v_x, Cbar[:me], v_lam[:me], Cbar[me:], v_lam[me:])
+
+
+_solve.defvjp(_solve_fwd, _solve_bwd)
+
+
+def solve(Q: Array, c: Array, A: Array, b: Array, G: Array, h: Array, *,
+          iterations: int | None = None, tol: float | None = None) -> IPMResult:
+    r"""Mehrotra predictor-corrector on one dense QP (``vmap`` it for a batch), differentiable
+    in ``(Q, c, A, b, G, h)`` through the active set's KKT system (:func:`_solve_bwd`).
+
+    Args:
+      Q: ``(n, n)`` symmetric positive definite.
+      c: ``(n,)``.
+      A, b: ``(me, n)``, ``(me,)`` equality rows (``me = 0`` allowed; full row rank).
+      G, h: ``(mi, n)``, ``(mi,)`` inequality rows (``mi = 0`` allowed; every ``h`` finite).
+      iterations: the fixed iteration count (default :func:`default_iterations`).
+      tol: residual below which a problem is frozen as solved (default :func:`default_tol`).
+
+    Returns:
+      An :class:`IPMResult` (gradients flow through ``x`` only).
+    """
+    iterations = default_iterations(c.dtype) if iterations is None else int(iterations)
+    tol = default_tol(c.dtype) if tol is None else float(tol)
+    return _solve(Q, c, A, b, G, h, iterations, tol)
