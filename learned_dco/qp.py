@@ -331,7 +331,9 @@ class OSQP(IterativeSolver):
     loose at active constraints), and infeasibility detection reported in ``status``.
 
     Attributes:
-      tol: stopping tolerance (default 1e-12 in float64, 1e-6 in float32).
+      tol: stopping tolerance (default 1e-12 in float64, 1e-5 in float32: 1e-6 is below
+        float32 round-off for a few percent of problems, which then run to ``maxiter``, and
+        under ``vmap`` every member of the batch runs as long as its slowest one).
       maxiter: ADMM iterations (default 20000).
     """
 
@@ -479,10 +481,15 @@ def solve_qp(
     if kinds:
         solver.require(kinds, owner="solve_qp", setting="/".join(
             {"box": "lo/hi", "eq": "A/b", "ineq": "G/h"}[k] for k in kinds))
+    dtype = ravel_pytree(c)[0].dtype
+    if isinstance(solver, (OSQP, IPM)) and dtype not in (jnp.float32, jnp.float64):
+        raise ValueError(
+            f"solve_qp: solver={solver.name!r} (qp.{type(solver).__name__}) solves in float32 or float64 "
+            f"(dense factorisations), got {dtype} data; cast c and Q to float32"
+        )
     raw = solver.solve(Q, c, cons)
     primal = primal_residual(raw.x, cons)
     dual = fixed_point_residual(Q, c, raw.x, lo, hi) if raw.dual_residual is None else raw.dual_residual
-    dtype = ravel_pytree(c)[0].dtype
     residual = jnp.maximum(primal, dual.astype(primal.dtype))
     # The residuals decide SOLVED (an iterative solver's infeasibility flags are heuristic:
     # BoxOSQP flags feasible float32 problems now and then); otherwise the solver's own
@@ -630,7 +637,7 @@ def _solve_osqp(Q, c, cons, tol, maxiter):
             mats.append(jnp.eye(n, dtype=dtype))
     C = jnp.concatenate(mats, axis=0) if mats else None
     lo_all, hi_all = jnp.concatenate(lows), jnp.concatenate(highs)
-    tol = (1e-12 if dtype == jnp.float64 else 1e-6) if tol is None else tol
+    tol = (1e-12 if dtype == jnp.float64 else 1e-5) if tol is None else tol
     solver = jaxopt.BoxOSQP(
         matvec_Q=matvec_Q,
         matvec_A=lambda C, v: _rows(C, v),
@@ -642,11 +649,17 @@ def _solve_osqp(Q, c, cons, tol, maxiter):
     def optimality(xy, Q, c, C, lo, hi):
         return _kkt_optimality(xy, matvec_Q, Q, c, C, lo, hi)
 
+    # BoxOSQP mixes the default float dtype into its loop state (its ``lax.cond`` branches then
+    # disagree for other dtypes), so it runs in that dtype and the result is cast back.
+    work = jnp.result_type(float)
+
     @custom_root(optimality, has_aux=True, solve=_dense_solve)
     def kkt_point(init, Q, c, C, lo, hi):
         del init
+        Q, c, C, lo, hi = tree_map(lambda v: jnp.asarray(v).astype(work), (Q, c, C, lo, hi))
         sol, state = solver.run(params_obj=(Q, c), params_eq=C, params_ineq=(lo, hi))
-        return jax.lax.stop_gradient((sol.primal[0], sol.dual_eq)), jax.lax.stop_gradient((state.status, state.iter_num))
+        xy = (sol.primal[0].astype(dtype), sol.dual_eq.astype(dtype))
+        return jax.lax.stop_gradient(xy), jax.lax.stop_gradient((state.status, state.iter_num))
 
     init = (flat_c, jnp.zeros_like(lo_all))
     (x, y), (raw_status, iters) = kkt_point(init, Q, flat_c, C, lo_all, hi_all)

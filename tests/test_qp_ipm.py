@@ -140,3 +140,22 @@ def test_ipm_float32_and_options():
         qp.IPM(tol=-1.0)
     with pytest.raises(ValueError, match=r"qp.IPM has no option maxiter"):
         qp.IPM().with_options(maxiter=3)
+
+
+def test_osqp_runs_float32_data_with_x64_on_and_half_precision_is_a_named_error():
+    """BoxOSQP's loop mixes in the default float dtype; float32 data with x64 on is solved
+    (in float64, cast back) and agrees with the interior-point solve; float16 data is
+    refused by name before any solver runs."""
+    f32 = jnp.float32
+    args = (jnp.arange(3.0, dtype=f32) - 1.0, jnp.ones((1, 3), f32), jnp.ones(1, f32), -jnp.eye(3, dtype=f32),
+            jnp.zeros(3, f32))
+    with jax.enable_x64(True):
+        osqp = qp.solve_qp(qp.Dense(jnp.eye(3, dtype=f32)), *args, solver="osqp")
+        ipm = qp.solve_qp(qp.Dense(jnp.eye(3, dtype=f32)), *args, solver="ipm")
+    assert osqp.x.dtype == f32 and int(osqp.status) == qp.SOLVED
+    np.testing.assert_allclose(osqp.x, [1.0, 0.0, 0.0], atol=1e-5)  # x0 - x1 = 1 would need x1 < 0
+    np.testing.assert_allclose(osqp.x, ipm.x, atol=1e-5)
+    half = [jnp.asarray(v, jnp.float16) for v in args]
+    for solver in ["osqp", "ipm"]:
+        with pytest.raises(ValueError, match=rf"solver='{solver}' .* float32 or float64 .* got float16 data"):
+            qp.solve_qp(qp.Dense(jnp.eye(3, dtype=jnp.float16)), *half, solver=solver)
