@@ -8,11 +8,15 @@ A least-squares task (p parameters, X p x p); the step is DCOG's QP
 * ``simplex/osqp``: ``theta`` on the probability simplex (one equality row, p inequality
   rows; the general OSQP path with the active-set KKT backward);
 * ``simplex/simplex_exact``: the same set as one row of ones and a lower bound, solved by
-  the exact sort-based :class:`learned_dco.optimizers.general.SimplexExact`.
+  the exact sort-based :class:`learned_dco.optimizers.general.SimplexExact`;
+* ``simplex/ipm``: the general rows through the interior-point backend :class:`qp.IPM`;
+* ``general/osqp``, ``general/ipm``: the general set of the DCO paper's eq. (5), 2 equality
+  and 10 inequality rows on theta (:func:`general_rows`), through OSQP and the IPM.
 
 For one task and a vmapped batch, the jitted forward (``--steps`` inner steps) and the
 meta-gradient of the final loss w.r.t. ``lam`` are timed interleaved with the reference;
-ratios are printed and written as JSON (the user defaults: guard on).
+ratios (median over rounds of the per-round ratio, with its min and max) are printed and
+written as JSON (the user defaults: guard on).
 
     python benchmarks/constrained_step.py [--quick | --smoke] [--out DIR]
 """
@@ -24,7 +28,9 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from benchmarks.common import interleaved_medians, table, unroll_steps, write_json
+import statistics
+
+from benchmarks.common import interleaved_samples, table, unroll_steps, write_json
 from learned_dco import qp
 from learned_dco.optimizers.general import SimplexExact, StepQP, general_dco
 
@@ -120,19 +126,26 @@ def main(argv=None):
             grad = jax.jit(jax.grad(lambda l, th, tk, run=run: jnp.mean(jax.vmap(lambda a, b: _loss(run(l, a, b), b))(th, tk))))
             progs[name + ":f"] = (lambda f=fwd, task=task, theta=theta: f(lam, theta, task))
             progs[name + ":g"] = (lambda g=grad, task=task, theta=theta: g(lam, theta, task))
-        t = interleaved_medians(progs, repeats, budget_s=30.0)
+        samples = interleaved_samples(progs, repeats, budget_s=30.0)
+        t = {k: statistics.median(v) for k, v in samples.items()}
         for name in settings:
-            row = {
-                "setting": name, "tasks": batch,
-                "forward_ms": 1e3 * t[name + ":f"], "forward_ratio": t[name + ":f"] / t["none/exact:f"],
-                "metagrad_ms": 1e3 * t[name + ":g"], "metagrad_ratio": t[name + ":g"] / t["none/exact:g"],
-            }
+            row = {"setting": name, "tasks": batch, "rounds": len(samples[name + ":f"])}
+            for part, label in (("f", "forward"), ("g", "metagrad")):
+                ratios = [a / r for a, r in zip(samples[f"{name}:{part}"], samples[f"none/exact:{part}"])]
+                row[f"{label}_ms"] = 1e3 * t[f"{name}:{part}"]
+                row[f"{label}_ratio"] = statistics.median(ratios)
+                row[f"{label}_ratio_min"], row[f"{label}_ratio_max"] = min(ratios), max(ratios)
             rows.append(row)
-            print(f"{name:22s} tasks={batch:4d} forward x{row['forward_ratio']:.2f} metagrad x{row['metagrad_ratio']:.2f}", flush=True)
+            print(f"{name:22s} tasks={batch:4d} forward x{row['forward_ratio']:.2f} "
+                  f"[{row['forward_ratio_min']:.2f}, {row['forward_ratio_max']:.2f}] metagrad x{row['metagrad_ratio']:.2f} "
+                  f"[{row['metagrad_ratio_min']:.2f}, {row['metagrad_ratio_max']:.2f}]", flush=True)
     print()
-    print(table(rows, ["setting", "tasks", "forward_ms", "forward_ratio", "metagrad_ms", "metagrad_ratio"]))
+    print(table(rows, ["setting", "tasks", "rounds", "forward_ms", "forward_ratio", "forward_ratio_min", "forward_ratio_max",
+                       "metagrad_ms", "metagrad_ratio", "metagrad_ratio_min", "metagrad_ratio_max"]))
     name = "constrained_step_smoke" if args.smoke else "constrained_step"
-    path = write_json(name, {"p": p, "steps": args.steps, "repeats": repeats, "rows": rows}, args.out)
+    machine = "2-core CPU shared with other jobs (noisy)"
+    path = write_json(name, {"p": p, "steps": args.steps, "repeats": repeats, "general_rows": [N_EQ, N_INEQ],
+                             "machine": machine, "rows": rows}, args.out)
     print(f"\nwrote {path}")
 
 

@@ -17,7 +17,7 @@ function theorem are exact and cheap.
 
 Backends are small frozen values that carry their own options and say which constraint
 kinds they handle (``solver=`` takes a value or its YAML name; :func:`as_solver`), all
-through jaxopt, all jit- and vmap-compatible:
+jit- and vmap-compatible:
 
 * :class:`Exact` (``"exact"``, default): the operator's own solve, wrapped in
   :func:`jaxopt.implicit_diff.custom_root`. The optimality condition is written in
@@ -33,6 +33,10 @@ through jaxopt, all jit- and vmap-compatible:
   theorem on the KKT system of the active set, solved exactly (dense).
 * :class:`CDQP` (``"cdqp"``): :class:`jaxopt.BoxCDQP` (box constraints; materialises ``Q``
   as a dense matrix, so for moderate sizes only).
+* :class:`IPM` (``"ipm"``): our batched primal-dual interior-point method
+  (:mod:`learned_dco.qp_ipm`; any ``Q``, materialised; boxes, ``Ax = b``, ``Gx <= h``) with a
+  fixed iteration count, differentiated at the active set's KKT system. The fast backend for
+  general constraints (``benchmarks/constrained_step.py``).
 
 An optimizer checks its constraints against its solver when it is built
 (:meth:`QPSolver.require`), so an impossible combination fails there, naming both.
@@ -366,7 +370,7 @@ SolverLike = Union[str, QPSolver]
 
 
 def as_solver(solver: SolverLike) -> QPSolver:
-    """A solver value from a name (``"exact"``, ``"eqqp"``, ``"osqp"``, ``"cdqp"``: default
+    """A solver value from a name (``"exact"``, ``"eqqp"``, ``"osqp"``, ``"cdqp"``, ``"ipm"``: default
     options) or a :class:`QPSolver` value (returned as is)."""
     if isinstance(solver, QPSolver):
         return solver
@@ -611,7 +615,7 @@ def _kkt_optimality(xy, matvec_Q, Q, c, C, lo, hi):
 def _solve_osqp(Q, c, cons, tol, maxiter):
     """``l <= C x <= u`` with ``C = [A; G; I]`` (rows present only for the constraints
     given): equalities as ``l = u = b``, inequalities as ``(-inf, h]``, the box as
-    ``[lo, hi]``; with only a box, ``C = I`` is applied without materialising it.
+    ``[lo, hi]``; with only a box, ``C = I`` (materialised for the forward solve only).
 
     Forward: :class:`jaxopt.BoxOSQP`. Backward: the implicit function theorem on
     :func:`_kkt_optimality`, i.e. an exact dense solve of the active set's KKT system (the
@@ -638,9 +642,12 @@ def _solve_osqp(Q, c, cons, tol, maxiter):
     C = jnp.concatenate(mats, axis=0) if mats else None
     lo_all, hi_all = jnp.concatenate(lows), jnp.concatenate(highs)
     tol = (1e-12 if dtype == jnp.float64 else 1e-5) if tol is None else tol
+    # The ADMM linear system (Q + sigma I + rho C'C) x = r is solved by LU on the
+    # materialised matrices: jaxopt's default conjugate gradient gets the relative tolerance
+    # 1e-7 * tol, below round-off in both float32 and float64, so it ran to its iteration
+    # cap (10 n) inside every ADMM iteration.
     solver = jaxopt.BoxOSQP(
-        matvec_Q=matvec_Q,
-        matvec_A=lambda C, v: _rows(C, v),
+        eq_qp_solve="lu",
         tol=tol,
         maxiter=20000 if maxiter is None else maxiter,
         check_primal_dual_infeasability=True,
@@ -656,8 +663,10 @@ def _solve_osqp(Q, c, cons, tol, maxiter):
     @custom_root(optimality, has_aux=True, solve=_dense_solve)
     def kkt_point(init, Q, c, C, lo, hi):
         del init
-        Q, c, C, lo, hi = tree_map(lambda v: jnp.asarray(v).astype(work), (Q, c, C, lo, hi))
-        sol, state = solver.run(params_obj=(Q, c), params_eq=C, params_ineq=(lo, hi))
+        dense_q = Q.to_dense(unravel(c))
+        dense_c = jnp.eye(n, dtype=dtype) if C is None else C
+        dense_q, c, dense_c, lo, hi = (jnp.asarray(v).astype(work) for v in (dense_q, c, dense_c, lo, hi))
+        sol, state = solver.run(params_obj=(dense_q, c), params_eq=dense_c, params_ineq=(lo, hi))
         xy = (sol.primal[0].astype(dtype), sol.dual_eq.astype(dtype))
         return jax.lax.stop_gradient(xy), jax.lax.stop_gradient((state.status, state.iter_num))
 
