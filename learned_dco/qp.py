@@ -615,7 +615,7 @@ def _kkt_optimality(xy, matvec_Q, Q, c, C, lo, hi):
 def _solve_osqp(Q, c, cons, tol, maxiter):
     """``l <= C x <= u`` with ``C = [A; G; I]`` (rows present only for the constraints
     given): equalities as ``l = u = b``, inequalities as ``(-inf, h]``, the box as
-    ``[lo, hi]``; with only a box, ``C = I`` (materialised for the forward solve only).
+    ``[lo, hi]``; with only a box, ``C = I`` is applied without materialising it.
 
     Forward: :class:`jaxopt.BoxOSQP`. Backward: the implicit function theorem on
     :func:`_kkt_optimality`, i.e. an exact dense solve of the active set's KKT system (the
@@ -642,12 +642,9 @@ def _solve_osqp(Q, c, cons, tol, maxiter):
     C = jnp.concatenate(mats, axis=0) if mats else None
     lo_all, hi_all = jnp.concatenate(lows), jnp.concatenate(highs)
     tol = (1e-12 if dtype == jnp.float64 else 1e-5) if tol is None else tol
-    # The ADMM linear system (Q + sigma I + rho C'C) x = r is solved by LU on the
-    # materialised matrices: jaxopt's default conjugate gradient gets the relative tolerance
-    # 1e-7 * tol, below round-off in both float32 and float64, so it ran to its iteration
-    # cap (10 n) inside every ADMM iteration.
     solver = jaxopt.BoxOSQP(
-        eq_qp_solve="lu",
+        matvec_Q=matvec_Q,
+        matvec_A=lambda C, v: _rows(C, v),
         tol=tol,
         maxiter=20000 if maxiter is None else maxiter,
         check_primal_dual_infeasability=True,
@@ -663,10 +660,8 @@ def _solve_osqp(Q, c, cons, tol, maxiter):
     @custom_root(optimality, has_aux=True, solve=_dense_solve)
     def kkt_point(init, Q, c, C, lo, hi):
         del init
-        dense_q = Q.to_dense(unravel(c))
-        dense_c = jnp.eye(n, dtype=dtype) if C is None else C
-        dense_q, c, dense_c, lo, hi = (jnp.asarray(v).astype(work) for v in (dense_q, c, dense_c, lo, hi))
-        sol, state = solver.run(params_obj=(dense_q, c), params_eq=dense_c, params_ineq=(lo, hi))
+        Q, c, C, lo, hi = tree_map(lambda v: jnp.asarray(v).astype(work), (Q, c, C, lo, hi))
+        sol, state = solver.run(params_obj=(Q, c), params_eq=C, params_ineq=(lo, hi))
         xy = (sol.primal[0].astype(dtype), sol.dual_eq.astype(dtype))
         return jax.lax.stop_gradient(xy), jax.lax.stop_gradient((state.status, state.iter_num))
 
