@@ -17,7 +17,7 @@ function theorem are exact and cheap.
 
 Backends are small frozen values that carry their own options and say which constraint
 kinds they handle (``solver=`` takes a value or its YAML name; :func:`as_solver`), all
-through jaxopt, all jit- and vmap-compatible:
+jit- and vmap-compatible:
 
 * :class:`Exact` (``"exact"``, default): the operator's own solve, wrapped in
   :func:`jaxopt.implicit_diff.custom_root`. The optimality condition is written in
@@ -33,6 +33,10 @@ through jaxopt, all jit- and vmap-compatible:
   theorem on the KKT system of the active set, solved exactly (dense).
 * :class:`CDQP` (``"cdqp"``): :class:`jaxopt.BoxCDQP` (box constraints; materialises ``Q``
   as a dense matrix, so for moderate sizes only).
+* :class:`IPM` (``"ipm"``): our batched primal-dual interior-point method
+  (:mod:`learned_dco.qp_ipm`; any ``Q``, materialised; boxes, ``Ax = b``, ``Gx <= h``) with a
+  fixed iteration count, differentiated at the active set's KKT system. The fast backend for
+  general constraints (``benchmarks/constrained_step.py``).
 
 An optimizer checks its constraints against its solver when it is built
 (:meth:`QPSolver.require`), so an impossible combination fails there, naming both.
@@ -321,7 +325,9 @@ class OSQP(IterativeSolver):
     loose at active constraints), and infeasibility detection reported in ``status``.
 
     Attributes:
-      tol: stopping tolerance (default 1e-12 in float64, 1e-6 in float32).
+      tol: stopping tolerance (default 1e-12 in float64, 1e-5 in float32: 1e-6 is below
+        float32 round-off for a few percent of problems, which then run to ``maxiter``, and
+        under ``vmap`` every member of the batch runs as long as its slowest one).
       maxiter: ADMM iterations (default 20000).
     """
 
@@ -354,7 +360,7 @@ SolverLike = Union[str, QPSolver]
 
 
 def as_solver(solver: SolverLike) -> QPSolver:
-    """A solver value from a name (``"exact"``, ``"eqqp"``, ``"osqp"``, ``"cdqp"``: default
+    """A solver value from a name (``"exact"``, ``"eqqp"``, ``"osqp"``, ``"cdqp"``, ``"ipm"``: default
     options) or a :class:`QPSolver` value (returned as is)."""
     if isinstance(solver, QPSolver):
         return solver
@@ -469,10 +475,15 @@ def solve_qp(
     if kinds:
         solver.require(kinds, owner="solve_qp", setting="/".join(
             {"box": "lo/hi", "eq": "A/b", "ineq": "G/h"}[k] for k in kinds))
+    dtype = ravel_pytree(c)[0].dtype
+    if isinstance(solver, (OSQP, IPM)) and dtype not in (jnp.float32, jnp.float64):
+        raise ValueError(
+            f"solve_qp: solver={solver.name!r} (qp.{type(solver).__name__}) solves in float32 or float64 "
+            f"(dense factorisations), got {dtype} data; cast c and Q to float32"
+        )
     raw = solver.solve(Q, c, cons)
     primal = primal_residual(raw.x, cons)
     dual = fixed_point_residual(Q, c, raw.x, lo, hi) if raw.dual_residual is None else raw.dual_residual
-    dtype = ravel_pytree(c)[0].dtype
     residual = jnp.maximum(primal, dual.astype(primal.dtype))
     # The residuals decide SOLVED (an iterative solver's infeasibility flags are heuristic:
     # BoxOSQP flags feasible float32 problems now and then); otherwise the solver's own
@@ -653,7 +664,7 @@ def _solve_osqp(Q, c, cons, tol, maxiter):
             mats.append(jnp.eye(n, dtype=dtype))
     C = jnp.concatenate(mats, axis=0) if mats else None
     lo_all, hi_all = jnp.concatenate(lows), jnp.concatenate(highs)
-    tol = (1e-12 if dtype == jnp.float64 else 1e-6) if tol is None else tol
+    tol = (1e-12 if dtype == jnp.float64 else 1e-5) if tol is None else tol
     solver = _jaxopt().BoxOSQP(
         matvec_Q=matvec_Q,
         matvec_A=lambda C, v: _rows(C, v),
@@ -665,11 +676,17 @@ def _solve_osqp(Q, c, cons, tol, maxiter):
     def optimality(xy, Q, c, C, lo, hi):
         return _kkt_optimality(xy, matvec_Q, Q, c, C, lo, hi)
 
+    # BoxOSQP mixes the default float dtype into its loop state (its ``lax.cond`` branches then
+    # disagree for other dtypes), so it runs in that dtype and the result is cast back.
+    work = jnp.result_type(float)
+
     @_custom_root(optimality, has_aux=True, solve=_dense_solve)
     def kkt_point(init, Q, c, C, lo, hi):
         del init
+        Q, c, C, lo, hi = tree_map(lambda v: jnp.asarray(v).astype(work), (Q, c, C, lo, hi))
         sol, state = solver.run(params_obj=(Q, c), params_eq=C, params_ineq=(lo, hi))
-        return jax.lax.stop_gradient((sol.primal[0], sol.dual_eq)), jax.lax.stop_gradient((state.status, state.iter_num))
+        xy = (sol.primal[0].astype(dtype), sol.dual_eq.astype(dtype))
+        return jax.lax.stop_gradient(xy), jax.lax.stop_gradient((state.status, state.iter_num))
 
     init = (flat_c, jnp.zeros_like(lo_all))
     (x, y), (raw_status, iters) = kkt_point(init, Q, flat_c, C, lo_all, hi_all)
@@ -687,3 +704,81 @@ def _solve_cdqp(Q, c, lo, hi, tol, maxiter):
     init = jnp.clip(jnp.zeros_like(flat_c), flo, fhi)
     sol, state = qp.run(init, params_obj=(dense_q, flat_c), params_ineq=(flo, fhi))
     return _Raw(unravel(sol), state.iter_num)
+
+
+# ------------------------------------------------------------------------------------------
+# The interior-point backend (solver in learned_dco.qp_ipm)
+# ------------------------------------------------------------------------------------------
+
+
+def _ipm_rows(c, cons, dtype):
+    """``A, b`` and ``G, h`` on the ravelled ``x``, the box stacked into ``G`` as
+    ``[I; -I] x <= [hi; -lo]``; a row with an infinite bound becomes ``0 x <= 1`` (always
+    slack, multiplier 0), so bounds may hold ``inf`` values known only when traced."""
+    n = ravel_pytree(c)[0].size
+    A = jnp.zeros((0, n), dtype) if cons.A is None else cons.A.astype(dtype)
+    b = jnp.zeros((0,), dtype) if cons.b is None else cons.b.astype(dtype)
+    Gs, hs = [], []
+    if cons.G is not None:
+        Gs.append(cons.G.astype(dtype))
+        hs.append(cons.h.astype(dtype))
+    if cons.lo is not None or cons.hi is not None:
+        flo, fhi = _flat_bounds(c, cons.lo, cons.hi)
+        eye = jnp.eye(n, dtype=dtype)
+        Gs += [eye, -eye]
+        hs += [fhi, -flo]
+    if not Gs:
+        return A, b, jnp.zeros((0, n), dtype), jnp.zeros((0,), dtype)
+    G, h = jnp.concatenate(Gs), jnp.concatenate(hs)
+    finite = jnp.isfinite(h)
+    return A, b, jnp.where(finite[:, None], G, 0.0), jnp.where(finite, h, 1.0)
+
+
+def _solve_ipm(Q, c, cons, iterations, tol):
+    """:func:`learned_dco.qp_ipm.solve` on the dense problem (its own active-set ``custom_vjp``);
+    ``dual_residual`` is the KKT residual :func:`_kkt_optimality` with ``C = [A; G]``."""
+    from learned_dco import qp_ipm
+
+    flat_c, unravel, matvec_Q = _flat_problem(Q, c)
+    dtype = flat_c.dtype
+    A, b, G, h = _ipm_rows(c, cons, dtype)
+    res = qp_ipm.solve(Q.to_dense(c).astype(dtype), flat_c, A, b, G, h, iterations=iterations, tol=tol)
+    C = jnp.concatenate([A, G])
+    lo_all = jnp.concatenate([b, jnp.full(h.shape, -jnp.inf, dtype)])
+    stat, comp = _kkt_optimality((res.x, jnp.concatenate([res.y, res.z])), matvec_Q, Q, flat_c, C, lo_all,
+                                 jnp.concatenate([b, h]))
+    dual = jax.lax.stop_gradient(jnp.maximum(_inf_norm(stat), _inf_norm(comp)))
+    status = jnp.where(res.infeasible, PRIMAL_INFEASIBLE, SOLVED).astype(jnp.int32)
+    return _Raw(unravel(res.x), res.iterations, status, dual)
+
+
+@dataclasses.dataclass(frozen=True)
+class IPM(QPSolver):
+    r"""A batched primal-dual interior-point method (Mehrotra predictor-corrector,
+    :mod:`learned_dco.qp_ipm`) on the dense problem (``Q`` materialised; ``p`` up to a few
+    hundred), any curvature, every constraint kind (the box is stacked into ``G``). A
+    *fixed* number of iterations, so ``vmap`` runs every member the same short program;
+    differentiated by the implicit function theorem on the active set's KKT system, like
+    :class:`OSQP`. ``dual_residual`` is the KKT residual (stationarity and complementarity).
+
+    Attributes:
+      iterations: Newton iterations (default 30 in float64, 20 in float32).
+      tol: residual at which a problem is frozen as solved (default 1e-11 / 1e-6).
+    """
+
+    name: ClassVar[str] = "ipm"
+    handles: ClassVar[frozenset[str]] = frozenset({"box", "eq", "ineq"})
+    iterations: int | None = None
+    tol: float | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        it = self.iterations
+        if it is not None and (isinstance(it, bool) or not isinstance(it, int) or it < 1):
+            raise ValueError(f"qp.IPM.iterations must be an int >= 1 or None, got {it!r}")
+
+    def solve(self, Q, c, cons):
+        return _solve_ipm(Q, c, cons, self.iterations, self.tol)
+
+
+SOLVERS[IPM.name] = IPM

@@ -121,7 +121,7 @@ def test_cheapest_solver_per_set():
     assert isinstance(cheapest_solver(NonnegLeastSquares().constraints()), qp.Exact)
     assert isinstance(cheapest_solver(BoxLQR().constraints()), qp.Exact)
     assert isinstance(cheapest_solver(SimplexLeastSquares().constraints()), SimplexExact)
-    assert isinstance(cheapest_solver(qp.Constraints(G=jnp.ones((1, 3)), h=jnp.ones(1))), qp.OSQP)
+    assert isinstance(cheapest_solver(qp.Constraints(G=jnp.ones((1, 3)), h=jnp.ones(1))), qp.IPM)
 
 
 @pytest.mark.parametrize("fam", [NonnegLeastSquares(dim=6, active=3), SimplexLeastSquares(dim=6, active=3),

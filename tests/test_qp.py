@@ -180,7 +180,7 @@ def test_solvers_are_values_and_names_map_to_them():
     assert qp.as_solver(value) is value
     assert hash(value) == hash(qp.OSQP(tol=1e-5, maxiter=50)) and value != qp.OSQP()
     assert value.with_options(maxiter=10) == qp.OSQP(tol=1e-5, maxiter=10)
-    assert {n for n, cls in qp.SOLVERS.items() if qp.as_solver(n).supports("box")} == {"exact", "osqp", "cdqp"}
+    assert {n for n, cls in qp.SOLVERS.items() if qp.as_solver(n).supports("box")} == {"exact", "osqp", "cdqp", "ipm"}
     assert qp.EqQP().supports() and not qp.EqQP().supports("box")
     with pytest.raises(Exception):  # frozen
         value.tol = 1.0
