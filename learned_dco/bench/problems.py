@@ -113,6 +113,11 @@ class Problem:
         return not self.control
 
     @functools.cached_property
+    def initial_loss(self) -> float:
+        """The training loss at the initial parameters of seed 0's key (``PRNGKey(0)``)."""
+        return float(jax.jit(lambda key: self.train_loss(self.init(key)))(jax.random.PRNGKey(0)))
+
+    @functools.cached_property
     def fingerprint(self) -> str:
         """SHA-256 over the name, split, descriptor, budget, batch, ``spec``, the data bytes,
         the initial parameters at seed 0 and the training loss there."""
@@ -127,7 +132,7 @@ class Problem:
         params = self.init(jax.random.PRNGKey(0))
         for leaf in jax.tree.leaves(params):
             h.update(np.ascontiguousarray(np.asarray(leaf, np.float32)).tobytes())
-        h.update(repr(float(self.train_loss(params))).encode())
+        h.update(repr(self.initial_loss).encode())
         return h.hexdigest()
 
     def describe(self) -> dict[str, Any]:

@@ -14,7 +14,9 @@ interquartile mean and a two-level bootstrap over problems and seeds.
 * :func:`bootstrap`: percentile intervals of a statistic of a (problems x seeds) table,
   resampling problems with replacement and, within each drawn problem, its seeds with
   replacement (the stratified bootstrap of Agarwal et al. 2021, "Deep RL at the edge of
-  the statistical precipice", with seeds as runs).
+  the statistical precipice", with seeds as runs). For values with no problem effect it
+  counts the seed variance twice (variance of a mean :math:`\sigma^2 (2 - 1/S)/(PS)` instead
+  of :math:`\sigma^2/(PS)`): the intervals err on the wide side.
 """
 
 from __future__ import annotations
