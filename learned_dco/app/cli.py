@@ -240,7 +240,7 @@ Defaults come from the eval: section of the run's config.yaml.
 
 A run meta-trained on a task mixture (task: {name: mixture}) is evaluated on each member in
 turn (or only on --member I), each into OUT/member<I>-<family>/; for problems outside the
-mixture use `python -m benchmarks.heldout`.
+mixture use `learned-dco bench`.
 
 example:
   learned-dco eval runs/quick_demo-20250101-120000 --num-tasks 200

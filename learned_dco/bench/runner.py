@@ -214,6 +214,16 @@ def environment() -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": commit}
 
 
+def candidate_finals(cand: B.Candidate, problems: Sequence[Problem], settings: Settings) -> dict[str, list[float]]:
+    """Problem name -> the candidate's final loss per evaluation seed at the budget (no
+    baselines, no long run): the numbers a pretrained card records for a regeneration check."""
+    out = {}
+    for prob in problems:
+        prob = settings.budget(prob)
+        out[prob.name] = run_seeds(prob, cand, prob.steps, settings.seeds)[:, -1].tolist()
+    return out
+
+
 def _versions() -> dict:
     return {"bench": BENCH_VERSION, "learned_dco": learned_dco.__version__, "jax": jax.__version__,
             "optax": optax.__version__}
@@ -316,5 +326,5 @@ def run(candidates: Sequence[B.Candidate | str] = (), split: str = "dev", settin
     }
 
 
-__all__ = ["BENCH_VERSION", "FLOOR", "Settings", "cache_key", "curve", "run", "run_grid", "run_problem", "run_seeds",
+__all__ = ["BENCH_VERSION", "FLOOR", "Settings", "cache_key", "candidate_finals", "curve", "run", "run_grid", "run_problem", "run_seeds",
            "environment", "step_overhead", "tuned_row", "untuned_row"]
