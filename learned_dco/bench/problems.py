@@ -399,7 +399,7 @@ def _test() -> list[Problem]:
 
     rng = _rng("transformer")
     V, L, d = 6, 6, 16
-    tokens = rng.integers(0, V, size=(512, L)).astype(np.int32)
+    tokens = rng.integers(0, V, size=(128, L)).astype(np.int32)
     labels = tokens[:, ::-1].copy()
     shapes = {"embed": (V, d), "pos": (L, d), "wq": (d, d), "wk": (d, d), "wv": (d, d), "wo": (d, d),
               "w1": (d, 2 * d), "w2": (2 * d, d), "out": (d, V)}
@@ -407,7 +407,7 @@ def _test() -> list[Problem]:
     out.append(Problem("transformer_reverse_mb32", "test", Descriptor("transformer", "generated:reverse_tokens", "classification_xent",
                                                                       f"1 block, 1 head, V={V}, L={L}, d={d}"),
                        _normal_tree(shapes, scale), lambda p, x, y: _xent(_transformer(p, x, V), y), tokens, labels,
-                       600, 32, spec={"V": V, "L": L, "d": d}))
+                       500, 32, spec={"V": V, "L": L, "d": d}))
 
     xi, yi = _bar_images(_rng("bars"))
     chans, strides = (6, 12), (2, 2)
