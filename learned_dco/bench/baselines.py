@@ -21,7 +21,8 @@ Untuned (:data:`UNTUNED`, optax defaults at the pinned optax version):
   its loss measured at ``optax.contrib.schedule_free_eval_params``.
 
 A *candidate* is what the user benchmarks (:func:`resolve`): a shipped pretrained name
-(with its untrained starting point as an extra row, e.g. ``learned_prodigy (untrained)``,
+(cached like a baseline, keyed by the SHA-256 of its weights and architecture; with its
+untrained starting point as an extra row, e.g. ``learned_prodigy (untrained)``,
 Prodigy-like at its meta-initialisation), an untuned baseline name, or ``module:factory``
 for any optax factory, called as ``factory(num_steps=T)`` when it takes ``num_steps`` and
 ``factory()`` otherwise.
@@ -30,8 +31,11 @@ for any optax factory, called as ``factory(num_steps=T)`` when it takes ``num_st
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import inspect
+import json
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -113,7 +117,10 @@ def pretrained_candidate(name: str, root=None) -> Candidate:
     def make(steps):
         return pretrained.load(name, root=root, num_steps=steps) if takes_steps else pretrained.load(name, root=root)
 
-    return Candidate(name, make, start=learned_start(name, lopt))
+    folder = pretrained.WEIGHTS_DIR if root is None else Path(root)
+    digest = hashlib.sha256((folder / f"{name}.msgpack").read_bytes())
+    digest.update(json.dumps(pretrained.card(name, root).get("architecture"), sort_keys=True).encode())
+    return Candidate(name, make, fingerprint=f"pretrained {name} {digest.hexdigest()}", start=learned_start(name, lopt))
 
 
 def factory_candidate(spec: str) -> Candidate:

@@ -288,7 +288,7 @@ def _smooth_regression(rng, n=512, d=8):
     return _standardise(x), _standardise(y[:, None])
 
 
-def _blob_images(rng, n=512, size=8):
+def _blob_images(rng, n=128, size=8):
     """Images with one Gaussian blob at a random centre plus noise; target: the centre."""
     centre = rng.uniform(1, size - 2, size=(n, 2))
     g = np.arange(size)
@@ -297,7 +297,7 @@ def _blob_images(rng, n=512, size=8):
     return img[..., None].astype(np.float32), _standardise(centre)
 
 
-def _bar_images(rng, n=512, size=8):
+def _bar_images(rng, n=128, size=8):
     """Images with 0-3 horizontal and 0-3 vertical bright bars plus noise; target: the two counts."""
     img = 0.1 * rng.normal(size=(n, size, size))
     counts = rng.integers(0, 4, size=(n, 2))
