@@ -1,18 +1,25 @@
-r"""Ship a meta-trained optimizer: weights + card into ``learned_dco/pretrained/weights``.
+r"""Ship a meta-trained optimizer, or refresh a shipped card's benchmark numbers.
 
-Reads a finished ``learned-dco train`` run directory (its resolved config is the card's
-recipe, its metrics the wall time) and a full held-out result (``python -m
-benchmarks.heldout --run LABEL=DIR ...``, its ``heldout.json``), runs the held-out quick
-mode for the shipped weights (the numbers ``tests/test_pretrained_shipped.py``
-regenerates, so a stale card fails), and writes ``NAME.msgpack`` + ``NAME.json``. The card
-keeps the summary table of every design in the held-out result (untrained and untuned
-rows included) and the shipped optimizer's per-problem rows.
+Ship: reads a finished ``learned-dco train`` run directory (its resolved config is the card's
+recipe, its metrics the wall time) and writes ``NAME.msgpack`` + ``NAME.json`` into
+``learned_dco/pretrained/weights``. Refresh (``--update-card``): keeps the shipped weights and
+recipe and rewrites only the card's ``heldout`` section.
+
+The ``heldout`` section records the ``learned-dco bench`` results (docs/bench.md): the
+``test`` split's single run (commit, date, hardware, the aggregate rows of the optimizer,
+its untrained start and the reference baselines, the optimizer's per-problem rows), the
+``dev`` run, and ``quick``: the optimizer's final losses on three dev problems at the quick
+budgets, which ``tests/test_pretrained_shipped.py`` regenerates (a stale card, or weights
+changed without rerunning, fail).
 
 Run::
 
+    learned-dco bench learned_prodigy --split test --out docs/bench/test   # once
+    learned-dco bench learned_prodigy --split dev --out docs/bench/dev
+    python -m benchmarks.ship_pretrained --update-card --name learned_prodigy \
+        --test docs/bench/test/bench.json --dev docs/bench/dev/bench.json
     python -m benchmarks.ship_pretrained runs/pretrain_learned_prodigy --name learned_prodigy \
-        --config learned_dco/configs/pretrain_learned_prodigy.yaml --heldout benchmarks/results/heldout.json \
-        --label run:learned_prodigy --cpu-hours 0.8
+        --config learned_dco/configs/pretrain_learned_prodigy.yaml --test ... --dev ... --cpu-hours 0.8
 """
 
 from __future__ import annotations
@@ -22,46 +29,76 @@ import json
 from pathlib import Path
 
 import learned_dco as ldco
-from benchmarks import heldout as H
+from learned_dco import bench
+from learned_dco.bench import problems as P
+from learned_dco.bench import runner
+
+QUICK_PROBLEMS = ("diabetes_mlp_relu", "deep_linear_4", "rosenbrock_2d")
+"""Dev problems whose quick-budget final losses a card records for regeneration."""
+
+KEY_ROWS = ("adam", "adam_cosine", "prodigy", "prodigy_linear_decay")
 
 
-def card_heldout(full: dict, label: str, quick_rows: list[dict]) -> dict:
-    """The card's ``heldout`` section from a full held-out result and the quick rows."""
-    mine = [r for r in full["rows"] if r["optimizer"] == label]
-    if not mine:
-        raise SystemExit(f"{label!r} is not a row of the held-out result (rows: {sorted({r['optimizer'] for r in full['rows']})})")
+def quick_finals(candidate: bench.Candidate) -> dict:
+    settings = bench.Settings.quick()
+    probs = [P.by_name(n) for n in QUICK_PROBLEMS]
+    return {"problems": list(QUICK_PROBLEMS), "budget_scale": settings.budget_scale, "seeds": list(settings.seeds),
+            "final": runner.candidate_finals(candidate, probs, settings)}
+
+
+def split_section(summary: dict, label: str, files: str) -> dict:
+    """One split's record for the card: environment, the aggregate rows of ``label``, its
+    untrained start and the reference baselines, and ``label``'s per-problem rows."""
+    keep = {label, f"{label} (untrained)", *KEY_ROWS}
     return {
-        "benchmark": "benchmarks/heldout.py",
-        "full": {
-            "mode": full.get("mode"),
-            "steps": full["steps"],
-            "long_factor": full["long_factor"],
-            "long_steps": full.get("long_steps"),
-            "label": label,
-            "summary": full["summary"],  # every design, untrained and untuned rows included
-            "rows": mine,
-            "environment": full.get("environment"),
-        },
-        "quick": {**H.QUICK, "rows": quick_rows},
+        "split": summary["split"],
+        "files": files,
+        "environment": summary.get("environment"),
+        "seconds": summary.get("seconds"),
+        "settings": summary.get("settings"),
+        "aggregate": [r for r in summary["aggregate"] if r["optimizer"] in keep],
+        "per_problem": [r for r in summary["per_problem"] if r["optimizer"] == label],
     }
+
+
+def card_heldout(label: str, candidate: bench.Candidate, test: str | None, dev: str | None) -> dict:
+    out = {"benchmark": "learned-dco bench (learned_dco.bench, docs/bench.md)",
+           "note": "test is run once per shipped optimizer; nothing is chosen on it"}
+    for name, path in (("test", test), ("dev", dev)):
+        if path:
+            out[name] = split_section(json.loads(Path(path).read_text()), label, str(Path(path).parent))
+    out["quick"] = quick_finals(candidate)
+    return out
 
 
 def main(argv=None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("run_dir")
+    ap.add_argument("run_dir", nargs="?", help="a finished `learned-dco train` run (not with --update-card)")
     ap.add_argument("--name", required=True, help="the shipped name (ldco.pretrained.load(NAME))")
-    ap.add_argument("--config", required=True, help="the recipe's config file (learned_dco/configs/pretrain_<name>.yaml)")
-    ap.add_argument("--heldout", required=True, help="heldout.json of a full held-out run that includes this run")
-    ap.add_argument("--label", required=True, help="this run's row label in that result (e.g. run:NAME)")
+    ap.add_argument("--update-card", action="store_true", help="keep the shipped weights, rewrite the heldout section")
+    ap.add_argument("--config", help="the recipe's config file (learned_dco/configs/pretrain_<name>.yaml)")
+    ap.add_argument("--test", help="bench.json of the test-split run")
+    ap.add_argument("--dev", help="bench.json of a dev-split run")
     ap.add_argument("--cpu-hours", type=float, default=None, help="measured CPU time of the meta-training run")
     ap.add_argument("--note", default=None, help="free text for the card (how the run was measured)")
     ap.add_argument("--root", default=None, help="where to write (default: the package's weights/)")
     args = ap.parse_args(argv)
-    full = json.loads(Path(args.heldout).read_text())
-    quick = H.quick_rows({args.label: H.run_candidate(args.run_dir)})
-    extra = {k: v for k, v in {"cpu_hours": args.cpu_hours, "note": args.note}.items() if v is not None}
-    path = ldco.pretrained.from_run(args.run_dir, args.name, root=args.root, config=args.config,
-                                    heldout=card_heldout(full, args.label, quick), extra=extra)
+    if args.update_card:
+        lopt, meta = ldco.pretrained.load_lopt(args.name, root=args.root)
+        card = ldco.pretrained.card(args.name, root=args.root)
+        heldout = card_heldout(args.name, bench.resolve(args.name), args.test, args.dev)
+        path = ldco.pretrained.save(args.name, lopt, meta, root=args.root or ldco.pretrained.WEIGHTS_DIR,
+                                    options=card.get("options"), recipe=card.get("recipe"), heldout=heldout)
+    else:
+        if not args.run_dir or not args.config:
+            ap.error("shipping needs RUN_DIR and --config (or pass --update-card)")
+        from learned_dco.app.runs import load_trained
+
+        trained = load_trained(args.run_dir)
+        cand = bench.Candidate(args.name, lambda steps: bench.baselines._with_steps(trained.lopt, steps).opt_fn(trained.meta))
+        extra = {k: v for k, v in {"cpu_hours": args.cpu_hours, "note": args.note}.items() if v is not None}
+        path = ldco.pretrained.from_run(args.run_dir, args.name, root=args.root, config=args.config,
+                                        heldout=card_heldout(args.name, cand, args.test, args.dev), extra=extra)
     print(f"wrote {path} and {path.with_suffix('.msgpack')}")
     return path
 

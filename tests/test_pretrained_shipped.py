@@ -1,6 +1,6 @@
 """The optimizers that ship in learned_dco/pretrained/weights (issue 12).
 
-Each one: its card's quick held-out numbers are regenerated here (a stale card, or weights
+Each one: its card's quick benchmark numbers are regenerated here (a stale card, or weights
 changed without rerunning the benchmark, fail); its recipe file is the config the card
 records; ``load`` passes the learned-optimizer contract (jit, vmap, lax.cond, optax.chain
 with clipping and weight decay) and trains a small flax MLP.
@@ -15,8 +15,9 @@ import numpy as np
 import optax
 import pytest
 
-from benchmarks import heldout as H
-from learned_dco import pretrained
+from learned_dco import bench, pretrained
+from learned_dco.bench import problems as P
+from learned_dco.bench import runner
 from learned_dco.app import config as C
 
 NAMES = pretrained.list()
@@ -25,17 +26,29 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("name", NAMES)
 def test_card_quick_numbers_regenerate(name):
-    """The quick mode (60-step budgets, 3x long run) of benchmarks/heldout.py gives the card's
-    per-problem final losses to 2% and the same divergence verdicts. The cards were measured
-    on scikit-learn's bundled data sets (the generated stand-ins used without it differ)."""
-    pytest.importorskip("sklearn", reason="the card's held-out numbers are on scikit-learn's data sets")
-    want = {r["problem"]: r for r in pretrained.card(name)["heldout"]["quick"]["rows"]}
-    got = {r["problem"]: r for r in H.quick_rows({name: H.pretrained_candidate(name)})}
-    assert set(got) == set(want)
-    for problem, row in got.items():
-        ref = want[problem]
-        assert (row["diverged"], row["diverged_10x"]) == (ref["diverged"], ref["diverged_10x"]), problem
-        np.testing.assert_allclose(row["final"], float(ref["final"]), rtol=2e-2, atol=1e-7, err_msg=problem)
+    """The card's ``heldout.quick`` final losses (``learned-dco bench`` quick budgets, three dev
+    problems, per evaluation seed) regenerate to 2%. The card was measured on scikit-learn's
+    bundled data sets (the generated stand-ins used without it differ)."""
+    pytest.importorskip("sklearn", reason="the card's numbers are on scikit-learn's data sets")
+    quick = pretrained.card(name)["heldout"]["quick"]
+    settings = bench.Settings.quick(seeds=tuple(quick["seeds"]))
+    assert settings.budget_scale == quick["budget_scale"]
+    got = runner.candidate_finals(bench.resolve(name), [P.by_name(n) for n in quick["problems"]], settings)
+    for problem, finals in got.items():
+        np.testing.assert_allclose(finals, np.asarray(quick["final"][problem], float), rtol=2e-2, atol=1e-7,
+                                   err_msg=problem)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_card_records_the_single_test_run(name):
+    """The card names the test split's run: its commit, date and hardware, and aggregate rows
+    with intervals for the optimizer and its untrained start."""
+    held = pretrained.card(name)["heldout"]
+    env = held["test"]["environment"]
+    assert env["commit"] and env["date"] and env["cpu_count"] and env["backend"]
+    rows = {r["optimizer"]: r for r in held["test"]["aggregate"]}
+    assert {name, f"{name} (untrained)", "adam", "adam_cosine"} <= set(rows)
+    assert len(rows[name]["iqm_ratio"]) == 3  # estimate, lower and upper end
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -5,6 +5,7 @@
     learned-dco eval RUN_DIR [--num-tasks N] [--num-steps T] [--seed S] [--member I] [--out DIR] [--overwrite]
     learned-dco reproduce [STUDY] [--list] [--quick] [--out DIR] [--seed S] [--overwrite]
     learned-dco configs                    the shipped configs, each with a one-line description
+    learned-dco bench [OPTIMIZER ...] [--split dev|test|all] [--quick] [--seeds N] [--out DIR] [--list]
     (train, eval and reproduce also take --coordinator/--num-processes/--process-id or --distributed)
     learned-dco plot RUN_DIR [--out FILE.png]
     learned-dco cache [--info] [--clear]
@@ -273,7 +274,7 @@ Defaults come from the eval: section of the run's config.yaml.
 
 A run meta-trained on a task mixture (task: {name: mixture}) is evaluated on each member in
 turn (or only on --member I), each into OUT/member<I>-<family>/; for problems outside the
-mixture use `python -m benchmarks.heldout`.
+mixture use `learned-dco bench`.
 
 example:
   learned-dco eval runs/quick_demo-20250101-120000 --num-tasks 200
@@ -508,6 +509,86 @@ def run_cache(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------
+# bench
+# --------------------------------------------------------------------------------------
+
+BENCH_HELP = """\
+Benchmark optimizers on held-out problems (learned_dco.bench; docs/bench.md).
+
+Each OPTIMIZER is a shipped pretrained name (learned_dco.pretrained), an untuned baseline
+name, or module:factory (any optax factory; called as factory(num_steps=T) when it takes
+num_steps, else factory()). Every table also holds tuned Adam (constant and cosine decay),
+AdamW and SGD+momentum (rates picked on separate tuning seeds), the untuned baselines
+(Adam 1e-3, Prodigy with and without linear decay, DoG, D-Adapt AdamW, Schedule-Free
+AdamW) and each learned optimizer's untrained starting point. Baseline rows are cached
+(LEARNED_DCO_BENCH_CACHE, default ~/.cache/learned_dco/bench).
+
+Splits: dev (make design and meta-training choices here) and test (run once per shipped
+optimizer; choose nothing on it). Writes bench.json, bench.md and bench_profile.png to --out
+and prints the aggregate table with 95% intervals.
+
+examples:
+  learned-dco bench --list
+  learned-dco bench learned_prodigy --quick
+  learned-dco bench learned_prodigy --split dev --out results/bench-dev
+  learned-dco bench mypkg.opt:make_optimizer --seeds 5
+"""
+
+
+def add_bench(subparsers) -> argparse.ArgumentParser:
+    p = _add_parser(subparsers, "bench", help="benchmark optimizers on held-out problems (dev/test split, seeds, intervals)",
+                    description=BENCH_HELP)
+    p.add_argument("optimizers", nargs="*", metavar="OPTIMIZER", help="optimizers to benchmark (see above)")
+    p.add_argument("--split", choices=("dev", "test", "all"), default="dev", help="problem split (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="budgets / 5, a 5-point grid, one tuning seed (about a minute)")
+    p.add_argument("--seeds", type=int, default=3, help="evaluation seeds per problem (default: %(default)s)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: results/bench-SPLIT[-quick])")
+    p.add_argument("--list", action="store_true", help="list the problems and optimizers and exit")
+    p.add_argument("--baseline-cache", metavar="DIR", help="baseline cache directory (default: $LEARNED_DCO_BENCH_CACHE "
+                   "or ~/.cache/learned_dco/bench)")
+    p.add_argument("--no-baseline-cache", action="store_true", help="recompute the baseline rows, cache nothing")
+    p.set_defaults(handler=run_bench)
+    return p
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from learned_dco.app.config import ConfigError
+    from learned_dco.validation import ValidationError
+
+    if args.quick:
+        from learned_dco.app import xla
+
+        xla.apply_defaults(xla.QUICK_DEFAULTS)
+    from learned_dco import bench, pretrained
+
+    if args.list:
+        print(bench.report.table([p.describe() for p in bench.problem_set("all")],
+                                 ["name", "split", "model", "data", "loss", "steps", "batch", "control"]))
+        print(f"\npretrained: {', '.join(pretrained.list()) or '-'}")
+        print(f"untuned baselines: {', '.join(bench.UNTUNED)}")
+        print(f"tuned baselines (always rows): {', '.join(bench.TUNED)}")
+        return EXIT_OK
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds: must be >= 1, got {args.seeds}")
+    try:
+        cands = [bench.resolve(name) for name in args.optimizers]
+        make = bench.Settings.quick if args.quick else bench.Settings
+        settings = make(seeds=tuple(range(args.seeds)))
+        cache = None if args.no_baseline_cache else (args.baseline_cache or ...)
+        result = bench.run(cands, split=args.split, settings=settings, cache_dir=cache,
+                           progress=lambda line: print(line, flush=True))
+    except ValidationError as err:
+        raise ConfigError(str(err)) from None
+    summary = bench.summarise(result)
+    out = Path(args.out) if args.out else Path("results") / f"bench-{args.split}{'-quick' if args.quick else ''}"
+    paths = bench.write(summary, out)
+    print()
+    print(bench.aggregate_table(summary))
+    print(f"\nwrote {', '.join(str(p) for p in paths)} in {result['seconds']:.0f} s")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------
 
@@ -518,6 +599,7 @@ COMMANDS: dict[str, Registrar] = {
     "configs": add_configs,
     "plot": add_plot,
     "cache": add_cache,
+    "bench": add_bench,
 }
 """Subcommand name -> registrar (see the module docstring)."""
 

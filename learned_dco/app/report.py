@@ -30,7 +30,7 @@ Outputs in ``RUN_DIR/eval/``:
 A run meta-trained on a task *mixture* (``task: {name: mixture}``) is evaluated on one
 member at a time (``member=i``): held-out and tuning tasks come from that member, the
 results name it (``member``, ``task``). ``learned-dco eval`` evaluates every member, each
-into ``OUT/member<i>-<name>/``. (Problems outside the mixture: ``python -m benchmarks.heldout``.)
+into ``OUT/member<i>-<name>/``. (Problems outside the mixture: ``learned-dco bench``.)
 
 A task *diverged* when its validation loss became non-finite or ended above ten times its
 loss at step 0; the report also counts tasks that ended *worse than they started* (a noise
@@ -208,7 +208,7 @@ def member_config(cfg: C.RunConfig, member: int | None) -> C.ComponentConfig:
     if member is None:
         raise C.ConfigError(
             f"--member: this run was meta-trained on a mixture of {len(members)} task families; evaluate one "
-            f"member at a time (0..{len(members) - 1}), or on held-out problems with `python -m benchmarks.heldout`"
+            f"member at a time (0..{len(members) - 1}), or on held-out problems with `learned-dco bench`"
         )
     if isinstance(member, bool) or not isinstance(member, int) or not 0 <= member < len(members):
         raise C.ConfigError(f"--member: must be a member index in 0..{len(members) - 1}, got {member!r}")
