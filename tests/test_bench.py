@@ -111,7 +111,7 @@ def test_problem_set_is_large_varied_and_disjoint_from_every_shipped_mixture():
     assert any(p.batch for p in probs) and any(p.batch is None for p in probs)
     for split in P.SPLITS:
         assert sum(not p.control for p in P.problem_set(split)) >= 6
-    recipes = structure.shipped_recipes(ROOT / "configs")
+    recipes = structure.shipped_recipes()
     assert any(k.startswith("config:") for k in recipes) and any(k.startswith("card:") for k in recipes)
     assert structure.overlaps(probs, recipes) == []
     # every control overlaps on purpose
@@ -121,7 +121,7 @@ def test_problem_set_is_large_varied_and_disjoint_from_every_shipped_mixture():
 
 def test_structural_comparison_fails_when_a_mixture_member_joins_test():
     """Each recipe member, planted into ``test`` with its own descriptor (other data), is caught."""
-    recipes = structure.shipped_recipes(ROOT / "configs")
+    recipes = structure.shipped_recipes()
     template = P.by_name("linnerud_mlp_elu")
     for label, members in recipes.items():
         for member in members:

@@ -79,9 +79,14 @@ def recipe_members(source: str | Path | Mapping[str, Any]) -> list[dict]:
     return [task] if task else []
 
 
-def shipped_recipes(config_dir: str | Path | None = None) -> dict[str, list[dict]]:
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+"""The configs shipped in the package (``learned_dco/configs``; ``learned-dco configs`` lists them)."""
+
+
+def shipped_recipes(config_dir: str | Path | None = CONFIG_DIR) -> dict[str, list[dict]]:
     """Label -> mixture members of every shipped recipe: each shipped card's recipe
-    (``card:NAME``) and, when ``config_dir`` is given, every ``pretrain_*.yaml`` in it."""
+    (``card:NAME``) and every ``pretrain_*.yaml`` in ``config_dir`` (default: the package's
+    shipped configs; ``None``: cards only)."""
     from learned_dco import pretrained
 
     out = {f"card:{n}": recipe_members(pretrained.card(n).get("recipe", {})) for n in pretrained.list()}
