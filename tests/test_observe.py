@@ -195,3 +195,19 @@ def test_prune_keeps_the_most_recently_used(tmp_path):
     removed = cache.prune(tmp_path, 250)
     assert sorted(p.name for p in removed) == ["b", "c"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "d"]
+
+
+def test_a_cache_written_without_a_limit_keeps_working_with_one(tmp_path):
+    """Entries written with no size limit have no access stamp; JAX's size-limited cache reads
+    every entry's stamp when it evicts, so without the stamps every later write fails."""
+    from jax._src import lru_cache
+
+    d = tmp_path / "c"
+    d.mkdir()
+    for i in range(3):
+        (d / f"old{i}-cache").write_bytes(b"x" * 400)  # as JAX writes them with no limit
+    cli.enable_compile_cache(d, max_size=cache.parse_size("1M"))
+    assert all((d / f"old{i}-atime").exists() for i in range(3))
+    lru = lru_cache.LRUCache(str(d), max_size=1000)
+    lru.put("new", b"y" * 500)  # evicts the oldest entries, reading their stamps
+    assert sorted(p.name for p in d.glob("*-cache")) == ["new-cache", "old2-cache"]

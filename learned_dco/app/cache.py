@@ -127,6 +127,24 @@ def prune(directory: str | Path, limit: int) -> list[Path]:
     return removed
 
 
+def stamp_unstamped(directory: str | Path) -> int:
+    """Give every XLA entry (``<key>-cache``) that has no ``<key>-atime`` an access stamp of 0
+    (oldest: evicted first); returns how many. Entries written while the cache had no size
+    limit carry no stamp, and JAX's size-limited cache fails every later write on such a
+    directory (its eviction reads every entry's stamp) with a FileNotFoundError warning."""
+    directory = Path(directory)
+    count = 0
+    for entry in directory.glob("*-cache"):
+        stamp = directory / (entry.name[: -len("-cache")] + "-atime")
+        if entry.is_file() and not stamp.exists():
+            try:
+                stamp.write_bytes((0).to_bytes(8, "little"))  # JAX's format: ns since the epoch, little-endian
+                count += 1
+            except OSError:
+                pass  # another process is rewriting the directory: its own stamps will do
+    return count
+
+
 def human(n: int) -> str:
     """``1536`` -> ``"1.5 KiB"``."""
     if n == UNLIMITED:

@@ -134,6 +134,8 @@ def enable_compile_cache(path: Path, max_size: int | None = None) -> None:
         print("learned-dco: warning: the compilation cache has no size limit: install filelock "
               "(a dependency of learned-dco)", file=sys.stderr)
         limit = cache.UNLIMITED
+    if limit != cache.UNLIMITED:
+        cache.stamp_unstamped(path)  # entries from runs without a limit: JAX's eviction needs their stamps
     jax.config.update("jax_compilation_cache_max_size", cache.split(limit)[0])
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
