@@ -126,6 +126,13 @@ def test_controller_traced_budget_and_extra_args():
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(out))
 
 
+def test_controller_needs_params():
+    params, loss = _problem()
+    tx = ctl.ProdigyController().opt_fn(ctl.ProdigyController().init(jax.random.PRNGKey(0), params))
+    with pytest.raises(ValueError, match="Prodigy's estimate"):
+        tx.update(jax.grad(loss)(params), tx.init(params))
+
+
 def test_controller_rejects_bad_fields():
     with pytest.raises(ValidationError, match="b1"):
         ctl.ProdigyController(b1=1.0)

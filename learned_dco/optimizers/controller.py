@@ -135,6 +135,9 @@ def prodigy_controller(
         return ControllerState(base.init(params), jax.tree.map(lambda p: jnp.zeros((), jnp.result_type(p)), params))
 
     def update_fn(grads, state, params=None):
+        if params is None:
+            raise ValueError("prodigy_controller: update() needs params (Prodigy's estimate uses x_0 - x_t); "
+                             "call tx.update(grads, state, params)")
         check_grads("prodigy_controller", grads, params)
         updates, new = base.update(grads, state.base, params)
         leaves = lambda tree: jax.tree.leaves(tree)
