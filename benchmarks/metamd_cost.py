@@ -27,7 +27,7 @@ import jax  # noqa: E402
 import learned_dco as ldco  # noqa: E402
 from benchmarks.common import interleaved_medians, table, write_json  # noqa: E402
 from learned_dco import tasks  # noqa: E402
-from learned_dco.studies.metamd import _step_fns, cost  # noqa: E402
+from learned_dco.studies.metamd import step_fns, cost  # noqa: E402
 
 
 def main(argv=None) -> list[dict]:
@@ -47,7 +47,7 @@ def main(argv=None) -> list[dict]:
         params = family.init_params(key, task)
         calls = {}
         for name, lopt in (("metamd", ldco.MetaMD(learning_rate=0.1)), ("dcogd", ldco.DCOGD(learning_rate=0.1))):
-            step, metagrad = _step_fns(lopt, family, task, 5)
+            step, metagrad = step_fns(lopt, family, task, 5)
             meta = lopt.init(key, params)
             calls[f"{name}/step"] = functools.partial(step, meta, params, key)
             calls[f"{name}/meta_grad"] = functools.partial(metagrad, meta, params, key)

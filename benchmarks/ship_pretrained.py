@@ -93,12 +93,13 @@ def main(argv=None) -> Path:
         if not args.run_dir or not args.config:
             ap.error("shipping needs RUN_DIR and --config (or pass --update-card)")
         from learned_dco.app.runs import load_trained
+        from learned_dco.app.shipping import ship_run
 
         trained = load_trained(args.run_dir)
         cand = bench.Candidate(args.name, lambda steps: bench.baselines._with_steps(trained.lopt, steps).opt_fn(trained.meta))
         extra = {k: v for k, v in {"cpu_hours": args.cpu_hours, "note": args.note}.items() if v is not None}
-        path = ldco.pretrained.from_run(args.run_dir, args.name, root=args.root, config=args.config,
-                                        heldout=card_heldout(args.name, cand, args.test, args.dev), extra=extra)
+        path = ship_run(args.run_dir, args.name, root=args.root, config=args.config,
+                        heldout=card_heldout(args.name, cand, args.test, args.dev), extra=extra)
     print(f"wrote {path} and {path.with_suffix('.msgpack')}")
     return path
 

@@ -44,7 +44,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import write_json  # noqa: E402
-from learned_dco.app.xla import flag_name  # noqa: E402
 
 WORKLOADS = ("pes_star", "pes_blackbox", "train_dcom", "reproduce_quick")
 FLAG = "xla_cpu_use_fusion_emitters"
@@ -53,7 +52,7 @@ SETTINGS = {"emitters_on": f"--{FLAG}=true", "emitters_off": f"--{FLAG}=false"}
 
 def _flags(user: str, setting: str) -> str:
     """The user's ``XLA_FLAGS`` without ``FLAG``, then the setting's value."""
-    return " ".join([*(f for f in user.split() if flag_name(f) != FLAG), SETTINGS[setting]])
+    return " ".join([*(f for f in user.split() if f.lstrip("-").split("=", 1)[0] != FLAG), SETTINGS[setting]])
 
 
 def _run(cmd: list[str], flags: str) -> tuple[subprocess.CompletedProcess, float]:

@@ -121,12 +121,12 @@ MIXTURE_RUN = {
 
 
 def test_a_mixture_run_ships_reproducibly(tmp_path):
-    """A `learned-dco train` run on a task mixture -> from_run -> load: the same config and
+    """A `learned-dco train` run on a task mixture -> ship_run -> load: the same config and
     seed give the same weight bytes (the recipe's promise), the card records the recipe,
     non-finite held-out numbers become strings, and the num_steps option reaches the
     optimizer."""
     from learned_dco.app import config as C
-    from learned_dco.app import runs
+    from learned_dco.app import runs, shipping
 
     cfg = C.from_dict(MIXTURE_RUN)
     for d in ("a", "b"):
@@ -140,8 +140,8 @@ def test_a_mixture_run_ships_reproducibly(tmp_path):
         trainer.draw(state._replace(step=jnp.asarray(k, jnp.int32))) for k in range(4)]
     assert not np.allclose(trained.meta["log_lr"], np.log(0.01))  # meta-training moved it
 
-    path = pretrained.from_run(tmp_path / "a", "mix", root=tmp_path / "w", config="configs/x.yaml",
-                               heldout={"ratio": float("inf"), "rows": [{"final": np.float32(0.5)}]})
+    path = shipping.ship_run(tmp_path / "a", "mix", root=tmp_path / "w", config="configs/x.yaml",
+                             heldout={"ratio": float("inf"), "rows": [{"final": np.float32(0.5)}]})
     data = pretrained.card("mix", root=tmp_path / "w")
     assert path.name == "mix.json" and data["options"] == {"num_steps": "num_steps"}
     recipe = data["recipe"]

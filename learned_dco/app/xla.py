@@ -1,8 +1,7 @@
 """XLA compiler flags the command line sets before JAX starts its backend.
 
-``learned-dco reproduce --quick`` (and ``python -m learned_dco.studies --quick``) compiles
-many small programs and runs each only a few times, so compilation is most of its time on a
-CPU. Before the first JAX computation it adds :data:`QUICK_DEFAULTS` to ``XLA_FLAGS``:
+``learned-dco reproduce --quick`` compiles many small programs and runs each only a few
+times, so compilation is most of its time on a CPU. Before the first JAX computation it adds :data:`QUICK_DEFAULTS` to ``XLA_FLAGS``:
 
 * ``--xla_backend_optimization_level=0``: halves the DCO study's quick run on 2 cores with
   the same numbers;

@@ -15,9 +15,8 @@ Loading reads only these files (no network). Weights from another version of the
 architecture (a leaf's path or shape differs from what the optimizer class builds today)
 are refused with an error naming the first difference, never silently misloaded.
 
-:func:`save` writes a card in the format above; :func:`from_run` ships the result of a
-``learned-dco train`` run, reading its recipe (resolved config, seed, task mixture,
-estimator, meta-steps, wall time, versions and hardware) from the run directory. The
+:func:`save` writes a card in the format above (from a finished ``learned-dco train`` run:
+:func:`learned_dco.app.shipping.ship_run`, which reads the recipe from the run directory). The
 shipped optimizers, their recipes (``learned_dco/configs/pretrain_<name>.yaml``, ``learned-dco train pretrain_<name>``) and their held-out
 numbers are described in ``docs/pretrained.md``.
 
@@ -67,7 +66,7 @@ def _root(root: str | Path | None) -> Path:
     return WEIGHTS_DIR if root is None else Path(root)
 
 
-def list(root: str | Path | None = None) -> builtins.list[str]:  # noqa: A001 (the issue's API name)
+def list(root: str | Path | None = None) -> builtins.list[str]:  # noqa: A001 (shadows the builtin on purpose: ldco.pretrained.list())
     """Names of the pretrained optimizers (cards in ``root``, default the shipped ones)."""
     folder = _root(root)
     if not folder.is_dir():
@@ -284,61 +283,4 @@ def save(
     return path
 
 
-def run_recipe(run_dir: str | Path, config: str | None = None) -> dict[str, Any]:
-    """The meta-training recipe of a finished ``learned-dco train`` run directory: the
-    resolved config's sections, the meta-steps taken, the wall time (sum of the per-step
-    seconds in ``metrics.jsonl``, compilation included), versions and hardware."""
-    from learned_dco.app.runs import load_trained
-
-    run_dir = Path(run_dir)
-    trained = load_trained(run_dir)
-    cfg = trained.config.resolved().to_dict()
-    seconds, steps = 0.0, 0
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a torn last line (crash mid-append)
-        seconds += float(record.get("seconds", 0.0))
-        steps += 1
-    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
-    return {
-        "config": config,
-        "seed": cfg["seed"],
-        "optimizer": cfg["optimizer"],
-        "task": cfg["task"],
-        "estimator": cfg["estimator"],
-        "meta_optimizer": cfg["meta_optimizer"],
-        "meta_steps": trained.meta_step,
-        "wall_seconds": round(seconds, 1),
-        "metrics_lines": steps,
-        "versions": info.get("versions"),
-        "hardware": info.get("device"),
-    }
-
-
-def from_run(
-    run_dir: str | Path,
-    name: str,
-    *,
-    root: str | Path | None = None,
-    config: str | None = None,
-    heldout: Mapping[str, Any] | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> Path:
-    """Ship the meta-parameters of ``learned-dco train`` run ``run_dir`` as ``name`` (default
-    ``root``: the package's ``weights/``), with :func:`run_recipe` as the card's recipe (plus
-    ``extra``, e.g. the measured CPU time) and ``heldout`` as its held-out numbers. A
-    horizon-aware optimizer (a ``num_steps`` field) gets the ``load(name, num_steps=...)``
-    option."""
-    from learned_dco.app.runs import load_trained
-
-    trained = load_trained(run_dir)
-    fields = {f.name for f in dataclasses.fields(trained.lopt)}
-    options = {"num_steps": "num_steps"} if "num_steps" in fields else {}
-    recipe = dict(run_recipe(run_dir, config), **(extra or {}))
-    return save(name, trained.lopt, trained.meta, root=_root(root), options=options, recipe=recipe, heldout=heldout)
-
-
-__all__ = ["CARD_FORMAT", "WEIGHTS_DIR", "PretrainedError", "card", "from_run", "list", "load", "load_lopt", "meta_shapes",
-           "run_recipe", "save"]
+__all__ = ["CARD_FORMAT", "WEIGHTS_DIR", "PretrainedError", "card", "list", "load", "load_lopt", "meta_shapes", "save"]

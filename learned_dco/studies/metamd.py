@@ -121,7 +121,10 @@ def convergence(name, family, *, T, eval_steps, num_train, num_test, meta_steps,
 # ------------------------------------------------------------------------------------------
 
 
-def _step_fns(lopt, family, task, K):
+def step_fns(lopt, family, task, K):
+    """``(step, metagrad)``, both jitted: one optimizer step of ``lopt`` from a fresh state on
+    ``task``'s sampled batch, and the gradient in ``meta`` of the loss after ``K`` unrolled steps
+    (the costs the study and ``benchmarks/metamd_cost.py`` measure)."""
     def inner(meta, params, key):
         tx = lopt.opt_fn(meta)
         batch = family.sample_batch(key, task)
@@ -155,7 +158,7 @@ def cost(hidden_sizes, K=5, log=print) -> list[dict]:
         p = ravel_pytree(params)[0].size
         for name, lopt in (("metamd", ldco.MetaMD(learning_rate=0.1)), ("dcogd", ldco.DCOGD(learning_rate=0.1))):
             abstract = jax.eval_shape(lopt.init, key, params)
-            _, metagrad = _step_fns(lopt, family, task, K)
+            _, metagrad = step_fns(lopt, family, task, K)
             mem = metagrad.lower(abstract, params, key).compile().memory_analysis()
             rows.append({"hidden": list(hidden), "params": int(p), "optimizer": name,
                          "meta_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(abstract))),
