@@ -8,8 +8,7 @@ update) we time, runs interleaved (``--repeats`` rounds, each calling every cand
 ``--number`` times in turn, medians reported):
 
 * ``old``      -- the materialised implementation (``fuse_features=False``: the ``(n, 39)``
-  feature tensor materialised and fed to the MLP; the default before issue 11, and still
-  the default on accelerators), default options otherwise;
+  feature tensor materialised and fed to the MLP; the default on accelerators), default options otherwise;
 * ``new``      -- ``fuse_features=True`` (features and first layer fused per tensor,
   ``features.first_layer``; the default on CPU through ``"auto"``), default options
   otherwise (non-finite guard on);

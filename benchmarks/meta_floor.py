@@ -12,7 +12,7 @@ are multiples of the truncation, so boundaries fall between truncations); the li
 staggers phases uniformly, so its episodes may end inside a truncation.
 
 Runs are interleaved (``benchmarks.common.interleaved_medians``); the figure is
-``floor_s / library_s`` (1.0 = as fast as the floor; the issue's target is >= 0.8 at
+``floor_s / library_s`` (1.0 = as fast as the floor; the target is >= 0.8 at
 N = 64 and 256). Library variants beside the default: ``no_guard`` (the learned
 optimizer's non-finite guard off, ``max_consecutive_nonfinite=None``, where it has one;
 the trainer still masks non-finite tasks) and ``reuse_loss`` (``MeanTrain(fresh_batch=

@@ -9,7 +9,7 @@ The same meta-training work is done two ways, in the same process, runs interlea
   reimplementation would be: a Python ``for`` over tasks and a Python ``for`` over the ``T``
   inner steps (``jax.grad`` of the task loss, then ``Opt``), validation losses accumulated in
   ``l_total``, one ``jax.grad`` of ``l_total`` for the meta-gradient, one ``MetaOpt`` step. All
-  eager JAX: no ``vmap``, no ``jit`` of the step. This is the issue's reference;
+  eager JAX: no ``vmap``, no ``jit`` of the step. This is the reference;
 * **jit_loop** -- for context, the same Python loop over tasks with each task's unroll and
   meta-gradient compiled into one jitted call (no vmap), meta-gradients summed in Python:
   what batching the tasks into one program adds on top of compiling.
@@ -20,7 +20,7 @@ Both start from the same meta-parameters, tasks and initial parameters; the scri
 that their meta-gradients and the meta-parameters after a few meta-steps agree before
 timing. Reported: task-steps per second (``N * T`` inner steps, forward and backward, per
 meta-step) and the speed-ups over both loops; the library's one-off compile time is reported separately
-and excluded from its rate. Target (issue 4): >= 30x on a 2-core CPU.
+and excluded from its rate. Target: >= 30x on a 2-core CPU.
 
     python -m benchmarks.meta_throughput [--quick | --smoke] [--tasks 100] [--dim 100] [--horizons 1 10] [--out DIR]
 

@@ -6,7 +6,7 @@ learned optimizer's default options, 64-32-32-10 digits MLP (batch 64), horizon 
 truncation K = 50, N tasks, sigma 0.01, Adam meta-optimizer. One process builds the
 trainer, compiles and runs ``--warmup`` meta-steps, then times ``--steps`` meta-steps and
 prints inner task-steps per second (N * K per meta-step, both antithetic trajectories
-counted once, as the issue counts them).
+counted once).
 
 ``--against REV`` checks REV out into a temporary ``git worktree`` and runs the same
 measurement there (the API used is common to both), ``--rounds`` times, alternating
@@ -16,7 +16,7 @@ current / REV are printed and written as JSON (``benchmarks/results/pes_throughp
     python -m benchmarks.pes_throughput --against 7812b3d --tasks 8 --rounds 3
     python -m benchmarks.pes_throughput --smoke --out DIR      # this tree only, tiny
 
-Issue 11's reference is 7812b3d, the last commit before the speed work.
+The recorded comparison (``benchmarks/results/pes_throughput.json``) is against 7812b3d.
 """
 
 from __future__ import annotations

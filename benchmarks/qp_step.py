@@ -6,7 +6,7 @@ after ``--steps`` inner steps with respect to the meta-parameters) of DCOG, DCOG
 for each backend, next to the closed form computed in the same process, and report
 ratios. Every backend is measured with the options a user gets by default (the non-finite
 guard on: ``max_consecutive_nonfinite=10``); the default backend is also measured with the
-guard off beside it (``exact/noguard``). Targets (issue 11): the default meta-gradient of
+guard off beside it (``exact/noguard``). Targets: the default meta-gradient of
 a batch of 100 tasks sharing the meta-parameters <= 1.1x the closed form for DCOG/DCOM and
 <= 1.5x for DCOGD.
 

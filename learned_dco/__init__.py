@@ -53,8 +53,6 @@ __version__ = "0.1.0"
 
 _SUBPACKAGES = ("analysis", "meta", "pretrained", "tasks")
 
-# Internals that tests/test_star.py still reaches through the top level; resolvable (not
-# part of the API) until it imports them from ``learned_dco.optimizers``.
 __all__ = [
     # pure builders -> optax.GradientTransformation
     "dcog",

@@ -41,7 +41,7 @@ def test_divergence_flags_a_post_budget_spike_that_recovers():
     assert stats.max_after == pytest.approx(1.0) and stats.argmax == T + 49 and stats.final == pytest.approx(1e-5)
 
 
-def test_divergence_of_the_issue_example_and_its_threshold():
+def test_divergence_of_a_late_blow_up_and_its_threshold():
     """3.2e-14 at the budget, 0.28 (16% of the start) after it, 5.5e-5 at the end: diverged.
     A rise from 1e-14 to 1e-13 is not; the threshold is exactly 10% of the progress."""
     T = 10

@@ -1,4 +1,4 @@
-"""Run configs with ``task: {name: mixture, ...}`` (issue 12): parsing, errors, resolution,
+"""Run configs with ``task: {name: mixture, ...}`` : parsing, errors, resolution,
 builders, cross-checks, memory and the app's handling of a mixture run."""
 
 import dataclasses

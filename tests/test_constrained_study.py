@@ -1,4 +1,4 @@
-"""The constrained study (issue 17): schema of a tiny run, its baselines and verdicts."""
+"""The constrained study: schema of a tiny run, its baselines and verdicts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Constrained task families and the learned constrained DCO (issue 17).
+"""Constrained task families and the learned constrained DCO.
 
 References: ``scipy.optimize.nnls`` (NNLS optimum), a NumPy sort-based simplex projection
 and the simplex KKT conditions (simplex optimum), the box KKT conditions (LQR optimum), and

@@ -1,4 +1,4 @@
-"""The studies' learning-rate sweeps and evaluations over several processes (issue 16, item 4).
+"""The studies' learning-rate sweeps and evaluations over several processes.
 
 A worker script runs the DCO study's baseline tuning (:func:`dco_experiments.tune_baselines`:
 ``meta.tune_learning_rate`` sweeps + ``meta.evaluate`` on task batches placed with

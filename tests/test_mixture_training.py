@@ -1,5 +1,5 @@
 """Meta-training on a task mixture (MetaTrainer with a tasks.Mixture), the scale-free
-MeanLogTrain meta-loss, and the horizon-aware scheduled optimizers (issue 12)."""
+MeanLogTrain meta-loss, and the horizon-aware scheduled optimizers."""
 
 import dataclasses
 

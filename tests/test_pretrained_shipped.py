@@ -1,4 +1,4 @@
-"""The optimizers that ship in learned_dco/pretrained/weights (issue 12).
+"""The optimizers that ship in learned_dco/pretrained/weights.
 
 Each one: its card's quick benchmark numbers are regenerated here (a stale card, or weights
 changed without rerunning the benchmark, fail); its recipe file is the config the card

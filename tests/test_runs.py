@@ -29,7 +29,7 @@ def _same(a, b):
     return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-# --- the loop (moved from MetaTrainer.run / MetaTrainer.restore) ------------------------------
+# --- the loop around MetaTrainer.step (run, resume, restore) ---------------------------------
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):

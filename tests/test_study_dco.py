@@ -79,7 +79,7 @@ def test_least_squares_claims(outputs):
     for name in ("dcog", "dcom"):
         assert ls["curves"][name]["mean"][1] < min(ls["curves"][b]["mean"][1] for b in BASELINE_NAMES)
         assert not ls["wins"]["reset"][name]
-    # carry protocol: DCOM beats the best tuned baseline at step 30 (the full-size 4.56 vs 7.37)
+    # carry protocol: DCOM beats the best tuned baseline at step 30 (the full-size run: 4.56 vs 7.37)
     assert ls["wins"]["carry"]["dcom"]
     # Meta-trained on the evaluation horizon, DCOM beats the best tuned baseline at step 30.
     assert ls["extension"]["optimizers"]["dcom"]["final"] <= best

@@ -38,7 +38,7 @@ def namedtuple_constructors_in_their_modules(roots: list[str]) -> int:
 
     Python builds a NamedTuple's ``__new__`` in a throwaway namespace (``__module__`` is
     ``namedtuple_<Name>``), so pdoc cannot find the globals to resolve the postponed
-    annotations of its fields (pdoc issue #765) and warns for every field typed with a name
+    annotations of its fields (github.com/mitmproxy/pdoc/issues/765) and warns for every field typed with a name
     of the module (``Array``, ``PyTree``). Pointing ``__new__.__module__`` at the class's
     module lets pdoc resolve them there; it changes nothing else, in this process only.
     ``roots`` are module names; a package's submodules are included. Returns the number of

@@ -18,7 +18,7 @@ of the wrong type, non-finite or out of range raises :class:`ConfigError` naming
 key. Value checks of the target classes (``learning_rate > 0``, ``truncation <= horizon``,
 ...) run at load time and are reported under the section's key.
 
-A *task mixture* (issue 12; :class:`learned_dco.tasks.Mixture`) is the task section
+A *task mixture* (:class:`learned_dco.tasks.Mixture`) is the task section
 ``{name: mixture, members: [<task>, ...], horizons: [<int>, ...], weights: null}``: each
 member is a task section of its own, validated the same way (errors name
 ``task.members[1].hidden``); each meta-step draws a member and an inner horizon. A mixture

@@ -203,7 +203,7 @@ def _to_python(x):
 
 
 # --------------------------------------------------------------------------------------
-# checkpoints and the loop (moved here from MetaTrainer.restore / MetaTrainer.run)
+# checkpoints and the loop around MetaTrainer.step
 # --------------------------------------------------------------------------------------
 
 

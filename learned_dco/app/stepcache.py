@@ -1,4 +1,4 @@
-"""The meta-step exported once and reloaded by later runs of the same config (issue 11, "compile once").
+"""The meta-step exported once and reloaded by later runs of the same config (compile once).
 
 XLA's persistent compilation cache (on by default for the CLI, :func:`learned_dco.app.cli.compile_cache_dir`)
 removes the *compilation* of a repeated run's first meta-step, but not its tracing and

@@ -34,11 +34,6 @@ class CheckpointError(Exception):
     """An unreadable checkpoint, or one that does not belong to the state restoring it."""
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
-    """Alias of :func:`learned_dco.io.atomic_write_bytes` (kept for existing callers)."""
-    return atomic_write_bytes(path, data)
-
-
 def _keystr(path) -> str:
     return jax.tree_util.keystr(path) or "<root>"
 

@@ -23,8 +23,8 @@ these values or its name (:func:`as_meta_loss`):
 * :class:`MeanLogTrain` (``"mean_log_train"``): the mean *log* training loss over the
   unroll, :math:`m_t = \log \mathrm{clip}(\ell_t, \ell_{min}, \ell_{max})/T`, with a
   non-finite loss scored as :math:`\log \ell_{max}`. Scale-free (a task whose losses are
-  100x larger does not weigh 100x more), so it is the meta-loss for task *mixtures*
-  (issue 12); the clip makes a diverging episode a finite, large penalty instead of a
+  100x larger does not weigh 100x more), so it is the meta-loss for task *mixtures*;
+  the clip makes a diverging episode a finite, large penalty instead of a
   non-finite estimate that the trainer would drop (dropping would reward instability).
   Reuses the loss computed with the gradient unless ``fresh_batch=True``.
 """

@@ -18,7 +18,7 @@ step ``k`` continues exactly as the uninterrupted run would (:func:`learned_dco.
 :meth:`MetaTrainer.train` is the same loop as a pure ``lax.scan``, so a grid of seeds can
 be meta-trained in one ``jax.vmap``-ed call.
 
-Task mixtures (:class:`learned_dco.tasks.Mixture`, issue 12): when ``family`` is a
+Task mixtures (:class:`learned_dco.tasks.Mixture`): when ``family`` is a
 mixture, meta-step ``k`` draws a member and an inner horizon :math:`T` on the host from
 ``fold_in(key, k)`` and runs that member's compiled meta-step (one program per
 ``(member, T)``, built on first use and reused after: :class:`~learned_dco.tasks.CompiledPerFamily`).

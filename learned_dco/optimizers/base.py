@@ -18,11 +18,6 @@ from learned_dco.types import Array, PyTree
 tree_map = jax.tree.map
 
 
-# ``check_values`` lives in ``learned_dco.validation``; re-exported here only for
-# optimizers/dco.py, which still imports it from this module.
-check_values = validation.check_values
-
-
 def _describe(paths: list[str]) -> str:
     return ", ".join(paths[:5]) + (" ..." if len(paths) > 5 else "")
 

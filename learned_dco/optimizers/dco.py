@@ -42,14 +42,10 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from learned_dco import qp
-from learned_dco.optimizers.base import (
-    broadcast_like,
-    check_values,
-    plain,
-    ravel_size,
-)
+from learned_dco.optimizers.base import broadcast_like, plain, ravel_size
 from learned_dco.optimizers.general import GeneralDCOState, StepQP, general_dco
 from learned_dco.types import Array, MetaParams, Params, PRNGKey, PyTree
+from learned_dco.validation import check_values
 
 tree_map = jax.tree.map
 

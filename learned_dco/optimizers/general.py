@@ -294,7 +294,7 @@ def constrained_dcom(
     per_coordinate: bool = True,
     max_consecutive_nonfinite: int | None = 10,
 ) -> LearnedDCO:
-    r"""A learned DCO over a fixed feasible set :math:`\mathcal C` (issue 17): diagonal
+    r"""A learned DCO over a fixed feasible set :math:`\mathcal C` (DCO eq. 5): diagonal
     curvature (DCOG) with DCOM's momentum, the set inside the step's QP,
 
     .. math::

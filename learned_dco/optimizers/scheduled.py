@@ -1,6 +1,6 @@
 r"""Horizon-aware learned optimizers: a hand-designed update with a *learned schedule*.
 
-Two designs for issue 12's pretrained optimizer, both with a handful of meta-parameters that
+Two designs for the pretrained optimizer, both with a handful of meta-parameters that
 do not depend on the model's shapes (so one set of weights applies to any parameter pytree)
 and both told the run's length ``num_steps`` :math:`T` (a task mixture tells them each
 episode's horizon; ``ldco.pretrained.load(name, num_steps=...)`` tells them yours):

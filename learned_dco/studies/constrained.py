@@ -1,4 +1,4 @@
-r"""Constrained DCO study (issue 17; DCO paper eq. 5, constrained steps).
+r"""Constrained DCO study (DCO paper eq. 5, constrained steps).
 
 For each constrained family of :mod:`learned_dco.tasks` (nonnegative least squares, least
 squares on the probability simplex, box-constrained LQR):
@@ -50,7 +50,7 @@ from learned_dco.tasks.constrained import BoxLQR, NonnegLeastSquares, SimplexLea
 
 NAME = "constrained"
 PAPER = ("Gautam, Pfrommer & Sojoudi: Meta-Learning Parameterized First-Order Optimizers using "
-         "Differentiable Convex Optimization (eq. 5, constrained steps; issue 17)")
+         "Differentiable Convex Optimization (eq. 5, constrained steps)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,7 +257,7 @@ def run(out_dir, *, quick: bool = False, seed: int = 0, config: Config | None = 
         bo = fam["optimizers"][best]["final_rel_subopt_mean"]
         claims.append(Claim(
             f"beats_baselines_{name}", f"{name}: the learned constrained DCO beats the tuned projected baselines "
-            f"(final relative suboptimality after {cfg.horizon} steps, held-out tasks)", "not stated in the paper (issue 17)",
+            f"(final relative suboptimality after {cfg.horizon} steps, held-out tasks)", "not stated in the paper",
             f"learned {lo:.2e} vs best baseline ({best}) {bo:.2e}; mean log ratio {stats['mean_log_ratio']:+.2f} "
             f"+- {stats['se']:.2f} (se, floored at {FLOOR:g}), learned better on "
             f"{100 * stats['fraction_tasks_learned_better']:.0f}% of tasks, tied on {100 * stats['fraction_tasks_tied_at_floor']:.0f}%",

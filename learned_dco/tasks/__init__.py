@@ -14,12 +14,12 @@ name (``FAMILIES`` key)     class                       source
 ``rosenbrock``              ``Rosenbrock``              M-L2O Rosenbrock
 ``digits_mlp``              ``DigitsMLP``               STAR App. B.2 MLP (on UCI digits)
 ``digits_convnet``          ``DigitsConvNet``           STAR App. B.2 ConvNet (on UCI digits)
-``softmax_regression``      ``SoftmaxRegression``       issue 12 mixture (digits / synthetic)
-``logistic_regression``     ``LogisticRegression``      issue 12 mixture (digits / synthetic)
-``mlp_classifier``          ``MLPClassifier``           issue 12 mixture (digits / synthetic)
-``nonneg_least_squares``    ``NonnegLeastSquares``      issue 17 constrained (theta >= 0)
-``simplex_least_squares``   ``SimplexLeastSquares``     issue 17 constrained (probability simplex)
-``box_lqr``                 ``BoxLQR``                  issue 17 constrained (LQR, input limits)
+``softmax_regression``      ``SoftmaxRegression``       mixture (digits / synthetic)
+``logistic_regression``     ``LogisticRegression``      mixture (digits / synthetic)
+``mlp_classifier``          ``MLPClassifier``           mixture (digits / synthetic)
+``nonneg_least_squares``    ``NonnegLeastSquares``      DCO eq. 5 (theta >= 0)
+``simplex_least_squares``   ``SimplexLeastSquares``     DCO eq. 5 (probability simplex)
+``box_lqr``                 ``BoxLQR``                  DCO eq. 5 (LQR, input limits)
 ==========================  ==========================  ===========================================
 
 The constrained families also expose ``constraints(task) -> qp.Constraints`` (the feasible

@@ -1,4 +1,4 @@
-r"""Classification families for a broad meta-training mixture (issue 12).
+r"""Classification families for a broad meta-training mixture.
 
 Each family is a frozen dataclass whose fields fix the parameter shapes (so one family
 vmaps over tasks) while tasks differ by data: a random train/validation split of the
@@ -67,7 +67,7 @@ class _Classification(TaskFamilyBase):
     batch_size: int | None = 128
     label_noise: float = 0.5  # std of the teacher's noise (synthetic)
 
-    source = "issue 12 meta-training mixture (digits / synthetic)"
+    source = "meta-training mixture of classification problems (UCI digits / synthetic); built for this library"
     binary = False
 
     def __post_init__(self):

@@ -1,4 +1,4 @@
-r"""Constrained inner problems (issue 17; DCO paper eq. 5): families with a feasible set.
+r"""Constrained inner problems (DCO paper eq. 5): families with a feasible set.
 
 Three families, each a convex quadratic :math:`l(\theta)` over a polyhedral feasible set
 :math:`\mathcal{C}` that is the same for every task of the family (so a learned optimizer can
@@ -172,7 +172,7 @@ class NonnegLeastSquares(_Regression):
     ``X ~ N(0,1)``, ``y = X w + noise * N(0,1)``, ``w >= 0`` with ``active`` nonzeros.
     Starts at ``theta = 0`` (feasible). Feasible set: ``lo = 0`` (box)."""
 
-    source = "issue 17 (DCO eq. 5 constrained steps): nonnegative regression"
+    source = "DCO (Gautam, Pfrommer, Sojoudi) eq. (5), constrained steps: nonnegative regression"
 
     def init_params(self, key: PRNGKey, task: RegressionTask) -> Array:
         del key
@@ -192,7 +192,7 @@ class SimplexLeastSquares(_Regression):
     weights), ``y = X w + noise``, ``w`` on the simplex with ``active`` nonzeros. Starts at
     the barycentre ``1/p``. Feasible set: ``lo = 0`` and one equality row."""
 
-    source = "issue 17 (DCO eq. 5 constrained steps): mixture weights on the simplex"
+    source = "DCO (Gautam, Pfrommer, Sojoudi) eq. (5), constrained steps: mixture weights on the simplex"
     _simplex = True
 
     def init_params(self, key: PRNGKey, task: RegressionTask) -> Array:
@@ -239,7 +239,7 @@ class BoxLQR(ConstrainedBase):
     r: float = 0.1
     x0_scale: float = 3.0
 
-    source = "issue 17 (DCO eq. 5 constrained steps): box-constrained linear-quadratic control"
+    source = "DCO (Gautam, Pfrommer, Sojoudi) eq. (5), constrained steps: box-constrained linear-quadratic control"
 
     def __post_init__(self):
         check_fields(self, integer=("state_dim", "input_dim", "horizon"),

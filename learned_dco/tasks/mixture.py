@@ -1,4 +1,4 @@
-r"""A mixture of task families with different parameter shapes (issue 12).
+r"""A mixture of task families with different parameter shapes.
 
 Meta-training one optimizer on many kinds of problems needs tasks whose parameter pytrees
 differ (an MLP of one width vs a ConvNet vs a quadratic). Such tasks cannot share one
