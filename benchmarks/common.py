@@ -6,15 +6,15 @@ reference measured in the same run, with candidate and reference runs interleave
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Callable
 
 import jax
+
+from learned_dco import io
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -70,31 +70,16 @@ def unroll_steps(tx, loss, theta, task, steps: int):
 
 
 def environment() -> dict[str, object]:
-    import jaxlib
-    import optax
-
-    return {
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "optax": optax.__version__,
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-    }
+    """Versions, backend, devices, CPU count, machine and ``XLA_FLAGS`` in one mapping."""
+    return io.environment(flat=True)
 
 
 def write_json(name: str, data: dict, out_dir: str | os.PathLike | None = None) -> Path:
+    """``{"benchmark": name, "environment": ..., **data}`` as ``out_dir/name.json`` (default
+    ``benchmarks/results``), written atomically with the project's JSON rule."""
     out = Path(out_dir) if out_dir else RESULTS
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.json"
-    payload = {"benchmark": name, "environment": environment(), **data}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)
-    return path
+    return io.atomic_write_json(out / f"{name}.json", {"benchmark": name, "environment": environment(), **data},
+                                indent=2)
 
 
 def table(rows: list[dict], columns: list[str]) -> str:

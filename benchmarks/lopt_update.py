@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import time
 from pathlib import Path
@@ -47,6 +46,7 @@ import numpy as np
 import optax
 
 import learned_dco as ldco
+from learned_dco import io
 from benchmarks.common import environment, interleaved_samples, table
 from learned_dco import tasks
 
@@ -266,13 +266,8 @@ def main(argv=None) -> dict:
         "update": update_rows,
         "meta_gradient": meta_rows,
     }
-    out = Path(args.out) if args.out else RESULTS
-    out.mkdir(parents=True, exist_ok=True)
     name = "lopt_update" + ("_smoke" if args.smoke else "_quick" if args.quick else "")
-    path = out / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(path)
+    path = io.atomic_write_json((Path(args.out) if args.out else RESULTS) / f"{name}.json", result, indent=2)
     print(f"\nwrote {path}")
     return result
 

@@ -115,10 +115,11 @@ def main(argv=None) -> dict:
         result["ratio_current_over_ref"] = med["current"] / med[args.against]
         print(f"median task-steps/s: current {med['current']:.0f}, {args.against} {med[args.against]:.0f}, "
               f"ratio {result['ratio_current_over_ref']:.2f}")
+    from learned_dco.io import atomic_write_json
+
     out = Path(args.out) if args.out else RESULTS
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / ("pes_throughput_smoke.json" if args.smoke else "pes_throughput.json")
-    path.write_text(json.dumps(result, indent=2))
+    path = atomic_write_json(out / ("pes_throughput_smoke.json" if args.smoke else "pes_throughput.json"), result,
+                             indent=2)
     print(f"wrote {path}")
     return result
 

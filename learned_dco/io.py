@@ -1,4 +1,4 @@
-"""The one atomic file writer and the one environment capture of the project.
+"""The one atomic file writer, the one JSON writer and the one environment probe of the project.
 
 Atomic write: the bytes go to a temporary file in the destination's directory, are flushed
 and ``fsync``-ed, and the temporary file is moved over the destination with
@@ -6,20 +6,34 @@ and ``fsync``-ed, and the temporary file is moved over the destination with
 therefore leaves either the complete old file or the complete new one, never a torn
 mixture; a failed write removes its temporary file.
 
+JSON: every JSON file the project writes goes through :func:`to_json` (by way of
+:func:`dumps` or :func:`atomic_write_json`), which makes plain JSON data of mappings,
+sequences, NumPy arrays and scalars and JAX arrays, with one rule for the numbers JSON has no
+spelling for: a non-finite float is written as the string ``"inf"``, ``"-inf"`` or ``"nan"``
+(:data:`NON_FINITE`). The files stay strict JSON, which side a divergence went is kept, and
+``float()`` reads each string back; :func:`json_number` also reads the ``null`` that earlier
+files wrote for a non-finite number.
+
 ``environment()`` records what a result was computed with: package versions, Python, the
-JAX backend and its devices. Every ``results.json``/checkpoint side file uses it.
+JAX backend and its devices, the host and ``XLA_FLAGS``. Run directories, evaluation and
+study results, the held-out benchmark and ``benchmarks/`` record it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "remove_temporaries", "environment"]
+__all__ = ["NON_FINITE", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "dumps", "environment",
+           "json_number", "remove_temporaries", "to_json"]
+
+NON_FINITE = ("inf", "-inf", "nan")
+"""How :func:`to_json` spells ``float("inf")``, ``-inf`` and ``nan``."""
 
 
 _TMP = ".tmp-"  # temporary files are ".<name>.tmp-<pid>" next to their destination
@@ -61,13 +75,39 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 1, allow_nan: bool = False) -> Path:
-    """:func:`atomic_write_text` of ``json.dumps(obj)``.
+def to_json(value: Any) -> Any:
+    """``value`` as plain JSON data: mappings as objects with string keys, tuples, lists and
+    arrays as lists, NumPy and JAX scalars as Python numbers, a non-finite float as one of
+    :data:`NON_FINITE`; everything else unchanged (``json`` refuses what it cannot write)."""
+    if isinstance(value, Mapping):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # NumPy / JAX arrays and scalars
+        return to_json(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
 
-    Non-finite floats are refused by default (``allow_nan=False``: JSON has no NaN); convert
-    them to ``null`` first or pass ``allow_nan=True`` deliberately.
-    """
-    return atomic_write_text(path, json.dumps(obj, indent=indent, allow_nan=allow_nan) + "\n")
+
+def json_number(value: Any) -> float:
+    """A number as :func:`to_json` wrote it, read back as a float: a number, one of
+    :data:`NON_FINITE`, or ``null`` (older files' spelling of a non-finite number: ``nan``)."""
+    if value is None:
+        return math.nan
+    if isinstance(value, str) and value not in NON_FINITE:
+        raise ValueError(f"not a JSON number: {value!r} (expected a number, null or one of {NON_FINITE})")
+    return float(value)
+
+
+def dumps(value: Any, *, indent: int | None = 1, sort_keys: bool = False) -> str:
+    """Strict JSON text (no ``NaN``/``Infinity`` literals) of :func:`to_json` of ``value``."""
+    return json.dumps(to_json(value), indent=indent, sort_keys=sort_keys, allow_nan=False)
+
+
+def atomic_write_json(path: str | os.PathLike, value: Any, *, indent: int | None = 1, sort_keys: bool = False) -> Path:
+    """:func:`atomic_write_text` of :func:`dumps` of ``value`` (the project's one JSON writer)."""
+    return atomic_write_text(path, dumps(value, indent=indent, sort_keys=sort_keys) + "\n")
 
 
 def remove_temporaries(directory: str | os.PathLike) -> list[Path]:
@@ -82,12 +122,13 @@ def remove_temporaries(directory: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def environment() -> dict[str, Any]:
+def environment(*, flat: bool = False) -> dict[str, Any]:
     """Versions and device of this process: ``{"versions": {...}, "device": {...}}``.
 
-    ``versions`` holds learned_dco, jax, jaxlib, optax, flax, jaxopt, numpy and Python;
-    ``device`` the JAX backend, the device kind and count, and the host platform. Imports
-    JAX (initialising its backend).
+    ``versions`` holds learned_dco, jax, jaxlib, optax, flax, jaxopt, chex, numpy and Python;
+    ``device`` the JAX backend, the device kind, count and names, the host's CPU count,
+    platform, machine and processor, and ``XLA_FLAGS``. ``flat=True`` merges the two into one
+    mapping (the benchmarks' layout). Imports JAX (initialising its backend).
     """
     from importlib import metadata
 
@@ -110,7 +151,11 @@ def environment() -> dict[str, Any]:
         "backend": jax.default_backend(),
         "kind": devices[0].device_kind if devices else None,
         "count": len(devices),
+        "devices": [str(d) for d in devices],
+        "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "machine": platform.machine(),
+        "processor": platform.processor(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
-    return {"versions": versions, "device": device}
+    return {**versions, **device} if flat else {"versions": versions, "device": device}

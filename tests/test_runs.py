@@ -171,8 +171,8 @@ def test_atomic_writers(tmp_path):
     assert p.read_bytes() == b"\x00\x01"
     atomic_write_json(tmp_path / "a.json", {"x": [1, 2.5, None]})
     assert json.loads((tmp_path / "a.json").read_text()) == {"x": [1, 2.5, None]}
-    with pytest.raises(ValueError):  # NaN is not JSON; the old file stays
-        atomic_write_json(tmp_path / "a.json", {"x": float("nan")})
+    with pytest.raises(TypeError):  # not JSON data; the old file stays
+        atomic_write_json(tmp_path / "a.json", {"x": object()})
     assert json.loads((tmp_path / "a.json").read_text()) == {"x": [1, 2.5, None]}
     assert sorted(q.name for q in tmp_path.iterdir()) == ["a.json", "sub"]  # no temporary left
 

@@ -3,6 +3,7 @@
 * :mod:`learned_dco.app.coercion` -- YAML -> typed values (the strict coercion engine)
 * :mod:`learned_dco.app.config` -- the run-config schema, builders, memory check, random streams
 * :mod:`learned_dco.app.shipped` -- the configs shipped in ``learned_dco/configs/``, by name
+* :mod:`learned_dco.app.rundir` -- the file names of a run directory and its error
 * :mod:`learned_dco.app.runs` -- run directories, checkpoints, the I/O loop around ``MetaTrainer``
 * :mod:`learned_dco.app.shipping` -- a finished run shipped as a pretrained optimizer card
 * :mod:`learned_dco.app.report` -- ``learned-dco eval``: tuned baselines, curves, report

@@ -19,6 +19,9 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
+from learned_dco.app.rundir import METRICS, RunError
+from learned_dco.io import json_number
+
 TENSORBOARD_DIR = "tensorboard"
 PLOT_FILE = "meta_training.png"
 SKIP_KEYS = ("step",)  # the x axis, not a curve
@@ -71,8 +74,6 @@ def tensorboard_writer(run_dir: str | Path) -> TensorBoard:
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """The records of a ``metrics.jsonl`` (a torn last line, left by a crash, is dropped)."""
-    from learned_dco.app.runs import RunError
-
     path = Path(path)
     if not path.exists():
         raise RunError(f"{path}: missing; is this a run directory written by `learned-dco train`?")
@@ -108,8 +109,6 @@ CURVES = (("meta_loss", "meta-loss"), ("train_loss", "inner training loss"), ("g
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the meta-training curves of ``run_dir`` as a PNG (default ``run_dir/meta_training.png``)."""
     run_dir = Path(run_dir)
-    from learned_dco.app.runs import METRICS
-
     records = read_metrics(run_dir / METRICS)
     from learned_dco import extras
 
@@ -135,6 +134,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
         for name, curve in results.get("curves", {}).items():
             mean = curve.get("mean") if isinstance(curve, dict) else None
             if mean:
+                mean = [json_number(v) for v in mean]  # "inf"/"nan" (or an older file's null) -> float
                 ax.plot(steps[: len(mean)] if steps else range(len(mean)), mean, lw=1.2, label=name)
         ax.set(title="held-out evaluation (mean val loss)", xlabel="inner step", yscale="log")
         ax.legend(fontsize=7)

@@ -25,7 +25,8 @@ Outputs in ``RUN_DIR/eval/``:
   step, the best mean loss (and its step), and how many tasks diverged;
 * ``results.json`` -- ``steps``, ``curves`` (per optimizer: ``mean``, ``std``, ``median``,
   ``q25``, ``q75`` lists), ``tuned_lr``, ``grid``, ``tuning_scores``, ``summary`` (the
-  table rows) and the protocol's settings. Non-finite numbers are written as ``null``.
+  table rows) and the protocol's settings. Non-finite numbers are written as
+  ``"inf"``, ``"-inf"``, ``"nan"`` (:func:`learned_dco.io.to_json`).
 
 A run meta-trained on a task *mixture* (``task: {name: mixture}``) is evaluated on one
 member at a time (``member=i``): held-out and tuning tasks come from that member, the
@@ -82,25 +83,6 @@ def curve_stats(val: np.ndarray) -> dict[str, Any]:
         "initial": float(np.mean(first)), "diverged": int(diverged.sum()), "worse": int(worse.sum()),
         "finite_tasks": int(finite_rows.sum()),
     }
-
-
-def _json_number(x):
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [_jsonable(v) for v in obj.tolist()]
-    if isinstance(obj, (float, np.floating)):
-        return _json_number(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def evaluate(
@@ -320,5 +302,5 @@ def write(results: dict[str, Any], out_dir: str | Path,
         (out_dir / "curves.png").unlink(missing_ok=True)  # an earlier evaluation's figure
         (warn or (lambda msg: None))(f"curves.png not written: {e}")
     paths["report"] = atomic_write_text(out_dir / "report.md", markdown(results, figure="png" in paths))
-    paths["results"] = atomic_write_json(out_dir / "results.json", _jsonable(results))
+    paths["results"] = atomic_write_json(out_dir / "results.json", results)
     return paths

@@ -47,21 +47,15 @@ import numpy as np
 from learned_dco import meta, tasks
 from learned_dco.app import config as C
 from learned_dco.app import stepcache
-from learned_dco.io import atomic_write_json, atomic_write_text, environment, remove_temporaries
+from learned_dco.app.rundir import CONFIG_FILE, METRICS, RUN_INFO, RunError
+from learned_dco.io import atomic_write_json, atomic_write_text, dumps, environment, remove_temporaries
 from learned_dco.meta import checkpoint, distributed
 
-CONFIG_FILE = "config.yaml"
-RUN_INFO = "run.json"
-METRICS = "metrics.jsonl"
 CHECKPOINT = checkpoint.CHECKPOINT
 META = checkpoint.META
 RESUMABLE_CHANGES = C.RESUMABLE_CHANGES
 
 Warn = Callable[[str], None]
-
-
-class RunError(Exception):
-    """A run directory that cannot be used as asked (missing files, corrupt metrics)."""
 
 
 def _warn(msg: str) -> None:
@@ -274,7 +268,7 @@ def run(
             if drawn is not None:  # a task mixture: which member and horizon this step ran
                 record.update(member=drawn[0], horizon=drawn[1])
             if metrics_file is not None:
-                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.write(dumps(record, indent=None) + "\n")
                 metrics_file.flush()
             if board is not None:
                 board.write(k, record)

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Mapping
+
+from learned_dco.io import NON_FINITE, atomic_write_json
 
 CACHE_ENV = "LEARNED_DCO_BENCH_CACHE"
 
@@ -35,29 +36,14 @@ def key(parts: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def encode(value: Any) -> Any:
-    """JSON-safe: non-finite floats as strings, tuples as lists, NumPy scalars as numbers."""
-    if isinstance(value, Mapping):
-        return {str(k): encode(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [encode(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        try:
-            value = value.item()
-        except (ValueError, TypeError):
-            return [encode(v) for v in value.tolist()]
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return value
-
-
 def decode(value: Any) -> Any:
-    """Inverse of :func:`encode` for the non-finite strings."""
+    """The numbers of a value written with :func:`learned_dco.io.to_json`: its non-finite
+    strings read back as floats."""
     if isinstance(value, dict):
         return {k: decode(v) for k, v in value.items()}
     if isinstance(value, list):
         return [decode(v) for v in value]
-    if value in ("inf", "-inf", "nan"):
+    if isinstance(value, str) and value in NON_FINITE:
         return float(value)
     return value
 
@@ -93,10 +79,7 @@ class Cache:
         if self.directory is None:
             return
         path = self._path(problem, row, k)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"key": k, "value": encode(dict(value))}, allow_nan=False))
-        tmp.replace(path)
+        atomic_write_json(path, {"key": k, "value": dict(value)}, indent=None)
 
 
-__all__ = ["CACHE_ENV", "Cache", "decode", "default_dir", "encode", "key"]
+__all__ = ["CACHE_ENV", "Cache", "decode", "default_dir", "key"]

@@ -37,7 +37,7 @@ import numpy as np
 
 from learned_dco.bench import stats as S
 from learned_dco.bench.baselines import REFERENCE, REFERENCE_COSINE
-from learned_dco.bench.cache import encode
+from learned_dco.io import atomic_write_json, atomic_write_text
 
 AGGREGATE_COLUMNS = ["optimizer", "iqm_ratio", "iqm_ratio_cosine", "reached", "reached_tie", "final_le", "final_tie",
                      "final_worse", "final_le_cosine", "diverged", "overhead"]
@@ -252,9 +252,8 @@ def write(summary: Mapping[str, Any], out: str | Path, stem: str = "bench") -> l
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.json", out / f"{stem}.md"]
-    paths[0].write_text(json.dumps(encode(dict(summary)), indent=1, allow_nan=False) + "\n")
-    md = markdown(summary).replace("bench_profile.png", f"{stem}_profile.png")
-    paths[1].write_text(md)
+    atomic_write_json(paths[0], summary)
+    atomic_write_text(paths[1], markdown(summary).replace("bench_profile.png", f"{stem}_profile.png"))
     if plot_profile(summary, out / f"{stem}_profile.png"):
         paths.append(out / f"{stem}_profile.png")
     return paths

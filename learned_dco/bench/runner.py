@@ -35,6 +35,7 @@ from learned_dco.bench import baselines as B
 from learned_dco.bench import cache as C
 from learned_dco.bench.divergence import diverged, long_run_stats
 from learned_dco.bench.problems import Problem
+from learned_dco.io import to_json
 from learned_dco.validation import ValidationError
 
 BENCH_VERSION = 1
@@ -196,21 +197,20 @@ def step_overhead(problem: Problem, cands: Sequence[B.Candidate], settings: Sett
 
 
 def environment() -> dict:
-    """Where the run happened: versions, backend, devices, CPU count, machine, date, commit."""
+    """Where the run happened: :func:`learned_dco.io.environment` (versions, backend, devices,
+    CPU count, machine, ``XLA_FLAGS``) in one mapping, the benchmark's version, date and commit."""
     import datetime
-    import os
-    import platform
     import subprocess
     from pathlib import Path
+
+    from learned_dco.io import environment as probe
 
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
                                 text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {**_versions(), "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-            "cpu_count": os.cpu_count(), "machine": platform.machine(), "processor": platform.processor(),
-            "python": platform.python_version(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    return {**probe(flat=True), **_versions(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "commit": commit}
 
 
@@ -313,7 +313,7 @@ def run(candidates: Sequence[B.Candidate | str] = (), split: str = "dev", settin
         say(f"  done in {time.perf_counter() - t0:.1f} s")
     return {
         "split": split if problems is None else "custom",
-        "settings": C.encode(dataclasses.asdict(settings)),
+        "settings": to_json(dataclasses.asdict(settings)),
         "candidates": names,
         "starts": [c.start.name for c in cands if c.start is not None],
         "problems": [{**p.describe(), "fingerprint": p.fingerprint} for p in probs],

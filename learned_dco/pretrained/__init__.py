@@ -43,7 +43,7 @@ import numpy as np
 import optax
 from flax import serialization
 
-from learned_dco.io import atomic_write_bytes, atomic_write_text
+from learned_dco.io import atomic_write_bytes, atomic_write_json
 from learned_dco.learned import LearnedOptimizer
 from learned_dco.validation import ValidationError
 
@@ -227,20 +227,6 @@ def load(
     return lopt.opt_fn(meta, learning_rate=learning_rate, weight_decay=weight_decay)
 
 
-def _json_safe(value: Any) -> Any:
-    """Plain JSON: tuples as lists, NumPy scalars as numbers, non-finite floats as the
-    strings ``"inf"``, ``"-inf"``, ``"nan"`` (a diverged run's ratio is infinite)."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (builtins.list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.generic,)):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return "nan" if np.isnan(value) else ("inf" if value > 0 else "-inf")
-    return value
-
-
 def save(
     name: str,
     lopt: LearnedOptimizer,
@@ -271,15 +257,15 @@ def save(
         "name": name,
         "architecture": {"optimizer": kinds[0], "fields": fields, "meta_shapes": meta_shapes(meta)},
         "options": dict(options or {}),
-        "recipe": _json_safe(dict(recipe or {})),
-        "heldout": _json_safe(dict(heldout or {})),
+        "recipe": dict(recipe or {}),
+        "heldout": dict(heldout or {}),
     }
     folder = Path(root)
     folder.mkdir(parents=True, exist_ok=True)
     state = serialization.to_state_dict(jax.tree.map(np.asarray, meta))
     atomic_write_bytes(folder / f"{name}.msgpack", serialization.msgpack_serialize(state))
     path = folder / f"{name}.json"
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    atomic_write_json(path, data, indent=2, sort_keys=True)
     return path
 
 

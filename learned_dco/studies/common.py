@@ -8,7 +8,9 @@ Every study writes into its output directory
 * ``report.md``: opens with the claims table, then the study's own sections and figures.
 
 :func:`validate_results` checks that schema (the shared test runs it on every study) and
-:func:`write_study` is the one writer (atomic: a temporary file replaced in one step).
+:func:`write_study` is the one writer (atomic, with :func:`learned_dco.io.atomic_write_json`;
+non-finite numbers as ``"inf"``, ``"-inf"``, ``"nan"``; ``versions`` and ``device`` from
+:func:`learned_dco.io.environment`).
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ import dataclasses
 import json
 import math
 import os
-import platform
-import sys
 from pathlib import Path
 from typing import Any
+
+from learned_dco.io import atomic_write_json, atomic_write_text, environment, to_json
 
 VERDICTS = ("reproduced", "partly", "not reproduced", "not testable here")
 CLAIM_KEYS = ("id", "claim", "paper_value", "measured", "verdict", "evidence")
@@ -53,37 +55,7 @@ class Claim:
             raise ValueError(f"claim {self.id!r}: verdict must be one of {VERDICTS}, got {self.verdict!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: _jsonable(getattr(self, k)) for k in CLAIM_KEYS}
-
-
-def _jsonable(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return repr(x)  # "inf" / "nan": results.json stays strict JSON
-    if hasattr(x, "item") and getattr(x, "shape", None) == ():
-        return _jsonable(x.item())
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
-
-
-def versions() -> dict[str, str]:
-    import jax
-    import jaxlib
-    import optax
-
-    import learned_dco
-
-    return {"learned_dco": learned_dco.__version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
-            "optax": optax.__version__, "python": sys.version.split()[0]}
-
-
-def device() -> dict[str, Any]:
-    import jax
-
-    return {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-            "cpu_count": os.cpu_count(), "machine": platform.machine()}
+        return {k: to_json(getattr(self, k)) for k in CLAIM_KEYS}
 
 
 def validate_results(results: dict[str, Any]) -> None:
@@ -129,12 +101,6 @@ def claims_table(claims: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def write_study(out_dir: str | os.PathLike, *, study: str, paper: str, config: dict[str, Any],
                 claims: list[Claim], seconds: float, body: str = "", extra: dict[str, Any] | None = None,
                 title: str | None = None) -> dict[str, Any]:
@@ -146,19 +112,18 @@ def write_study(out_dir: str | os.PathLike, *, study: str, paper: str, config: d
     out = Path(out_dir)
     if _primary():
         out.mkdir(parents=True, exist_ok=True)
-    results = {"study": study, "paper": paper, "config": _jsonable(config), "versions": versions(),
-               "device": device(), "seconds": float(seconds), "claims": [c.to_dict() for c in claims],
-               **_jsonable(extra or {})}
+    results = {"study": study, "paper": paper, "config": to_json(config), **environment(),
+               "seconds": float(seconds), "claims": [c.to_dict() for c in claims], **to_json(extra or {})}
     validate_results(results)
     if not _primary():  # several processes (jax.distributed): process 0 alone writes
         return results
-    _atomic_write(out / "results.json", json.dumps(results, indent=1, allow_nan=False))
+    atomic_write_json(out / "results.json", results)
     counts = {v: sum(c.verdict == v for c in claims) for v in VERDICTS}
     summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
     head = [f"# {title or study}", "", f"Paper: {paper}. Mode: {'quick' if config.get('quick') else 'full'}, "
             f"seed {config.get('seed')}, {seconds:.0f} s on {results['device']['backend']}. Claims: {summary}.", "",
             claims_table(results["claims"]), ""]
-    _atomic_write(out / "report.md", "\n".join(head) + "\n" + body.rstrip() + "\n")
+    atomic_write_text(out / "report.md", "\n".join(head) + "\n" + body.rstrip() + "\n")
     return results
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 from pathlib import Path
 
 import jax
@@ -25,7 +24,7 @@ import numpy as np
 
 import learned_dco as ldco
 from learned_dco import meta, tasks
-from learned_dco.studies.common import versions
+from learned_dco.io import atomic_write_json, environment
 
 GRID = tuple(float(x) for x in np.logspace(-5, 1, 49))
 
@@ -62,11 +61,8 @@ def main(argv=None):
         sweep(f"dcog (scalar lam, normalize={normalize})", functools.partial(_dcog, normalize))
         for m in (0.05, 0.1, 0.2, 0.3, 0.5, 0.7):
             sweep(f"dcom (M={m}, normalize={normalize})", functools.partial(_dcom, normalize, m))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "dco_oracle.json"
-    path.write_text(json.dumps({"tasks": args.tasks, "steps": args.steps, "grid": list(GRID), "rows": rows,
-                                "versions": versions()}, indent=1))
+    path = atomic_write_json(Path(args.out) / "dco_oracle.json", {"tasks": args.tasks, "steps": args.steps,
+                                                                  "grid": list(GRID), "rows": rows, **environment()})
     print(f"wrote {path}")
 
 
