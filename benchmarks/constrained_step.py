@@ -8,7 +8,7 @@ A least-squares task (p parameters, X p x p); the step is DCOG's QP
 * ``simplex/osqp``: ``theta`` on the probability simplex (one equality row, p inequality
   rows; the general OSQP path with the active-set KKT backward);
 * ``simplex/simplex_exact``: the same set as one row of ones and a lower bound, solved by
-  the exact sort-based :class:`learned_dco.optimizers.general.SimplexExact`;
+  the exact sort-based :class:`learned_dco.qp.SimplexExact`;
 * ``simplex/ipm``: the general rows through the interior-point backend :class:`qp.IPM`;
 * ``general/osqp``, ``general/ipm``: the general set of the DCO paper's eq. (5), 2 equality
   and 10 inequality rows on theta (:func:`general_rows`), through OSQP and the IPM.
@@ -32,7 +32,8 @@ import statistics
 
 from benchmarks.common import interleaved_samples, table, unroll_steps, write_json
 from learned_dco import qp
-from learned_dco.optimizers.general import SimplexExact, StepQP, general_dco
+from learned_dco.optimizers import StepQP, general_dco
+from learned_dco.qp import SimplexExact
 
 SETTINGS = {
     "none/exact": (None, "exact"),
@@ -52,7 +53,7 @@ N_EQ, N_INEQ = 2, 10
 
 
 def general_rows(p: int, dtype=jnp.float32):
-    """``(A, G, h_theta)`` of :math:`\{\theta: A\theta = A\theta_0,\ G\theta \le h\}`."""
+    r"""``(A, G, h_theta)`` of :math:`\{\theta: A\theta = A\theta_0,\ G\theta \le h\}`."""
     kA, kG, kh = jax.random.split(jax.random.PRNGKey(7), 3)
     A = jax.random.normal(kA, (N_EQ, p), dtype)
     G = jax.random.normal(kG, (N_INEQ, p), dtype)

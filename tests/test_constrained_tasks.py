@@ -15,7 +15,8 @@ import pytest
 import scipy.optimize
 
 from learned_dco import qp, tasks
-from learned_dco.optimizers.general import SimplexExact, cheapest_solver, constrained_dcom, shifted_constraints
+from learned_dco.optimizers.general import constrained_dcom, shifted_constraints
+from learned_dco.qp import SimplexExact, cheapest_solver
 from learned_dco.tasks.constrained import BoxLQR, NonnegLeastSquares, SimplexLeastSquares, project_simplex
 
 
@@ -154,3 +155,30 @@ def test_every_iterate_of_the_learned_constrained_dco_is_feasible(fam):
         p = p + u
         pp = fam.project(pp - 0.05 * jax.grad(fam.loss)(pp, task))
         np.testing.assert_allclose(p, pp, atol=2e-5)
+
+
+def test_simplex_exact_is_a_registered_qp_backend():
+    """Built by its name like every backend; it handles only the set it is made for, and
+    refuses a problem without that set naming what it needs and who can solve it."""
+    assert qp.SOLVERS["simplex_exact"] is SimplexExact and qp.as_solver("simplex_exact") == SimplexExact()
+    assert SimplexExact().supports("box", "eq") and not SimplexExact().supports("box") and not SimplexExact().supports()
+    theta, c = jnp.full(4, 0.25), jnp.asarray([0.3, -0.2, 0.5, 0.1])
+    kw = shifted_constraints(SimplexLeastSquares(dim=4, active=2).constraints(), theta)
+    by_name = qp.solve_qp(qp.ScaledIdentity(1.0), c, kw["A"], kw["b"], lo=kw["lo"], solver="simplex_exact").x
+    np.testing.assert_allclose(theta + by_name, _np_simplex_projection(np.asarray(theta - c)), atol=1e-6)
+    with pytest.raises(ValueError, match=r"has no box/eq constraints, which solver='simplex_exact'.*needs; use one of"):
+        qp.solve_qp(qp.ScaledIdentity(1.0), c, solver="simplex_exact")
+    with pytest.raises(ValueError, match=r"lo/hi has no eq constraints.*use one of \('exact', 'osqp', 'cdqp', 'ipm'\)"):
+        qp.solve_qp(qp.ScaledIdentity(1.0), c, lo=-theta, solver=SimplexExact())
+
+
+def test_the_old_optimizers_names_warn_and_give_the_qp_ones():
+    from learned_dco import optimizers
+
+    with pytest.warns(DeprecationWarning, match="learned_dco.optimizers.SimplexExact is deprecated.*qp.SimplexExact"):
+        assert optimizers.SimplexExact is SimplexExact
+    with pytest.warns(DeprecationWarning, match="use learned_dco.qp.cheapest_solver"):
+        assert optimizers.cheapest_solver is cheapest_solver
+    assert "SimplexExact" not in optimizers.__all__
+    with pytest.raises(AttributeError, match="has no attribute 'Simplex'"):
+        optimizers.Simplex

@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "learned_dco"
 
 FLOORS: dict[str, int] = {
-    "types": 0, "validation": 0, "extras": 0,
-    "learned": 1, "qp_ipm": 1, "analysis": 1,
+    "types": 0, "validation": 0, "extras": 0, "deprecation": 0,
+    "learned": 1, "qp_ipm": 1, "qp_simplex": 1, "analysis": 1,
     "qp": 2,
     "optimizers": 3, "tasks": 3,
     "": 4,  # the package face, learned_dco/__init__.py

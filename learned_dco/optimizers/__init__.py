@@ -3,6 +3,7 @@
 from types import ModuleType as _ModuleType
 from typing import Any as _Any
 
+from learned_dco import deprecation as _deprecation
 from learned_dco.validation import ValidationError as _ValidationError
 
 from learned_dco.optimizers.controller import ControllerState, ProdigyController, prodigy_controller
@@ -10,9 +11,7 @@ from learned_dco.optimizers.dco import DCOG, DCOGD, DCOM, DCOMState, DCOState, d
 from learned_dco.optimizers.general import (
     GeneralDCOState,
     LearnedDCO,
-    SimplexExact,
     StepQP,
-    cheapest_solver,
     constrained_dcom,
     general_dco,
     shifted_constraints,
@@ -56,6 +55,22 @@ def make_optimizer(name: str, **options: _Any):
     except KeyError:
         raise _ValidationError(f"unknown learned optimizer {name!r}; known: {sorted(LEARNED_OPTIMIZERS)}") from None
     return cls(**options)
+
+
+def _qp(name: str):
+    from learned_dco import qp
+
+    return lambda: getattr(qp, name)
+
+
+_RENAMED = {
+    "SimplexExact": ("learned_dco.qp.SimplexExact", _qp("SimplexExact")),
+    "cheapest_solver": ("learned_dco.qp.cheapest_solver", _qp("cheapest_solver")),
+}
+
+
+def __getattr__(name: str) -> _Any:
+    return _deprecation.resolve(__name__, name, _RENAMED)
 
 
 # The public names of this subpackage: everything imported above plus the registry

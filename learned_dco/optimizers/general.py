@@ -14,11 +14,10 @@ builder wraps its step in.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
@@ -211,80 +210,6 @@ def shifted_constraints(cons: qp.Constraints, params: PyTree) -> dict:
     return out
 
 
-class _Solved(NamedTuple):  # the fields qp.solve_qp reads from a backend's result
-    x: PyTree
-    iterations: Array
-    status: Array | None = None
-    dual_residual: Array | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class SimplexExact(qp.QPSolver):
-    r"""Exact solve of a diagonal-curvature QP over a shifted simplex,
-    :math:`\min_d \tfrac12 d^\top \mathrm{diag}(q) d + c^\top d` s.t.
-    :math:`\mathbf 1^\top d = b`, :math:`d \ge lo` (what :func:`shifted_constraints` makes
-    of :math:`\{\theta\ge0, \mathbf1^\top\theta = 1\}`): with :math:`y = d - lo`, the KKT
-    conditions give :math:`y_i = (z_i - \nu/q_i)_+`, :math:`z = -c/q - lo`, and the
-    multiplier :math:`\nu` of the sum follows from sorting the breakpoints :math:`q_i z_i`
-    (the weighted form of the sort-based simplex projection, Held et al. 1974; Duchi et al.
-    2008): :math:`\nu = (\sum_{i\in S} z_i - r)/(\sum_{i\in S} 1/q_i)` with
-    :math:`r = b - \mathbf1^\top lo` and :math:`S` the largest prefix of the sorted
-    breakpoints consistent with it. ``O(n log n)``; the active set is held fixed under
-    differentiation, so ``jax.grad`` gives the exact active-set (KKT) derivative, like the
-    implicit one of :class:`qp.OSQP`, at a fraction of its cost.
-
-    Needs: ``Q`` a :class:`qp.Diagonal` or :class:`qp.ScaledIdentity`, one equality row of
-    ones (checked when concrete), a lower bound, no upper bound, no ``G`` rows.
-    """
-
-    name: ClassVar[str] = "simplex_exact"
-    handles: ClassVar[frozenset[str]] = frozenset({"box", "eq"})
-
-    def solve(self, Q, c, cons):
-        if cons.A is None or cons.lo is None or cons.hi is not None or cons.G is not None:
-            raise ValueError("SimplexExact needs exactly one equality row (A, b) and a lower bound lo "
-                             "(no hi, no G/h); use qp.OSQP for other sets")
-        if cons.A.shape[0] != 1:
-            raise ValueError(f"SimplexExact needs one equality row, got A of shape {cons.A.shape}")
-        if not isinstance(cons.A, jax.core.Tracer) and not np.all(np.asarray(cons.A) == 1):
-            raise ValueError("SimplexExact needs the equality row to be all ones (sum d = b)")
-        flat_c, unravel = ravel_pytree(c)
-        if isinstance(Q, qp.Diagonal):
-            q = ravel_pytree(tree_map(lambda d, v: jnp.broadcast_to(d, jnp.shape(v)).astype(v.dtype), Q.d, c))[0]
-        elif isinstance(Q, qp.ScaledIdentity):
-            q = jnp.broadcast_to(jnp.asarray(Q.scale, flat_c.dtype), flat_c.shape)
-        else:
-            raise ValueError(f"SimplexExact needs a qp.Diagonal or qp.ScaledIdentity curvature, got {type(Q).__name__}")
-        lo = ravel_pytree(cons.lo)[0].astype(flat_c.dtype)
-        r = cons.b[0] - jnp.sum(lo)
-        z = -flat_c / q - lo
-        order = jnp.argsort(-jax.lax.stop_gradient(q * z))
-        zs, inv_q = z[order], (1.0 / q)[order]
-        nus = (jnp.cumsum(zs) - r) / jnp.cumsum(inv_q)
-        valid = zs - nus * inv_q > 0  # the k-th breakpoint stays positive at nu_k
-        k = jnp.max(jnp.where(valid, jnp.arange(z.size), 0))
-        mask = jnp.zeros(z.shape, bool).at[order].set(jnp.arange(z.size) <= jax.lax.stop_gradient(k))
-        nu = (jnp.sum(jnp.where(mask, z, 0.0)) - r) / jnp.sum(jnp.where(mask, 1.0 / q, 0.0))
-        y = jnp.where(mask, z - nu / q, 0.0)
-        d = y + lo
-        grad = q * d + flat_c + nu  # stationarity: 0 on the support, >= 0 off it
-        dual = jnp.max(jnp.where(mask, jnp.abs(grad), jnp.maximum(-grad, 0.0)))
-        return _Solved(unravel(d), jnp.ones((), jnp.int32), None, jax.lax.stop_gradient(dual))
-
-
-def cheapest_solver(cons: qp.Constraints) -> qp.QPSolver:
-    """The cheapest exact backend for a diagonal curvature over ``cons``: boxes only ->
-    :class:`qp.Exact` (closed form :math:`\\Pi_{[l,u]}(-c/d)`); a simplex (``lo`` and one
-    row of ones) -> :class:`SimplexExact`; other rows -> :class:`qp.IPM` (the fixed-iteration
-    interior-point method; 10^2-10^3 times cheaper than :class:`qp.OSQP` on these steps, measured
-    in ``benchmarks/constrained_step.py``)."""
-    if set(cons.kinds) <= {"box"}:
-        return qp.Exact()
-    if set(cons.kinds) == {"box", "eq"} and cons.hi is None and cons.A.shape[0] == 1 and bool(jnp.all(cons.A == 1)):
-        return SimplexExact()
-    return qp.IPM()
-
-
 def constrained_dcom(
     constraints: qp.Constraints,
     *,
@@ -310,9 +235,9 @@ def constrained_dcom(
 
     Args:
       constraints: the feasible set in parameter space (e.g. ``family.constraints()``).
-      solver: the QP backend (default :func:`cheapest_solver`).
+      solver: the QP backend (default :func:`learned_dco.qp.cheapest_solver`).
     """
-    solver = cheapest_solver(constraints) if solver is None else qp.as_solver(solver)
+    solver = qp.cheapest_solver(constraints) if solver is None else qp.as_solver(solver)
     if not 0.0 < momentum < 1.0:
         raise ValueError(f"constrained_dcom: momentum must be in (0, 1), got {momentum}")
     if lr <= 0:

@@ -12,7 +12,7 @@ squares on the probability simplex, box-constrained LQR):
 2. The learned constrained optimizer :func:`learned_dco.optimizers.general.constrained_dcom`
    (a learned per-coordinate diagonal curvature plus momentum, the feasible set inside the
    step's QP; box sets solved exactly by clipping, the simplex by the exact sort-based
-   :class:`~learned_dco.optimizers.general.SimplexExact`), started at the tuned projected-GD
+   :class:`~learned_dco.qp.SimplexExact`), started at the tuned projected-GD
    step and meta-trained with ``meta.MetaTrainer`` + ``meta.FullUnroll`` (log of the final
    training loss, scale-free across tasks; Adam clipped at global norm 1).
 3. Evaluation on held-out tasks (the same horizon): the largest constraint violation over
