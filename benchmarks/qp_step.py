@@ -61,11 +61,11 @@ def _library_step(rule, solver, radius, guard):
     def build(meta):
         kw = dict(solver=solver, radius=radius, max_consecutive_nonfinite=None if guard == "optax" else guard)
         if rule == "dcog":
-            tx = ldco.dcog(meta["lam"], **kw)
+            tx = ldco.dcog_transform(meta["lam"], **kw)
         elif rule == "dcogd":
-            tx = ldco.dcogd(meta["B"], **kw)
+            tx = ldco.dcogd_transform(meta["B"], **kw)
         else:
-            tx = ldco.dcom(meta["lam"], meta["m"], **kw)
+            tx = ldco.dcom_transform(meta["lam"], meta["m"], **kw)
         return optax.apply_if_finite(tx, DEFAULT_GUARD) if guard == "optax" else tx
 
     def unroll(meta, theta, task, steps):

@@ -1,8 +1,10 @@
 """learned_dco: learned optimizers in JAX.
 
 Update rules are pure builders returning ``optax.GradientTransformation`` s
-(:func:`dcog`, :func:`dcogd`, :func:`dcom`, :func:`metamd`, :func:`step_size_gd`,
-:func:`lstm_optimizer`); learned optimizers pair a meta-parameter ``init(key, params)``
+(:func:`dcog_transform`, :func:`dcogd_transform`, :func:`dcom_transform`,
+:func:`metamd_transform`, :func:`step_size_gd`, :func:`lstm_optimizer`); a builder's name says
+it returns a transform, apart from the learned class of the same letters (``dcog_transform``
+vs :class:`DCOG`). Learned optimizers pair a meta-parameter ``init(key, params)``
 with an ``opt_fn(meta)`` builder (:class:`DCOG`, :class:`DCOGD`, :class:`DCOM`; the
 small-MLP :class:`Blackbox`, :class:`Hyperparam` and :class:`STAR` of Harrison et al.
 2022; :class:`MetaMD`, :class:`LearnedStepSize` and the LSTM :class:`LSTMOptimizer`).
@@ -22,6 +24,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from learned_dco import deprecation as _deprecation
 from learned_dco import qp
 from learned_dco.learned import LearnedOptimizer
 from learned_dco.optimizers import (
@@ -37,11 +40,11 @@ from learned_dco.optimizers import (
     LSTMOptimizer,
     MetaMD,
     ScheduledAdam,
-    dcog,
-    dcogd,
-    dcom,
+    dcog_transform,
+    dcogd_transform,
+    dcom_transform,
     lstm_optimizer,
-    metamd,
+    metamd_transform,
     star_meta_optimizer,
     step_size_gd,
 )
@@ -53,13 +56,17 @@ __version__ = "0.1.0"
 
 _SUBPACKAGES = ("analysis", "meta", "pretrained", "tasks")
 
+_RENAMED = {old: (f"learned_dco.{old}_transform", lambda old=old: globals()[f"{old}_transform"])
+            for old in ("dcog", "dcogd", "dcom", "metamd")}
+"""The builders' names of the previous release (deprecated; removed in the next)."""
+
 __all__ = [
     # pure builders -> optax.GradientTransformation
-    "dcog",
-    "dcogd",
-    "dcom",
+    "dcog_transform",
+    "dcogd_transform",
+    "dcom_transform",
     "lstm_optimizer",
-    "metamd",
+    "metamd_transform",
     "step_size_gd",
     # learned optimizers (init / opt_fn) and their registry
     "DCOG",
@@ -96,7 +103,7 @@ def __getattr__(name: str) -> Any:
         module = importlib.import_module(f"learned_dco.{name}")
         globals()[name] = module
         return module
-    raise AttributeError(f"module 'learned_dco' has no attribute {name!r}")
+    return _deprecation.resolve("learned_dco", name, _RENAMED)
 
 
 def __dir__() -> list[str]:

@@ -178,7 +178,7 @@ def test_public_api_is_one_list_without_internals():
     for name in ldco.__all__:
         assert getattr(ldco, name) is not None
     # what the README teaches
-    assert {"dcog", "dcogd", "dcom", "DCOG", "STAR", "solve_qp", "qp", "tasks", "meta", "pretrained"} <= names
+    assert {"dcog_transform", "dcogd_transform", "dcom_transform", "DCOG", "STAR", "solve_qp", "qp", "tasks", "meta", "pretrained"} <= names
     assert ldco.solve_qp is ldco.qp.solve_qp and ldco.tasks is tasks and ldco.meta is meta
     assert ldco.pretrained is pretrained
     # internals stay in their subpackage
@@ -452,12 +452,12 @@ def test_num_steps_may_be_traced(make):
 
 
 def test_learning_rate_and_weight_decay_closed_form():
-    r"""``dcog(lam, learning_rate=eta, weight_decay=wd)`` is
+    r"""``dcog_transform(lam, learning_rate=eta, weight_decay=wd)`` is
     :math:`\eta\,(-g/\Lambda^2 - \lambda\theta)`; ``step_size_gd(eta, weight_decay=wd)`` is
     :math:`-\eta\,(g + \lambda\theta)`."""
     p = _tiny()
     g = jax.grad(_tiny_loss)(p)
-    tx = ldco.dcog(2.0, learning_rate=0.5, weight_decay=0.1)
+    tx = ldco.dcog_transform(2.0, learning_rate=0.5, weight_decay=0.1)
     u, _ = tx.update(g, tx.init(p), p)
     gd = ldco.step_size_gd(0.3, weight_decay=0.2)
     v, _ = gd.update(g, gd.init(p), p)
@@ -469,7 +469,7 @@ def test_learning_rate_and_weight_decay_closed_form():
 def test_bad_learning_rate_weight_decay_and_num_steps_are_refused():
     p = _tiny()
     with pytest.raises(ldco.ValidationError, match="weight_decay"):
-        ldco.dcog(1.0, weight_decay=-0.1)
+        ldco.dcog_transform(1.0, weight_decay=-0.1)
     with pytest.raises(ldco.ValidationError, match="learning_rate"):
         ldco.STAR().opt_fn(ldco.STAR().init(jax.random.PRNGKey(0), p), learning_rate=float("nan"))
     gd = ldco.step_size_gd(0.1, weight_decay=0.1)

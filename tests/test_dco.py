@@ -47,10 +47,10 @@ def _meta(rule, params, key, dtype):
 def _build(rule, meta, radius, solver):
     kw = dict(radius=radius, solver=solver)
     if rule == "dcog":
-        return ldco.dcog(meta["lam"], **kw)
+        return ldco.dcog_transform(meta["lam"], **kw)
     if rule == "dcogd":
-        return ldco.dcogd(meta["B"], **kw)
-    return ldco.dcom(meta["lam"], meta["m"], **kw)
+        return ldco.dcogd_transform(meta["B"], **kw)
+    return ldco.dcom_transform(meta["lam"], meta["m"], **kw)
 
 
 def _run(rule, meta, params, radius=None, solver="exact", steps=STEPS):
@@ -184,7 +184,7 @@ def test_learned_meta_parameters_are_unconstrained():
 def test_normalized_gradients_make_the_step_scale_free():
     params = _params(jnp.float32)
     grads = jax.grad(_loss)(params)
-    tx = ldco.dcog(2.0, normalize=True)
+    tx = ldco.dcog_transform(2.0, normalize=True)
     u1, _ = tx.update(grads, tx.init(params), params)
     u2, _ = tx.update(jax.tree.map(lambda g: 1e4 * g, grads), tx.init(params), params)
     assert _rel_err(u1, u2) < 1e-6
@@ -197,22 +197,22 @@ def test_structure_and_shape_mismatches_raise_naming_the_leaf():
     bad_shape = jax.tree.map(jnp.ones_like, params)
     bad_shape["dense"]["w"] = jnp.ones((2, 3))
     with pytest.raises(ValueError, match=r"lam\['dense'\]\['w'\] has shape \(2, 3\)"):
-        ldco.dcog(bad_shape).init(params)
+        ldco.dcog_transform(bad_shape).init(params)
     missing = {"dense": params["dense"]}
     with pytest.raises(ValueError, match=r"missing lam\['out'\]"):
-        ldco.dcog(jax.tree.map(jnp.ones_like, missing)).init(params)
+        ldco.dcog_transform(jax.tree.map(jnp.ones_like, missing)).init(params)
     with pytest.raises(ValueError, match=r"m\['dense'\]\['w'\] has shape"):
-        ldco.dcom(1.0, bad_shape).init(params)
+        ldco.dcom_transform(1.0, bad_shape).init(params)
     with pytest.raises(ValueError, match=r"B has shape \(3, 3\).*size 11"):
-        ldco.dcogd(jnp.eye(3)).init(params)
+        ldco.dcogd_transform(jnp.eye(3)).init(params)
     with pytest.raises(ValueError, match="radius"):
-        ldco.dcog(1.0, radius=bad_shape).init(params)
+        ldco.dcog_transform(1.0, radius=bad_shape).init(params)
     # Learned optimizers: meta-parameters made for one model, used on another.
     meta = ldco.DCOG().init(jax.random.PRNGKey(0), params)
     with pytest.raises(ValueError, match="log_lam|lam"):
         ldco.DCOG().opt_fn(meta).init(missing)
     # Gradients that do not match the parameters.
-    tx = ldco.dcog(1.0)
+    tx = ldco.dcog_transform(1.0)
     with pytest.raises(ValueError, match=r"grads\['dense'\]\['w'\] has shape"):
         tx.update(bad_shape, tx.init(params), params)
     with pytest.raises(ValueError, match="needs params"):
@@ -221,15 +221,15 @@ def test_structure_and_shape_mismatches_raise_naming_the_leaf():
 
 def test_ill_posed_meta_parameters_raise():
     with pytest.raises(ValueError, match="lam must be nonzero"):
-        ldco.dcog(0.0)
+        ldco.dcog_transform(0.0)
     with pytest.raises(ValueError, match=r"lam\['a'\] must be nonzero"):
-        ldco.dcom({"a": jnp.array([1.0, 0.0])}, 0.5)
+        ldco.dcom_transform({"a": jnp.array([1.0, 0.0])}, 0.5)
     with pytest.raises(ValueError, match=r"m must be in \[0, 1\]"):
-        ldco.dcom(1.0, 1.5)
+        ldco.dcom_transform(1.0, 1.5)
     with pytest.raises(ValueError, match="radius must be > 0"):
-        ldco.dcog(1.0, radius=-0.1)
+        ldco.dcog_transform(1.0, radius=-0.1)
     with pytest.raises(ValueError, match="non-finite"):
-        ldco.dcogd(jnp.full((2, 2), jnp.nan))
+        ldco.dcogd_transform(jnp.full((2, 2), jnp.nan))
     with pytest.raises(ValueError, match="learning_rate"):
         ldco.DCOG(learning_rate=0.0)
     with pytest.raises(ValueError, match="momentum"):
@@ -244,7 +244,7 @@ def test_nonfinite_gradients_are_skipped_then_surface():
     params = _params(jnp.float32)
     grads = jax.grad(_loss)(params)
     bad = jax.tree.map(lambda g: g.at[...].set(jnp.nan) if g.ndim == 0 else g.at[0].set(jnp.inf), grads)
-    tx = ldco.dcom(2.0, 0.5, max_consecutive_nonfinite=2)
+    tx = ldco.dcom_transform(2.0, 0.5, max_consecutive_nonfinite=2)
     update = jax.jit(tx.update)
     _, state = update(grads, tx.init(params), params)
     momentum = state.inner_state.momentum
@@ -256,7 +256,7 @@ def test_nonfinite_gradients_are_skipped_then_surface():
     updates, state = update(bad, state, params)  # third in a row: passes through
     assert not all(jnp.all(jnp.isfinite(u)) for u in jax.tree.leaves(updates))
     # Without the guard the non-finite step is applied as is.
-    raw = ldco.dcog(2.0, max_consecutive_nonfinite=None)
+    raw = ldco.dcog_transform(2.0, max_consecutive_nonfinite=None)
     updates, _ = raw.update(bad, raw.init(params), params)
     assert not all(jnp.all(jnp.isfinite(u)) for u in jax.tree.leaves(updates))
 
@@ -273,8 +273,8 @@ def test_solver_values_and_impossible_combinations_fail_at_construction():
         with pytest.raises(ValueError, match=r"trust_region=True.*solver='eqqp'"):
             cls(trust_region=True, solver=ldco.qp.EqQP(tol=1e-8))
         cls(trust_region=True, solver=ldco.qp.CDQP(maxiter=10))  # boxes: fine
-    with pytest.raises(ValueError, match=r"dcog: radius.*solver='eqqp'"):
-        ldco.dcog(1.0, radius=0.1, solver="eqqp")
+    with pytest.raises(ValueError, match=r"dcog_transform: radius.*solver='eqqp'"):
+        ldco.dcog_transform(1.0, radius=0.1, solver="eqqp")
     with pytest.raises(ValueError, match=r"maxiter=5 conflicts with solver=OSQP\(tol=None, maxiter=7\)"):
         ldco.DCOG(solver=ldco.qp.OSQP(maxiter=7), maxiter=5)
     assert ldco.DCOGD(tol=1e-6).solver == ldco.qp.Exact()  # YAML shorthand: no such option, ignored
@@ -311,7 +311,7 @@ def test_nonfinite_guard_matches_apply_if_finite_and_keeps_meta_gradients_finite
             outs.append(u)
         return outs, state
 
-    inner = ldco.dcom(2.0, 0.5, max_consecutive_nonfinite=None)
+    inner = ldco.dcom_transform(2.0, 0.5, max_consecutive_nonfinite=None)
     mine = jax.jit(jax.vmap(lambda s: run(skip_nonfinite(inner, 2), s)))
     ref = jax.jit(jax.vmap(lambda s: run(optax.apply_if_finite(inner, 2), s)))
     # two streams in one batch: the predicate differs per task
@@ -327,7 +327,7 @@ def test_nonfinite_guard_matches_apply_if_finite_and_keeps_meta_gradients_finite
     flags = jnp.array([False, True])  # NaN injected by a select, whose own derivative is finite
 
     def meta_loss(B, skip_nan):
-        tx = ldco.dcogd(B)
+        tx = ldco.dcogd_transform(B)
 
         def one(flag):
             p, state = params, tx.init(params)
@@ -345,7 +345,7 @@ def test_nonfinite_guard_matches_apply_if_finite_and_keeps_meta_gradients_finite
     assert bool(jnp.all(jnp.isfinite(g_skip)))
 
     def ref_loss(B):  # task 0: three steps; task 1: step 2 skipped (two steps)
-        tx = ldco.dcogd(B, max_consecutive_nonfinite=None)
+        tx = ldco.dcogd_transform(B, max_consecutive_nonfinite=None)
         total = 0.0
         for steps in ((0, 1, 2), (0, 2)):
             p, state = params, tx.init(params)
@@ -356,3 +356,20 @@ def test_nonfinite_guard_matches_apply_if_finite_and_keeps_meta_gradients_finite
         return total
 
     np.testing.assert_allclose(g_skip, jax.jit(jax.grad(ref_loss))(B), rtol=1e-10, atol=1e-12)
+
+
+def test_the_builders_old_names_warn_and_give_the_new_ones():
+    """The deprecated builder names (``ldco.dcog``, ...) resolve to the ``*_transform``
+    builders with a DeprecationWarning naming the new name; ``ldco.DCOG`` is the class."""
+    from learned_dco import optimizers
+
+    for old in ("dcog", "dcogd", "dcom", "metamd"):
+        new = getattr(ldco, f"{old}_transform")
+        with pytest.warns(DeprecationWarning, match=rf"learned_dco\.{old} is deprecated.*use learned_dco\.{old}_transform"):
+            assert getattr(ldco, old) is new
+        with pytest.warns(DeprecationWarning, match=rf"use learned_dco\.optimizers\.{old}_transform"):
+            assert getattr(optimizers, old) is new
+        assert old not in ldco.__all__ and f"{old}_transform" in ldco.__all__
+    assert ldco.dcog_transform is not ldco.DCOG
+    with pytest.raises(AttributeError, match="has no attribute 'dcogx'"):
+        ldco.dcogx

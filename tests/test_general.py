@@ -67,11 +67,11 @@ def test_general_builder_reproduces_dcog_dcogd_dcom_and_metamd(x64):
     spd = lambda n, k: (lambda a: a @ a.T / n + jnp.eye(n))(jax.random.normal(jax.random.PRNGKey(k), (n, n), jnp.float64))
     A3, B2, d = spd(3, 2), spd(2, 3), jnp.array([1.3, 0.7])
     cases = [
-        ({"lam": lam}, _dcog_step, None, lambda meta: ldco.dcog(meta["lam"])),
-        ({"B": B}, _dcogd_step, None, lambda meta: ldco.dcogd(meta["B"])),
-        ({"lam": lam, "m": m}, _dcom_step, lambda p: jax.tree.map(jnp.zeros_like, p), lambda meta: ldco.dcom(meta["lam"], meta["m"])),
+        ({"lam": lam}, _dcog_step, None, lambda meta: ldco.dcog_transform(meta["lam"])),
+        ({"B": B}, _dcogd_step, None, lambda meta: ldco.dcogd_transform(meta["B"])),
+        ({"lam": lam, "m": m}, _dcom_step, lambda p: jax.tree.map(jnp.zeros_like, p), lambda meta: ldco.dcom_transform(meta["lam"], meta["m"])),
         ({"A": A3, "B": B2, "d": d, "eta": jnp.asarray(0.2)}, _metamd_step, None,
-         lambda meta: ldco.metamd({"w": qp.Kronecker(meta["A"], meta["B"]), "b": meta["d"]}, meta["eta"])),
+         lambda meta: ldco.metamd_transform({"w": qp.Kronecker(meta["A"], meta["B"]), "b": meta["d"]}, meta["eta"])),
     ]
     for meta, step, init_state, reference in cases:
         mine = lambda meta: _loss(_run(general_dco(meta, step, init_state=init_state), params)[0])
@@ -166,7 +166,7 @@ def test_solver_and_constraints_are_checked_when_built():
 
 
 def test_public_builders_are_general_dco_instances_with_their_state_types(x64):
-    """dcog/dcogd/dcom/metamd run through general_dco: their states are GeneralDCOState
+    """dcog/dcogd/dcom/metamd_transform run through general_dco: their states are GeneralDCOState
     subclasses (DCOMState.momentum is the inner state, the closed-form EMA of the gradients),
     the QP status is reported, and errors name the public builder."""
     from learned_dco.optimizers.dco import DCOMState, DCOState
@@ -176,8 +176,8 @@ def test_public_builders_are_general_dco_instances_with_their_state_types(x64):
     p = ravel_pytree(params)[0].size
     g0 = jax.grad(_loss)(params)
     factors = {"w": qp.Kronecker(jnp.eye(3), jnp.eye(2)), "b": jnp.ones(2)}
-    cases = [(ldco.dcog(2.0, radius=0.05), DCOState), (ldco.dcogd(0.3 * jnp.eye(p)), DCOState),
-             (ldco.dcom(2.0, 0.25), DCOMState), (ldco.optimizers.mirror.metamd(factors, 0.1), MirrorState)]
+    cases = [(ldco.dcog_transform(2.0, radius=0.05), DCOState), (ldco.dcogd_transform(0.3 * jnp.eye(p)), DCOState),
+             (ldco.dcom_transform(2.0, 0.25), DCOMState), (ldco.optimizers.mirror.metamd_transform(factors, 0.1), MirrorState)]
     for tx, cls in cases:
         state = tx.init(params)
         assert type(state.inner_state) is cls and isinstance(state.inner_state, GeneralDCOState)
@@ -186,7 +186,7 @@ def test_public_builders_are_general_dco_instances_with_their_state_types(x64):
         assert jax.tree.structure(u) == jax.tree.structure(params)
         assert all(a.shape == b.shape for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(params)))
     # DCOM's momentum after two steps from zeros: s2 = m g1 + (1 - m) m g0.
-    tx = ldco.dcom(2.0, 0.25)
+    tx = ldco.dcom_transform(2.0, 0.25)
     state = tx.init(params)
     u, state = tx.update(g0, state, params)
     p1 = optax.apply_updates(params, u)
@@ -194,7 +194,7 @@ def test_public_builders_are_general_dco_instances_with_their_state_types(x64):
     _, state = tx.update(g1, state, p1)
     expected = jax.tree.map(lambda a, b: 0.25 * b + 0.75 * 0.25 * a, g0, g1)
     assert _rel(state.inner_state.momentum, expected) < 1e-14
-    with pytest.raises(ValueError, match="^dcom: update"):
-        ldco.dcom(2.0, 0.25).update(g0, ldco.dcom(2.0, 0.25).init(params))
+    with pytest.raises(ValueError, match="^dcom_transform: update"):
+        ldco.dcom_transform(2.0, 0.25).update(g0, ldco.dcom_transform(2.0, 0.25).init(params))
     with pytest.raises(TypeError, match="state_type"):
         general_dco({"lam": 1.0}, _dcog_step, state_type=tuple)

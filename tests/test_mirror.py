@@ -56,7 +56,7 @@ def _loss(params):
 def test_update_equals_closed_form_and_dense_kronecker_solve(x64):
     params, factors = _problem(jnp.float64)
     eta = 0.3
-    tx = ldco.metamd(factors, eta)
+    tx = ldco.metamd_transform(factors, eta)
     g = jax.grad(_loss)(params)
     updates, state = jax.jit(tx.update)(g, tx.init(params), params)
     # Closed form: -eta A^{-1} G B^{-1} on each weight's matrix view, -eta g / d elsewhere.
@@ -201,24 +201,24 @@ def test_bad_input_raises():
     params, factors = _problem(jnp.float32)
     g = jax.tree.map(jnp.ones_like, params)
     with pytest.raises(ValueError, match="positive definite"):
-        ldco.metamd(dict(factors, w=qp.Kronecker(-jnp.eye(3), jnp.eye(4))), 0.1)
+        ldco.metamd_transform(dict(factors, w=qp.Kronecker(-jnp.eye(3), jnp.eye(4))), 0.1)
     with pytest.raises(ValueError, match="symmetric"):
-        ldco.metamd(dict(factors, w=qp.Kronecker(jnp.eye(3) + jnp.triu(jnp.ones((3, 3)), 1), jnp.eye(4))), 0.1)
+        ldco.metamd_transform(dict(factors, w=qp.Kronecker(jnp.eye(3) + jnp.triu(jnp.ones((3, 3)), 1), jnp.eye(4))), 0.1)
     with pytest.raises(ValueError, match="eta"):
-        ldco.metamd(factors, 0.0)
+        ldco.metamd_transform(factors, 0.0)
     with pytest.raises(ValueError, match="> 0"):
-        ldco.metamd(dict(factors, b=-jnp.ones(4)), 0.1)
+        ldco.metamd_transform(dict(factors, b=-jnp.ones(4)), 0.1)
     with pytest.raises(ValueError, match="unknown QP solver"):
-        ldco.metamd(factors, 0.1, solver="newton")
+        ldco.metamd_transform(factors, 0.1, solver="newton")
     with pytest.raises(ValueError, match=r"MetaMD: maxiter=3 conflicts with solver=EqQP\(tol=None, maxiter=4\)"):
         ldco.MetaMD(solver=qp.EqQP(maxiter=4), maxiter=3)
     with pytest.raises(ValueError, match=r"Kronecker\(A \(3, 3\), B \(4, 4\)\)"):
-        ldco.metamd(dict(factors, w=qp.Kronecker(jnp.eye(4), jnp.eye(4))), 0.1).init(params)
+        ldco.metamd_transform(dict(factors, w=qp.Kronecker(jnp.eye(4), jnp.eye(4))), 0.1).init(params)
     with pytest.raises(ValueError, match="ndim >= 2"):
-        ldco.metamd(dict(factors, b=qp.Kronecker(jnp.eye(4), jnp.eye(1))), 0.1).init(params)
+        ldco.metamd_transform(dict(factors, b=qp.Kronecker(jnp.eye(4), jnp.eye(1))), 0.1).init(params)
     with pytest.raises(ValueError, match="structure"):
-        ldco.metamd({"w": factors["w"]}, 0.1).init(params)
-    tx = ldco.metamd(factors, 0.1)
+        ldco.metamd_transform({"w": factors["w"]}, 0.1).init(params)
+    tx = ldco.metamd_transform(factors, 0.1)
     with pytest.raises(ValueError, match="needs params"):
         tx.update(g, tx.init(params))
     with pytest.raises(ValueError, match="learning_rate"):

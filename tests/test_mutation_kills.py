@@ -88,13 +88,13 @@ def test_full_unroll_with_the_pool_size_uses_every_pool_task_from_fixed_paramete
 
 
 def test_dcogd_normalize_divides_the_gradient_by_its_global_norm():
-    """``dcogd(B, normalize=True)`` steps ``-B g / ||g||`` (closed form, paper VI-A).
+    """``dcogd_transform(B, normalize=True)`` steps ``-B g / ||g||`` (closed form, paper VI-A).
     Kills ``x_dcogd__mutmut_72`` (``normalize`` not passed on: a plain ``-B g`` step)."""
     params = {"w": jnp.arange(6.0).reshape(2, 3) / 10, "b": jnp.ones(2)}
     grads = {"w": jnp.linspace(-1.0, 2.0, 6).reshape(2, 3), "b": jnp.array([0.5, -3.0])}
     flat_g, unravel = jax.flatten_util.ravel_pytree(grads)
     B = jax.random.normal(jax.random.PRNGKey(0), (8, 8)) / 4 + jnp.eye(8)
-    tx = ldco.dcogd(B, normalize=True)
+    tx = ldco.dcogd_transform(B, normalize=True)
     update, _ = tx.update(grads, tx.init(params), params)
     ref = unravel(-(B @ flat_g) / jnp.linalg.norm(flat_g))
     for a, b in zip(jax.tree.leaves(update), jax.tree.leaves(ref)):
@@ -107,10 +107,10 @@ def test_dcog_step_names_itself_when_lam_does_not_fit_the_params_it_is_given():
     (``None`` as the owner in that message)."""
     lam = {"w": jnp.ones((2, 3)), "b": jnp.ones(2)}
     params = jax.tree.map(jnp.zeros_like, lam)
-    tx = ldco.dcog(lam)
+    tx = ldco.dcog_transform(lam)
     state = tx.init(params)
     other = {"w": jnp.zeros((3, 3)), "b": jnp.zeros(2)}
-    with pytest.raises(ValueError, match=r"^dcog: lam\['w'\] has shape \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"^dcog_transform: lam\['w'\] has shape \(2, 3\)"):
         tx.update(jax.tree.map(jnp.ones_like, other), state, other)
 
 

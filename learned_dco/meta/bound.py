@@ -1,7 +1,7 @@
 r"""The mirror-descent regret bound as a meta-objective (MetaMD), no validation data.
 
 For convex :math:`f` and mirror descent with :math:`\psi(\theta) = \tfrac12\theta^\top
-M\theta` and step :math:`\eta` (:func:`learned_dco.optimizers.mirror.metamd`), the standard
+M\theta` and step :math:`\eta` (:func:`learned_dco.optimizers.mirror.metamd_transform`), the standard
 online-mirror-descent analysis gives, for any comparator :math:`\theta^\star`,
 
 .. math::

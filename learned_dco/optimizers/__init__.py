@@ -7,7 +7,7 @@ from learned_dco import deprecation as _deprecation
 from learned_dco.validation import ValidationError as _ValidationError
 
 from learned_dco.optimizers.controller import ControllerState, ProdigyController, prodigy_controller
-from learned_dco.optimizers.dco import DCOG, DCOGD, DCOM, DCOMState, DCOState, dcog, dcogd, dcom
+from learned_dco.optimizers.dco import DCOG, DCOGD, DCOM, DCOMState, DCOState, dcog_transform, dcogd_transform, dcom_transform
 from learned_dco.optimizers.general import (
     GeneralDCOState,
     LearnedDCO,
@@ -17,7 +17,7 @@ from learned_dco.optimizers.general import (
     shifted_constraints,
 )
 from learned_dco.optimizers.lstm import L2OState, LSTMOptimizer, lstm_optimizer
-from learned_dco.optimizers.mirror import MetaMD, MirrorState, metamd
+from learned_dco.optimizers.mirror import MetaMD, MirrorState, metamd_transform
 from learned_dco.optimizers.star import (
     STAR,
     AdafacState,
@@ -66,7 +66,11 @@ def _qp(name: str):
 _RENAMED = {
     "SimplexExact": ("learned_dco.qp.SimplexExact", _qp("SimplexExact")),
     "cheapest_solver": ("learned_dco.qp.cheapest_solver", _qp("cheapest_solver")),
+    **{old: (f"learned_dco.optimizers.{old}_transform", lambda old=old: globals()[f"{old}_transform"])
+       for old in ("dcog", "dcogd", "dcom", "metamd")},
 }
+"""Names of the previous release (deprecated; removed in the next): old name -> (the name to
+use, its value)."""
 
 
 def __getattr__(name: str) -> _Any:

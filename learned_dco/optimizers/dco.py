@@ -55,11 +55,11 @@ LOG_CLIP = 20.0
 
 
 class DCOState(GeneralDCOState):
-    """State of :func:`dcog` and :func:`dcogd` (``inner`` is ``()``)."""
+    """State of :func:`dcog_transform` and :func:`dcogd_transform` (``inner`` is ``()``)."""
 
 
 class DCOMState(GeneralDCOState):
-    """State of :func:`dcom`: ``inner`` is the momentum ``s`` (like params, starts at zeros)."""
+    """State of :func:`dcom_transform`: ``inner`` is the momentum ``s`` (like params, starts at zeros)."""
 
     @property
     def momentum(self) -> Params:
@@ -104,7 +104,7 @@ def _instance(owner, meta, step, init_state, state_type, radius, normalize, solv
     )
 
 
-def dcog(
+def dcog_transform(
     lam: PyTree,
     *,
     radius: PyTree | None = None,
@@ -142,9 +142,9 @@ def dcog(
       state dtypes (the step is computed in float32 and cast back).
 
     Example:
-      >>> tx = optax.chain(optax.clip_by_global_norm(1.0), dcog(10.0))
+      >>> tx = optax.chain(optax.clip_by_global_norm(1.0), dcog_transform(10.0))
     """
-    owner = "dcog"
+    owner = "dcog_transform"
     check_values(owner, "lam", lam, lambda v: v != 0, "nonzero (the QP is unbounded where lam = 0)")
 
     def init_state(params):
@@ -160,7 +160,7 @@ def dcog(
                      learning_rate, weight_decay)
 
 
-def dcogd(
+def dcogd_transform(
     B: Array,
     *,
     radius: PyTree | None = None,
@@ -178,16 +178,16 @@ def dcogd(
     Args:
       B: a ``(p, p)`` matrix acting on the ravelled gradient
         (``jax.flatten_util.ravel_pytree`` order), ``p`` the number of parameters.
-      radius, normalize, solver, max_consecutive_nonfinite, learning_rate, weight_decay: as in :func:`dcog`.
+      radius, normalize, solver, max_consecutive_nonfinite, learning_rate, weight_decay: as in :func:`dcog_transform`.
     """
-    owner = "dcogd"
+    owner = "dcogd_transform"
     check_values(owner, "B", B, lambda v: np.ones_like(v, bool), "finite")
 
     def check_B(params):
         p = ravel_size(params)
         if jnp.shape(B) != (p, p):
             raise ValueError(
-                f"dcogd: B has shape {jnp.shape(B)} but the ravelled params have size {p}; "
+                f"dcogd_transform: B has shape {jnp.shape(B)} but the ravelled params have size {p}; "
                 f"expected ({p}, {p})"
             )
 
@@ -207,7 +207,7 @@ def dcogd(
                      learning_rate, weight_decay)
 
 
-def dcom(
+def dcom_transform(
     lam: PyTree,
     m: PyTree,
     *,
@@ -225,15 +225,15 @@ def dcom(
         \theta^+ = \arg\min_\theta (s^+)^\top\theta + \tfrac12\|\Lambda\odot(\theta-\theta_t)\|^2,
 
     so :math:`\theta^+ = \theta_t - \Pi_{[-r,r]}(s^+/\Lambda^2)`; the momentum ``s`` starts
-    at zeros. ``M = 1`` recovers :func:`dcog`. An instance of :func:`general_dco`: DCOG's
+    at zeros. ``M = 1`` recovers :func:`dcog_transform`. An instance of :func:`general_dco`: DCOG's
     step QP with :math:`s^+` as the linear term and the next state (:class:`DCOMState`).
 
     Args:
-      lam: :math:`\Lambda` as in :func:`dcog`.
+      lam: :math:`\Lambda` as in :func:`dcog_transform`.
       m: :math:`M \in [0, 1]`, a scalar or pytree like params (weight on the new gradient).
-      radius, normalize, solver, max_consecutive_nonfinite, learning_rate, weight_decay: as in :func:`dcog`.
+      radius, normalize, solver, max_consecutive_nonfinite, learning_rate, weight_decay: as in :func:`dcog_transform`.
     """
-    owner = "dcom"
+    owner = "dcom_transform"
     check_values(owner, "lam", lam, lambda v: v != 0, "nonzero (the QP is unbounded where lam = 0)")
     check_values(owner, "m", m, lambda v: (v >= 0) & (v <= 1), "in [0, 1]")
 
@@ -343,7 +343,7 @@ class _DCOOptions:
 
 @dataclasses.dataclass(frozen=True)
 class DCOG(_DCOOptions):
-    r"""Learned :func:`dcog`. Meta-parameters ``{"log_lam": like params}`` (plus
+    r"""Learned :func:`dcog_transform`. Meta-parameters ``{"log_lam": like params}`` (plus
     ``"log_radius"`` with ``trust_region``), :math:`\Lambda = \exp(\text{log\_lam})`;
     initialised to :math:`\Lambda^2 = 1/\eta` so the first steps are GD with step ``η``."""
 
@@ -353,12 +353,12 @@ class DCOG(_DCOOptions):
         return {"log_lam": _full_like(params, -0.5 * math.log(self.learning_rate)), **self._radius_meta(params)}
 
     def opt_fn(self, meta: MetaParams, *, learning_rate: Any = 1.0, weight_decay: Any = 0.0) -> optax.GradientTransformationExtraArgs:
-        return dcog(positive(meta["log_lam"]), **self._builder_kwargs(meta, learning_rate, weight_decay))
+        return dcog_transform(positive(meta["log_lam"]), **self._builder_kwargs(meta, learning_rate, weight_decay))
 
 
 @dataclasses.dataclass(frozen=True)
 class DCOGD(_DCOOptions):
-    r"""Learned :func:`dcogd`. Meta-parameters ``{"B": (p, p)}`` (plus ``"log_radius"``),
+    r"""Learned :func:`dcogd_transform`. Meta-parameters ``{"B": (p, p)}`` (plus ``"log_radius"``),
     unconstrained (every real ``B`` gives a strongly convex QP); initialised to
     :math:`B = \eta I` (GD with step ``η``; the paper's identity is ``η = 1``)."""
 
@@ -369,12 +369,12 @@ class DCOGD(_DCOOptions):
         return {"B": self.learning_rate * jnp.eye(p, dtype=_dtype(params)), **self._radius_meta(params)}
 
     def opt_fn(self, meta: MetaParams, *, learning_rate: Any = 1.0, weight_decay: Any = 0.0) -> optax.GradientTransformationExtraArgs:
-        return dcogd(meta["B"], **self._builder_kwargs(meta, learning_rate, weight_decay))
+        return dcogd_transform(meta["B"], **self._builder_kwargs(meta, learning_rate, weight_decay))
 
 
 @dataclasses.dataclass(frozen=True)
 class DCOM(_DCOOptions):
-    r"""Learned :func:`dcom`. Meta-parameters ``{"log_lam", "logit_m"}`` like params (plus
+    r"""Learned :func:`dcom_transform`. Meta-parameters ``{"log_lam", "logit_m"}`` like params (plus
     ``"log_radius"``): :math:`\Lambda = \exp(\cdot)`, :math:`M = \mathrm{sigmoid}(\cdot)
     \in (0, 1)`; initialised to heavy-ball-style averaging ``M = 1 - momentum`` with
     :math:`\Lambda^2 = 1/\eta`, i.e. an exponential moving average of gradients taken with
@@ -400,4 +400,4 @@ class DCOM(_DCOOptions):
 
     def opt_fn(self, meta: MetaParams, *, learning_rate: Any = 1.0, weight_decay: Any = 0.0) -> optax.GradientTransformationExtraArgs:
         m = tree_map(jax.nn.sigmoid, meta["logit_m"])
-        return dcom(positive(meta["log_lam"]), m, **self._builder_kwargs(meta, learning_rate, weight_decay))
+        return dcom_transform(positive(meta["log_lam"]), m, **self._builder_kwargs(meta, learning_rate, weight_decay))

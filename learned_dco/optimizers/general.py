@@ -4,8 +4,9 @@ Gautam, Pfrommer & Sojoudi pose every update as a differentiable convex program 
 eq. 5). :func:`general_dco` builds an ``optax.GradientTransformation`` from a user function
 ``(meta, grads, params, state) -> (StepQP, next_state)`` that poses one step's QP (curvature
 operator, linear term, linear constraints), and :class:`LearnedDCO` pairs it with a
-meta-parameter initialiser (``init``/``opt_fn``). The public rules ``dcog``, ``dcogd``,
-``dcom`` (:mod:`learned_dco.optimizers.dco`) and ``metamd`` (:mod:`.mirror`) are instances
+meta-parameter initialiser (``init``/``opt_fn``). The public rules ``dcog_transform``,
+``dcogd_transform``, ``dcom_transform`` (:mod:`learned_dco.optimizers.dco`) and
+``metamd_transform`` (:mod:`.mirror`) are instances
 of :func:`general_dco`, keeping their state types as subclasses of :class:`GeneralDCOState`.
 :func:`~learned_dco.optimizers.base.guard_nonfinite` is the non-finite-gradient guard every
 builder wraps its step in.

@@ -57,7 +57,7 @@ tree_map = jax.tree.map
 
 
 class MirrorState(GeneralDCOState):
-    """State of :func:`metamd` (``inner`` is ``()``)."""
+    """State of :func:`metamd_transform` (``inner`` is ``()``)."""
 
 
 def _is_factor(node) -> bool:
@@ -148,7 +148,7 @@ def _scaled_operator(factors: PyTree, eta: Array, dtype) -> qp.BlockDiagonal:
 
 def bregman(factors: PyTree, delta: Params) -> Array:
     r""":math:`D_\psi(\theta + \delta, \theta) = \tfrac12 \delta^\top M \delta` for the
-    factorised :math:`M` (``factors`` matching ``delta`` as in :func:`metamd`)."""
+    factorised :math:`M` (``factors`` matching ``delta`` as in :func:`metamd_transform`)."""
     factors = _check_factors("bregman", factors, delta)
     blocks = _to_blocks(delta, factors)
     op = qp.BlockDiagonal(factors)
@@ -156,7 +156,7 @@ def bregman(factors: PyTree, delta: Params) -> Array:
     return 0.5 * sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(blocks), jax.tree.leaves(Md)))
 
 
-def metamd(
+def metamd_transform(
     factors: PyTree,
     eta: Array,
     *,
@@ -189,7 +189,7 @@ def metamd(
       max_consecutive_nonfinite: non-finite-gradient guard (see :mod:`learned_dco.optimizers.dco`).
       learning_rate, weight_decay: a scale on the step (number, array or optax schedule) and
         decoupled weight decay, :math:`u = \eta\,(d - \lambda\theta_t)` (as in
-        :func:`learned_dco.dcog`).
+        :func:`learned_dco.dcog_transform`).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; ``update(grads, state, params)`` needs
@@ -197,7 +197,7 @@ def metamd(
 
     Example:
       >>> factors = {"w": qp.Kronecker(jnp.eye(3), jnp.eye(2)), "b": jnp.ones(2)}
-      >>> tx = metamd(factors, 0.1)  # GD with step 0.1
+      >>> tx = metamd_transform(factors, 0.1)  # GD with step 0.1
     """
     owner = "metamd"
     check_values(owner, "eta", eta, lambda v: (v > 0) & (np.ndim(v) == 0), "a positive scalar")
@@ -258,7 +258,7 @@ def spd_from_raw(raw: Array) -> Array:
 
 @dataclasses.dataclass(frozen=True)
 class MetaMD:
-    r"""Learned :func:`metamd` (module docstring).
+    r"""Learned :func:`metamd_transform` (module docstring).
 
     Meta-parameters: ``{"log_eta": (), "factors": tree like params}`` with a
     :class:`KroneckerRaw` for every tensor of ndim >= 2 and a :class:`DiagonalRaw` for the
@@ -266,7 +266,7 @@ class MetaMD:
 
     Attributes:
       learning_rate: the initial step :math:`\eta` (MetaMD starts as GD with this step).
-      normalize, solver, max_consecutive_nonfinite: as in :func:`metamd`.
+      normalize, solver, max_consecutive_nonfinite: as in :func:`metamd_transform`.
       tol, maxiter: YAML shorthands folded into the solver value at construction.
     """
 
@@ -311,8 +311,8 @@ class MetaMD:
         return tree_map(one, meta["factors"], is_leaf=_is_raw)
 
     def opt_fn(self, meta: MetaParams, *, learning_rate: Any = 1.0, weight_decay: Any = 0.0) -> optax.GradientTransformationExtraArgs:
-        """The :func:`metamd` transform of ``meta``; ``learning_rate`` / ``weight_decay`` as there."""
-        return metamd(
+        """The :func:`metamd_transform` of ``meta``; ``learning_rate`` / ``weight_decay`` as there."""
+        return metamd_transform(
             self.factors(meta), self.eta(meta), normalize=self.normalize, solver=self.solver,
             max_consecutive_nonfinite=self.max_consecutive_nonfinite, learning_rate=learning_rate,
             weight_decay=weight_decay,

@@ -96,11 +96,11 @@ def paper_experiments(quick: bool = False) -> list[Experiment]:
 
 
 def _normalized_gd(normalize: bool, lr):
-    return ldco.dcog(1.0 / jnp.sqrt(lr), normalize=normalize)
+    return ldco.dcog_transform(1.0 / jnp.sqrt(lr), normalize=normalize)
 
 
 def _normalized_momentum(normalize: bool, momentum: float, lr):
-    return ldco.dcom(1.0 / jnp.sqrt(lr), 1.0 - momentum, normalize=normalize)
+    return ldco.dcom_transform(1.0 / jnp.sqrt(lr), 1.0 - momentum, normalize=normalize)
 
 
 @functools.lru_cache(maxsize=None)
@@ -150,7 +150,7 @@ class DirectDCOG:
         return jax.tree.map(lambda x: jnp.maximum(x, self.lam_min), meta_params)
 
     def opt_fn(self, meta_params):
-        return ldco.dcog(self.project(meta_params)["lam"], normalize=self.normalize)
+        return ldco.dcog_transform(self.project(meta_params)["lam"], normalize=self.normalize)
 
 
 def algorithm1(lopt, family, train, meta0, key, *, epochs: int, horizon: int = 1, meta_lr: float = 0.01,

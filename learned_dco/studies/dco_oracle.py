@@ -30,11 +30,11 @@ GRID = tuple(float(x) for x in np.logspace(-5, 1, 49))
 
 
 def _dcog(normalize, lr):
-    return ldco.dcog(1.0 / jnp.sqrt(lr), normalize=normalize, max_consecutive_nonfinite=None)
+    return ldco.dcog_transform(1.0 / jnp.sqrt(lr), normalize=normalize, max_consecutive_nonfinite=None)
 
 
 def _dcom(normalize, m, lr):
-    return ldco.dcom(1.0 / jnp.sqrt(lr), m, normalize=normalize, max_consecutive_nonfinite=None)
+    return ldco.dcom_transform(1.0 / jnp.sqrt(lr), m, normalize=normalize, max_consecutive_nonfinite=None)
 
 
 def main(argv=None):
