@@ -93,7 +93,7 @@ def main(argv=None) -> Path:
         if not args.run_dir or not args.config:
             ap.error("shipping needs RUN_DIR and --config (or pass --update-card)")
         from learned_dco.app.runs import load_trained
-        from learned_dco.app.shipping import ship_run
+        from learned_dco.app.cards import ship_run
 
         trained = load_trained(args.run_dir)
         cand = bench.Candidate(args.name, lambda steps: bench.baselines._with_steps(trained.lopt, steps).opt_fn(trained.meta))

@@ -12,6 +12,7 @@ two parts on one floor depend on each other. Benchmarks and examples use the pub
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -33,10 +34,10 @@ FLOORS: dict[str, int] = {
 }
 """Part of the package (its first name under ``learned_dco``) -> floor; imports point down."""
 
-PUBLIC_APP = ("learned_dco.app.cli", "learned_dco.app.runs", "learned_dco.app.shipping")
+PUBLIC_APP = ("learned_dco.app.cli", "learned_dco.app.runs", "learned_dco.app.cards")
 """The application wing's entry points that programs outside the package may use: the
 ``learned-dco`` command (``cli.main``), reading a run directory (``runs.load_trained``) and
-shipping a finished run as a pretrained card (``shipping.ship_run``)."""
+shipping a finished run as a pretrained card (``cards.ship_run``)."""
 
 
 def module_name(path: Path) -> str:
@@ -166,3 +167,68 @@ def test_the_public_api_rule():
     assert public_api_problem("learned_dco.app.xla", "flag_name")
     assert public_api_problem("learned_dco.studies.metamd", "_step_fns")
     assert public_api_problem("learned_dco.optimizers._private", None)
+
+
+# --- docs/ARCHITECTURE.md matches the tree -------------------------------------------------
+
+ARCHITECTURE = ROOT / "docs" / "ARCHITECTURE.md"
+
+
+def doc_floors(text: str) -> dict[str, int]:
+    """Part -> floor as the diagram (the first code block) draws it: ``floor N  names  path``
+    lines, a continuation line keeping the floor above it; ``(face)`` is the package face."""
+    block = text.split("```")[1]
+    floors, floor = {}, None
+    for line in block.splitlines()[1:]:
+        if line.startswith("floor"):
+            floor = int(line.split()[1])
+        column = line[9:].split(f"{PACKAGE}/")[0].split("  ")[0]
+        for name in re.findall(r"\(face\)|[a-z][a-z_0-9]*", column):
+            floors["" if name == "(face)" else name] = floor
+    return floors
+
+
+def doc_modules(text: str) -> set[str]:
+    """The files the *Modules* section names: each bullet opens with a folder of the package
+    (`` `learned_dco/tasks/`: ``) and names its files (`` `base.py` ``)."""
+    section = text.split("## Modules", 1)[1].split("\n## ", 1)[0]
+    named = set()
+    for bullet in re.split(r"\n\* ", section)[1:]:
+        folder = re.match(r"`([\w/]+/)`:", bullet)
+        if folder:
+            named |= {folder.group(1) + f for f in re.findall(r"`([\w]+\.py)`", bullet)}
+            named.add(folder.group(1) + "__init__.py")  # a subpackage's face goes with its bullet
+    return named
+
+
+def test_the_diagram_draws_the_floors_the_test_keeps():
+    assert doc_floors(ARCHITECTURE.read_text(encoding="utf-8")) == FLOORS
+
+
+def test_every_module_the_architecture_names_exists_and_every_module_is_named():
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    named = doc_modules(text)
+    paths = set(re.findall(rf"`?({PACKAGE}/[\w/]*(?:\.py|/))", text))
+    missing = sorted(p for p in named | paths if not (ROOT / p).exists())
+    assert not missing, f"docs/ARCHITECTURE.md names what the tree does not have: {missing}"
+    unnamed = sorted(str(p.relative_to(ROOT)) for p in package_files() if str(p.relative_to(ROOT)) not in named)
+    assert not unnamed, f"modules of the package that docs/ARCHITECTURE.md does not name: {unnamed}"
+
+
+def test_the_architecture_checks_see_a_missing_and_an_unnamed_module():
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    assert "learned_dco/meta/inner.py" in doc_modules(text)
+    assert "learned_dco/meta/inner.py" not in doc_modules(text.replace("`inner.py` (the one", "(the one"))
+    broken = text.replace("floor 2  qp ", "floor 3  qp ")
+    assert doc_floors(broken)["qp"] == 3 != FLOORS["qp"]
+
+
+HISTORY = re.compile("|".join([r"[Ii]ssue ?#?[0-9]+", "moved" + " here", "kept for" + " existing", "still" + " reach"]))
+"""What a comment or string says of the code's past (the git log holds that) instead of the code."""
+
+
+def test_the_code_tells_no_history():
+    files = [p for d in ("learned_dco", "tests", "benchmarks", "tools", "examples") for p in sorted((ROOT / d).rglob("*.py"))]
+    found = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}" for p in files
+             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if HISTORY.search(line)]
+    assert not found, "\n".join(found)

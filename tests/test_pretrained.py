@@ -126,7 +126,7 @@ def test_a_mixture_run_ships_reproducibly(tmp_path):
     non-finite held-out numbers become strings, and the num_steps option reaches the
     optimizer."""
     from learned_dco.app import config as C
-    from learned_dco.app import runs, shipping
+    from learned_dco.app import cards, runs
 
     cfg = C.from_dict(MIXTURE_RUN)
     for d in ("a", "b"):
@@ -140,7 +140,7 @@ def test_a_mixture_run_ships_reproducibly(tmp_path):
         trainer.draw(state._replace(step=jnp.asarray(k, jnp.int32))) for k in range(4)]
     assert not np.allclose(trained.meta["log_lr"], np.log(0.01))  # meta-training moved it
 
-    path = shipping.ship_run(tmp_path / "a", "mix", root=tmp_path / "w", config="configs/x.yaml",
+    path = cards.ship_run(tmp_path / "a", "mix", root=tmp_path / "w", config="configs/x.yaml",
                              heldout={"ratio": float("inf"), "rows": [{"final": np.float32(0.5)}]})
     data = pretrained.card("mix", root=tmp_path / "w")
     assert path.name == "mix.json" and data["options"] == {"num_steps": "num_steps"}

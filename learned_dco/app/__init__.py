@@ -5,7 +5,7 @@
 * :mod:`learned_dco.app.shipped` -- the configs shipped in ``learned_dco/configs/``, by name
 * :mod:`learned_dco.app.rundir` -- the file names of a run directory and its error
 * :mod:`learned_dco.app.runs` -- run directories, checkpoints, the I/O loop around ``MetaTrainer``
-* :mod:`learned_dco.app.shipping` -- a finished run shipped as a pretrained optimizer card
+* :mod:`learned_dco.app.cards` -- a finished run shipped as a pretrained optimizer card
 * :mod:`learned_dco.app.report` -- ``learned-dco eval``: tuned baselines, curves, report
 * :mod:`learned_dco.app.cli` -- the ``learned-dco`` command
 * :mod:`learned_dco.app.exits` -- its exit statuses and the exception -> status mapping

@@ -16,7 +16,7 @@ architecture (a leaf's path or shape differs from what the optimizer class build
 are refused with an error naming the first difference, never silently misloaded.
 
 :func:`save` writes a card in the format above (from a finished ``learned-dco train`` run:
-:func:`learned_dco.app.shipping.ship_run`, which reads the recipe from the run directory). The
+:func:`learned_dco.app.cards.ship_run`, which reads the recipe from the run directory). The
 shipped optimizers, their recipes (``learned_dco/configs/pretrain_<name>.yaml``, ``learned-dco train pretrain_<name>``) and their held-out
 numbers are described in ``docs/pretrained.md``.
 
