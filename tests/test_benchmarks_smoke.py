@@ -21,7 +21,7 @@ BENCHMARKS = sorted(
 
 
 def test_benchmarks_hold_speed_and_memory_only():
-    """The paper studies moved to learned_dco.studies; benchmarks/ keeps measurements."""
+    """The paper studies live in learned_dco.studies; benchmarks/ holds measurements."""
     assert {"heldout", "meta_floor", "qp_step", "lopt_update"} <= set(BENCHMARKS)
     assert not {"star", "star_nqm", "metamd", "ml2o", "stepsize_l2l", "dco_oracle"} & set(BENCHMARKS)
 
