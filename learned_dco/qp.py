@@ -61,6 +61,7 @@ from typing import Any, ClassVar, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from learned_dco.types import Array, PyTree
@@ -812,7 +813,7 @@ class SimplexExact(QPSolver):
                              "(no hi, no G/h); use qp.IPM or qp.OSQP for other sets")
         if cons.A.shape[0] != 1:
             raise ValueError(f"qp.SimplexExact needs one equality row, got A of shape {cons.A.shape}")
-        if not isinstance(cons.A, jax.core.Tracer) and not bool(jnp.all(jnp.asarray(cons.A) == 1)):
+        if not isinstance(cons.A, jax.core.Tracer) and not np.all(np.asarray(cons.A) == 1):
             raise ValueError("qp.SimplexExact needs the equality row to be all ones (sum d = b)")
         flat_c, unravel = ravel_pytree(c)
         if isinstance(Q, Diagonal):
