@@ -96,7 +96,7 @@ def main(argv=None) -> Path:
         from learned_dco.app.cards import ship_run
 
         trained = load_trained(args.run_dir)
-        cand = bench.Candidate(args.name, lambda steps: bench.baselines._with_steps(trained.lopt, steps).opt_fn(trained.meta))
+        cand = bench.Candidate(args.name, lambda steps: bench.baselines.with_steps(trained.lopt, steps).opt_fn(trained.meta))
         extra = {k: v for k, v in {"cpu_hours": args.cpu_hours, "note": args.note}.items() if v is not None}
         path = ship_run(args.run_dir, args.name, root=args.root, config=args.config,
                         heldout=card_heldout(args.name, cand, args.test, args.dev), extra=extra)

@@ -111,6 +111,30 @@ def public_api_problem(imported: str, name: str | None) -> str | None:
     return None
 
 
+def private_attributes(path: Path) -> list[tuple[int, str]]:
+    """``(line, dotted name)`` for every attribute path that starts at a name bound to a module
+    of the package (``import learned_dco as ldco``, ``from learned_dco import bench``) and
+    passes through a name starting with ``_`` (``bench.baselines._helper``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    modules = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules |= {a.asname or a.name.split(".")[0] for a in node.names if a.name.startswith(PACKAGE)}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(PACKAGE):
+            modules |= {a.asname or a.name for a in node.names if is_module(f"{node.module}.{a.name}")}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            chain, base = [node.attr], node.value
+            while isinstance(base, ast.Attribute):
+                chain.insert(0, base.attr)
+                base = base.value
+            if isinstance(base, ast.Name) and base.id in modules and node.attr.startswith("_") \
+                    and not node.attr.startswith("__"):
+                found.append((node.lineno, ".".join([base.id, *chain])))
+    return sorted(found)
+
+
 def package_files() -> list[Path]:
     return sorted((ROOT / PACKAGE).rglob("*.py"))
 
@@ -135,6 +159,7 @@ def test_every_package_module_imports_only_downwards():
 def test_benchmarks_and_examples_use_the_public_api():
     files = sorted((ROOT / "benchmarks").glob("*.py")) + sorted((ROOT / "examples").glob("*.py"))
     bad = violations(files, lambda _, imported, name: public_api_problem(imported, name))
+    bad += [f"{p.relative_to(ROOT)}:{line}: private name {name}" for p in files for line, name in private_attributes(p)]
     assert not bad, "\n".join(bad)
 
 
@@ -159,6 +184,13 @@ def test_the_walk_sees_every_form_of_import(source, problem):
     finally:
         planted.unlink()
     assert len(bad) == 1 and problem in bad[0], bad
+
+
+def test_a_private_attribute_reached_through_a_module_is_found(tmp_path):
+    path = tmp_path / "bench_x.py"
+    path.write_text("import learned_dco as ldco\nfrom learned_dco import bench\nx = ldco.meta.MetaTrainer\n"
+                    "y = bench.baselines._with(1)\nz = ldco._private\nw = other._fine\n")
+    assert private_attributes(path) == [(4, "bench.baselines._with"), (5, "ldco._private")]
 
 
 def test_the_public_api_rule():

@@ -91,7 +91,9 @@ UNTUNED: dict[str, Candidate] = {c.name: c for c in (
 _TEMPLATE = {"w": jnp.zeros((3, 2)), "b": jnp.zeros((2,))}
 
 
-def _with_steps(lopt, steps: int):
+def with_steps(lopt, steps: int):
+    """``lopt`` told a run of ``steps`` steps where it takes ``num_steps`` (a horizon-aware
+    optimizer); any other optimizer unchanged."""
     fields = {f.name for f in dataclasses.fields(lopt)}
     return dataclasses.replace(lopt, num_steps=int(steps)) if "num_steps" in fields else lopt
 
@@ -100,7 +102,7 @@ def learned_start(name: str, lopt) -> Candidate:
     """The untrained starting point of learned optimizer ``lopt`` (its ``init`` meta-parameters;
     told the budget when it takes ``num_steps``)."""
     def make(steps):
-        lo = _with_steps(lopt, steps)
+        lo = with_steps(lopt, steps)
         return lo.opt_fn(lo.init(jax.random.PRNGKey(0), _TEMPLATE))
 
     fields = {f.name: getattr(lopt, f.name) for f in dataclasses.fields(lopt) if f.name != "num_steps"}
