@@ -267,12 +267,10 @@ def run(
     try:
         for k in range(start, num_steps):
             t0 = time.perf_counter()
-            drawn = trainer.draw(state) if getattr(trainer, "mixture", None) is not None else None
+            labels = trainer.stage(state).labels  # a task mixture: the member and horizon this step runs
             state, metrics = step(state)
             record = {name: _to_python(v) for name, v in metrics._asdict().items()}
-            record.update(step=k, seconds=time.perf_counter() - t0)
-            if drawn is not None:  # a task mixture: which member and horizon this step ran
-                record.update(member=drawn[0], horizon=drawn[1])
+            record.update(step=k, seconds=time.perf_counter() - t0, **labels)
             if metrics_file is not None:
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()

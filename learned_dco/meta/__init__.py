@@ -2,7 +2,7 @@
 
 Layout: ``inner`` (THE inner loop, :func:`inner_loop`), ``starts`` (where tasks start),
 ``losses`` (meta-losses as values), ``unroll`` (truncations with episode resets),
-``estimators`` (bound once: ``est.bind(lopt, family, pool)``), ``bound`` (MetaMD's regret
+``estimators`` (one class per estimator, over a :class:`Problem`; ``est.bind(lopt, family, pool)``), ``schedule`` (what each meta-step trains on: one problem, or a mixture's drawn member), ``bound`` (MetaMD's regret
 bound), ``adaptation`` (M-L2O), ``trainer`` and ``evaluation``.
 """
 
@@ -13,9 +13,12 @@ from learned_dco.meta.estimators import (
     ES,
     ESTIMATORS,
     PES,
-    Bound,
+    BoundEstimator,
+    Episodic,
     ESState,
+    Estimator,
     FullUnroll,
+    Problem,
     TaskEstimate,
     TruncatedBPTT,
     make_estimator,
@@ -31,10 +34,13 @@ __all__ = [
     "BASELINES",
     "DEFAULT_GRID",
     "Bound",
+    "BoundEstimator",
     "Curves",
     "ES",
     "ESState",
     "ESTIMATORS",
+    "Episodic",
+    "Estimator",
     "FinalTrain",
     "FinalVal",
     "FullUnroll",
@@ -47,6 +53,7 @@ __all__ = [
     "MetaTrainer",
     "Metrics",
     "PES",
+    "Problem",
     "RegretBound",
     "Step",
     "TaskEstimate",
@@ -75,3 +82,13 @@ __all__ = [
     "tune_learning_rate",
     "unroll_loss",
 ]
+
+
+def __getattr__(name: str):
+    if name == "Bound":  # deprecated alias, kept for one release
+        import warnings
+
+        warnings.warn("learned_dco.meta.Bound is deprecated; use learned_dco.meta.BoundEstimator "
+                      "(meta.RegretBound is MetaMD's regret bound)", DeprecationWarning, stacklevel=2)
+        return BoundEstimator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
