@@ -26,6 +26,7 @@ from learned_dco.meta.estimators import (
 from learned_dco.meta.evaluation import BASELINES, DEFAULT_GRID, Curves, Tuned, evaluate, rollout, tune_learning_rate
 from learned_dco.meta.inner import InnerState, Step, inner_loop, inner_step
 from learned_dco.meta.losses import META_LOSSES, FinalTrain, FinalVal, LogFinalTrain, MeanLogTrain, MeanTrain, as_meta_loss
+from learned_dco.meta.schedule import Schedule, Stage
 from learned_dco.meta.starts import episode_starts, fresh_state, initial_states, sample_task
 from learned_dco.meta.trainer import MetaTrainer, Metrics, TrainState, finite_average, rmsprop_pytorch
 from learned_dco.meta.unroll import TruncationOutput, Unroll
@@ -55,6 +56,8 @@ __all__ = [
     "PES",
     "Problem",
     "RegretBound",
+    "Schedule",
+    "Stage",
     "Step",
     "TaskEstimate",
     "TrainState",

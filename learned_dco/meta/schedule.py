@@ -81,6 +81,8 @@ class Schedule:
 
     def __post_init__(self):
         object.__setattr__(self, "_stages", {})
+        first = Stage(0, None, self.families[0], self.estimator, self.lopt, fresh=self.mixture is not None)
+        object.__setattr__(self, "_initial", first)
         if self.mixture is not None:
             self._check_mixture()
 
@@ -97,7 +99,7 @@ class Schedule:
     def initial(self) -> Stage:
         """The stage a training state is initialised for: the first member, the estimator
         as given."""
-        return Stage(0, None, self.families[0], self.estimator, self.lopt, fresh=self.mixture is not None)
+        return self._initial
 
     def draw(self, key: PRNGKey, step) -> tuple[int, int | None]:
         """``(member index, horizon)`` of meta-step ``step`` from the run's base ``key``;
