@@ -92,7 +92,8 @@ def training_pool(cfg: C.RunConfig, family):
 
 
 def build(cfg: C.RunConfig, *, check_memory: bool = True) -> Built:
-    """Build every object of ``cfg`` (sizes checked against memory first)."""
+    """The objects of ``cfg``: its parsed values, the meta-optimizer and the task pool
+    (sizes checked against memory first)."""
     if check_memory:
         C.check_memory(cfg)
     family = C.build_family(cfg)
@@ -347,9 +348,10 @@ def train(
         step_cache=jax.config.jax_compilation_cache_dir or None,  # beside XLA's cache when one is on
         tensorboard=tensorboard,
     )
+    resolved = cfg.resolved()
     info = {
-        "optimizer": cfg.resolved().optimizer.to_dict(),
-        "task": cfg.resolved().task.to_dict(),
+        "optimizer": resolved.optimizer.to_dict(),
+        "task": resolved.task.to_dict(),
         "meta_step": int(state.step),
         "skipped_updates": int(state.skipped),
         "load": "learned_dco.app.runs.load_trained(run_dir) -> .lopt.opt_fn(.meta)",
