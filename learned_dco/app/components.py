@@ -23,7 +23,7 @@ import dataclasses
 from typing import Any, Mapping
 
 from learned_dco import meta, tasks
-from learned_dco.app.coercion import ConfigError, check_mapping, choice, coerce, describe, init_fields, positive
+from learned_dco.app.coercion import ConfigError, check_mapping, choice, coerce, describe, init_fields, plain, positive
 from learned_dco.app.resources import ResourceError, check_construction_size
 from learned_dco.optimizers import LEARNED_OPTIMIZERS
 
@@ -143,8 +143,6 @@ def resolve(comp: ComponentConfig) -> ComponentConfig:
 
 def class_defaults(cls: type, prefix: str) -> dict[str, Any]:
     """``{prefix.field: default}`` of the plain-valued ``__init__`` defaults of ``cls``."""
-    from learned_dco.app.coercion import plain
-
     return {
         f"{prefix}.{g.name}": plain(g.default)
         for g in dataclasses.fields(cls)

@@ -24,7 +24,7 @@ member is a task section of its own, validated the same way (errors name
 ``task.members[1].hidden``); each meta-step draws a member and an inner horizon. A mixture
 samples fresh tasks (``train.num_train_tasks: null``) and is meta-trained with an estimator
 that unrolls whole episodes (``full`` or ``es``), taken at the drawn horizon every
-meta-step (:meth:`with_horizon`).
+meta-step (``estimator.with_horizon(T)``; :mod:`learned_dco.meta.schedule`).
 
 Each section is parsed once into its validated value: the component sections
 (:mod:`learned_dco.app.components`) carry the constructed learned optimizer, task family

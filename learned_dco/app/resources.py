@@ -15,7 +15,6 @@ from typing import Any, Mapping
 
 import jax
 
-from learned_dco import tasks
 from learned_dco.app.coercion import ConfigError
 
 __all__ = [
@@ -92,7 +91,7 @@ def estimate_memory(cfg) -> dict[str, int]:
     that member's index.
     """
     family, est = cfg.task.value, cfg.estimator.value
-    mixture = isinstance(family, tasks.Mixture)
+    mixture = cfg.task.is_mixture
     key = jax.random.PRNGKey(0)
     n = int(getattr(est, "num_tasks", 1))
     if mixture:
