@@ -46,7 +46,16 @@ __all__ = [
 
 
 class ValidationError(ValueError):
-    """Bad input: the message names the owner, the setting, the rule and the value."""
+    """Bad input: the message names the owner, the setting, the rule and the value.
+
+    ``field`` is the name of the offending setting when one setting is at fault (the
+    checks below set it), so a caller can point at it (a config's dotted key) without
+    reading the message; ``None`` when the fault is not one field's.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 def _is_int(value: Any) -> bool:
@@ -68,7 +77,7 @@ def positive_int(owner: str, name: str, value: Any, *, allow_zero: bool = False)
     """``value`` as an ``int`` if it is an integer (not a bool or float) ``> 0`` (``>= 0``)."""
     low = 0 if allow_zero else 1
     if not _is_int(value) or value < low:
-        raise ValidationError(f"{owner}.{name} must be an integer >= {low}, got {value!r}")
+        raise ValidationError(f"{owner}.{name} must be an integer >= {low}, got {value!r}", field=name)
     return int(value)
 
 
@@ -77,14 +86,14 @@ def positive_number(owner: str, name: str, value: Any, *, allow_zero: bool = Fal
     ok = _is_real(value) and (value >= 0 if allow_zero else value > 0)
     if not ok:
         rule = ">= 0" if allow_zero else "> 0"
-        raise ValidationError(f"{owner}.{name} must be a finite number {rule}, got {value!r}")
+        raise ValidationError(f"{owner}.{name} must be a finite number {rule}, got {value!r}", field=name)
     return float(value)
 
 
 def finite_number(owner: str, name: str, value: Any) -> float:
     """``value`` as a ``float`` if it is a finite real number."""
     if not _is_real(value):
-        raise ValidationError(f"{owner}.{name} must be a finite number, got {value!r}")
+        raise ValidationError(f"{owner}.{name} must be a finite number, got {value!r}", field=name)
     return float(value)
 
 
@@ -93,9 +102,9 @@ def positive_ints(owner: str, name: str, value: Any) -> tuple[int, ...]:
     try:
         items = tuple(value)
     except TypeError:
-        raise ValidationError(f"{owner}.{name} must be a sequence of positive integers, got {value!r}") from None
+        raise ValidationError(f"{owner}.{name} must be a sequence of positive integers, got {value!r}", field=name) from None
     if not items or not all(_is_int(v) and v > 0 for v in items):
-        raise ValidationError(f"{owner}.{name} must be non-empty positive integers, got {value!r}")
+        raise ValidationError(f"{owner}.{name} must be non-empty positive integers, got {value!r}", field=name)
     return tuple(int(v) for v in items)
 
 
@@ -118,7 +127,7 @@ def number_in(
         ok = (value >= low if closed[0] else value > low) and (value <= high if closed[1] else value < high)
     if not ok:
         interval = f"{'[' if closed[0] else '('}{low}, {high}{']' if closed[1] else ')'}"
-        raise ValidationError(f"{owner}.{name} must be a number in {interval}, got {value!r}")
+        raise ValidationError(f"{owner}.{name} must be a number in {interval}, got {value!r}", field=name)
     return float(value)
 
 
@@ -130,7 +139,7 @@ def one_of(owner: str, name: str, value: Any, choices: Iterable[Any]) -> Any:
     except TypeError:  # unhashable value against a set-like container
         ok = False
     if not ok:
-        raise ValidationError(f"{owner}.{name} must be one of {choices}, got {value!r}")
+        raise ValidationError(f"{owner}.{name} must be one of {choices}, got {value!r}", field=name)
     return value
 
 
@@ -143,11 +152,11 @@ def pair_range(owner: str, name: str, value: Any, *, lower: float | None = None)
     try:
         low, high = (float(v) for v in value)
     except (TypeError, ValueError):
-        raise ValidationError(f"{owner}.{name} must be a pair (low, high), got {value!r}") from None
+        raise ValidationError(f"{owner}.{name} must be a pair (low, high), got {value!r}", field=name) from None
     if not low <= high:
-        raise ValidationError(f"{owner}.{name} must have low <= high, got {value!r}")
+        raise ValidationError(f"{owner}.{name} must have low <= high, got {value!r}", field=name)
     if lower is not None and not low >= lower:
-        raise ValidationError(f"{owner}.{name} must lie in [{lower}, inf), got {value!r}")
+        raise ValidationError(f"{owner}.{name} must lie in [{lower}, inf), got {value!r}", field=name)
     return low, high
 
 
@@ -175,15 +184,15 @@ def check_fields(
     for field in integer:
         value = getattr(obj, field)
         if not _is_int(value):
-            raise ValidationError(f"{name}.{field} must be an integer, got {value!r}")
+            raise ValidationError(f"{name}.{field} must be an integer, got {value!r}", field=field)
     for field in positive:
         value = getattr(obj, field)
         if not value > 0:
-            raise ValidationError(f"{name}.{field} must be > 0, got {value!r}")
+            raise ValidationError(f"{name}.{field} must be > 0, got {value!r}", field=field)
     for field in nonnegative:
         value = getattr(obj, field)
         if not value >= 0:
-            raise ValidationError(f"{name}.{field} must be >= 0, got {value!r}")
+            raise ValidationError(f"{name}.{field} must be >= 0, got {value!r}", field=field)
 
 
 def check_positive(obj: Any, field: str, *, allow_zero: bool = False) -> None:

@@ -85,13 +85,13 @@ def test_a_second_pass_compiles_nothing():
         k += 1
         assert k < 200
     assert np.isfinite(float(metrics.meta_loss))
-    built = trainer._member_steps.built
-    compiled = sum(f._cache_size() for f in trainer._member_steps._cache.values())
+    built = len(trainer._programs) - 1  # beside the initial stage's program
+    compiled = sum(f._cache_size() for f in trainer._programs.values())
     assert built == 6 and compiled == 6
     for _ in range(12):
         state, _ = trainer.step(state)
-    assert trainer._member_steps.built == built
-    assert sum(f._cache_size() for f in trainer._member_steps._cache.values()) == compiled
+    assert len(trainer._programs) - 1 == built
+    assert sum(f._cache_size() for f in trainer._programs.values()) == compiled
     assert int(state.step) == k + 12
 
 

@@ -1,7 +1,10 @@
 """The application wing: everything that touches files, the terminal or the clock.
 
 * :mod:`learned_dco.app.coercion` -- YAML -> typed values (the strict coercion engine)
-* :mod:`learned_dco.app.config` -- the run-config schema, builders, memory check, random streams
+* :mod:`learned_dco.app.config` -- the run-config schema, resolved config, builders, random streams
+* :mod:`learned_dco.app.components` -- sections naming a registered class, parsed once into its value
+* :mod:`learned_dco.app.overrides` -- ``--set KEY=VALUE`` by dotted key
+* :mod:`learned_dco.app.resources` -- memory estimate and the sizes a machine refuses
 * :mod:`learned_dco.app.shipped` -- the configs shipped in ``learned_dco/configs/``, by name
 * :mod:`learned_dco.app.rundir` -- the file names of a run directory and its error
 * :mod:`learned_dco.app.runs` -- run directories, checkpoints, the I/O loop around ``MetaTrainer``

@@ -235,7 +235,7 @@ def run_train(args: argparse.Namespace) -> int:
             raise OutputExists(f"--out: {run_dir} already holds a run; pick another directory or --resume it")
 
     say = print if distributed.is_primary() else (lambda *a, **k: None)
-    task = (f"a mixture of {', '.join(m.name for m in cfg.task.kwargs['members'])}" if cfg.task.is_mixture
+    task = (f"a mixture of {', '.join(m.name for m in cfg.task.members)}" if cfg.task.is_mixture
             else cfg.task.name)
     say(f"{'resuming' if args.resume else 'meta-training'} {cfg.optimizer.name} on {task} "
         f"with {cfg.estimator.name} in {run_dir}", flush=True)
@@ -311,7 +311,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if member is not None or not cfg.task.is_mixture:
         report.member_config(cfg, member)  # --member: given for a mixture run only, and in range
     if cfg.task.is_mixture:  # one evaluation per member, each in its own directory
-        members = range(len(cfg.task.kwargs["members"])) if member is None else [member]
+        members = range(len(cfg.task.members)) if member is None else [member]
         targets = [(i, out / report.member_dir(cfg, i)) for i in members]
     else:
         targets = [(None, out)]

@@ -22,9 +22,16 @@ A *task mixture* (:class:`learned_dco.tasks.Mixture`) is the task section
 ``{name: mixture, members: [<task>, ...], horizons: [<int>, ...], weights: null}``: each
 member is a task section of its own, validated the same way (errors name
 ``task.members[1].hidden``); each meta-step draws a member and an inner horizon. A mixture
-samples fresh tasks (``train.num_train_tasks: null``) and is meta-trained with the ``full``
-or ``es`` estimator, whose ``horizon`` (and ES's ``truncation``) is replaced per meta-step
-by the drawn horizon.
+samples fresh tasks (``train.num_train_tasks: null``) and is meta-trained with an estimator
+that unrolls whole episodes (``full`` or ``es``), taken at the drawn horizon every
+meta-step (``estimator.with_horizon(T)``; :mod:`learned_dco.meta.schedule`).
+
+Each section is parsed once into its validated value: the component sections
+(:mod:`learned_dco.app.components`) carry the constructed learned optimizer, task family
+or mixture and estimator, the others are frozen dataclasses (:class:`MetaOptimizerConfig`,
+...). The builders, the memory estimate (:mod:`learned_dco.app.resources`), the resolved
+config, the fingerprint and the run info all read those values; ``--set`` overrides act on
+the raw mapping first (:mod:`learned_dco.app.overrides`).
 
 *Resolved* configs: :meth:`RunConfig.resolved` writes every default of every section out
 (the registered classes' field defaults included); a run directory saves the resolved
@@ -41,12 +48,9 @@ the held-out evaluation tasks, so evaluation never reuses a training task.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
-import os
-import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -55,7 +59,7 @@ import optax
 import yaml
 
 from learned_dco import meta, tasks
-from learned_dco.app.coercion import (
+from learned_dco.app.coercion import (  # noqa: F401 -- coerce and friends are part of this module's face
     ConfigError,
     check_mapping,
     choice,
@@ -67,8 +71,25 @@ from learned_dco.app.coercion import (
     plain,
     positive,
 )
+from learned_dco.app.components import (  # noqa: F401 -- parse_mixture is part of this module's face
+    MIXTURE,
+    REGISTRIES,
+    ComponentConfig,
+    class_defaults,
+    parse_component,
+    parse_mixture,
+    resolve,
+)
+from learned_dco.app.overrides import apply_overrides, parse_override
+from learned_dco.app.resources import (  # noqa: F401 -- the memory helpers are part of this module's face
+    ResourceError,
+    available_memory,
+    check_memory,
+    estimate_memory,
+    fmt_bytes,
+    host_memory,
+)
 from learned_dco.io import atomic_write_text
-from learned_dco.optimizers import LEARNED_OPTIMIZERS, make_optimizer
 
 __all__ = [
     "ConfigError", "ResourceError", "ComponentConfig", "MetaOptimizerConfig", "TrainConfig", "EvalConfig", "RunConfig",
@@ -78,21 +99,6 @@ __all__ = [
 ]
 
 
-class ResourceError(ConfigError):
-    """A config whose sizes exceed what this machine can hold (the message gives the estimate)."""
-
-
-# --------------------------------------------------------------------------------------
-# registries and the meta-optimizer factory
-# --------------------------------------------------------------------------------------
-
-REGISTRIES: dict[str, tuple[str, Mapping[str, type]]] = {
-    "optimizer": ("learned optimizer", LEARNED_OPTIMIZERS),
-    "task": ("task family", tasks.FAMILIES),
-    "estimator": ("estimator", meta.ESTIMATORS),
-}
-"""Config section -> (what it names, the registry its ``name`` is looked up in)."""
-
 META_OPTIMIZERS = {
     "rmsprop": meta.rmsprop_pytorch,  # PyTorch's defaults, the DCO paper's choice
     "adam": meta.BASELINES["adam"],
@@ -101,53 +107,15 @@ META_OPTIMIZERS = {
 }
 """Meta-optimizer name -> factory of the learning rate (``adamw`` also takes weight_decay)."""
 
-MIXTURE = "mixture"
-"""The task name of a mixture of task families (:class:`learned_dco.tasks.Mixture`)."""
-
-MIXTURE_KEYS = ("members", "horizons", "weights")  # fields of a mixture's task section
-MIXTURE_ESTIMATORS = ("full", "es")
-"""Estimators a mixture can be meta-trained with (stateless across meta-steps: the member
-and horizon change every meta-step, so no inner state can be carried over)."""
+MIXTURE_ESTIMATORS = tuple(name for name, cls in meta.ESTIMATORS.items() if cls.whole_episodes)
+"""Estimators a mixture can be meta-trained with: those that unroll whole episodes at any
+horizon (``whole_episodes``), since the member and horizon change every meta-step and no
+inner state can be carried over."""
 
 
 # --------------------------------------------------------------------------------------
 # the schema
 # --------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ComponentConfig:
-    """A registry entry and the keyword arguments of its dataclass.
-
-    Attributes:
-      name: the registry key (``LEARNED_OPTIMIZERS``, ``tasks.FAMILIES`` or
-        ``meta.ESTIMATORS``).
-      options: validated ``(field, value)`` pairs (sorted); in a resolved config every
-        field of the class, otherwise only those given.
-    """
-
-    name: str
-    options: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        return dict(self.options)
-
-    @property
-    def is_mixture(self) -> bool:
-        return self.name == MIXTURE
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, **{k: _plain_option(v) for k, v in self.options}}
-
-
-def _plain_option(value: Any) -> Any:
-    """:func:`plain`, also turning nested components (a mixture's members) into mappings."""
-    if isinstance(value, ComponentConfig):
-        return value.to_dict()
-    if isinstance(value, tuple):
-        return [_plain_option(v) for v in value]
-    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,11 +209,12 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """A whole run: what to meta-train, on what, how, and how to evaluate it."""
+    """A whole run: what to meta-train, on what, how, and how to evaluate it. The
+    component sections carry their constructed values (``cfg.optimizer.value``, ...)."""
 
     optimizer: ComponentConfig
     task: ComponentConfig
-    estimator: ComponentConfig = ComponentConfig("full")
+    estimator: ComponentConfig = ComponentConfig("full", (), meta.FullUnroll())
     meta_optimizer: MetaOptimizerConfig = MetaOptimizerConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
@@ -276,10 +245,9 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
 
     def resolved(self) -> RunConfig:
-        """The same config with every default written out (see :func:`defaults`)."""
-        return dataclasses.replace(
-            self, **{s: _resolve_component(s, getattr(self, s)) for s in REGISTRIES}
-        )
+        """The same config with every default written out, read from the sections' values
+        (see :func:`learned_dco.app.components.resolve` and :func:`defaults`)."""
+        return dataclasses.replace(self, **{s: resolve(getattr(self, s)) for s in REGISTRIES})
 
     def fingerprint(self) -> str:
         """sha256 of the resolved config without the keys a resume may change
@@ -300,48 +268,6 @@ class RunConfig:
 # Keys that may change when a run is resumed: they do not alter the training trajectory.
 RESUMABLE_CHANGES = ("train.num_steps", "train.checkpoint_every")
 
-_PLAIN = (bool, int, float, str, type(None))
-
-
-def _is_plain(value: Any) -> bool:
-    if isinstance(value, tuple):
-        return all(_is_plain(v) for v in value)
-    return isinstance(value, _PLAIN)
-
-
-def _yaml_spelling(value: Any) -> Any:
-    """A choice stored as a value (a QP solver, a meta-loss) by the name YAML gives it, when
-    that name alone rebuilds it (default options); other values are returned unchanged."""
-    name = getattr(value, "name", None)
-    if dataclasses.is_dataclass(value) and isinstance(name, str):
-        try:
-            if type(value)() == value:
-                return name
-        except TypeError:
-            pass
-    return value
-
-
-def _resolve_component(section: str, comp: ComponentConfig) -> ComponentConfig:
-    if section == "task" and comp.is_mixture:
-        given = comp.kwargs
-        options = {
-            "members": tuple(_resolve_component("task", m) for m in given["members"]),
-            "horizons": given["horizons"],
-            "weights": given.get("weights"),
-        }
-        return ComponentConfig(comp.name, tuple(sorted(options.items())))
-    _, registry = REGISTRIES[section]
-    obj = registry[comp.name](**comp.kwargs)
-    given = comp.kwargs
-    options = dict(given)
-    for f in dataclasses.fields(obj):
-        if f.init and f.name not in given:
-            value = _yaml_spelling(getattr(obj, f.name))
-            if _is_plain(value):  # a value YAML cannot spell stays implicit
-                options[f.name] = value
-    return ComponentConfig(comp.name, tuple(sorted(options.items())))
-
 
 def defaults(cfg: RunConfig) -> dict[str, Any]:
     """``{dotted key: default value}`` of every field the config's sections have, as this
@@ -349,133 +275,21 @@ def defaults(cfg: RunConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"seed": RunConfig.__dataclass_fields__["seed"].default}
     for f in dataclasses.fields(RunConfig):
         value = getattr(cfg, f.name)
-        if isinstance(value, ComponentConfig) and f.name == "task" and value.is_mixture:
+        if isinstance(value, ComponentConfig) and value.is_mixture:
             out["task.weights"] = None
-            for i, member in enumerate(value.kwargs["members"]):
-                out.update(_class_defaults(tasks.FAMILIES[member.name], f"task.members[{i}]"))
+            for i, member in enumerate(value.members):
+                out.update(class_defaults(type(member.value), f"task.members[{i}]"))
         elif isinstance(value, ComponentConfig):
-            out.update(_class_defaults(REGISTRIES[f.name][1][value.name], f.name))
+            out.update(class_defaults(type(value.value), f.name))
         elif dataclasses.is_dataclass(value):
             for g in dataclasses.fields(value):
                 out[f"{f.name}.{g.name}"] = plain(g.default)
     return out
 
 
-def _class_defaults(cls: type, prefix: str) -> dict[str, Any]:
-    return {
-        f"{prefix}.{g.name}": plain(g.default)
-        for g in dataclasses.fields(cls)
-        if g.init and g.default is not dataclasses.MISSING and _is_plain(g.default)
-    }
-
-
 # --------------------------------------------------------------------------------------
 # parsing
 # --------------------------------------------------------------------------------------
-
-
-def parse_component(section: str, data: Any, path: str | None = None, *, member: bool = False) -> ComponentConfig:
-    """``{name: ..., **fields}`` checked against the registered class's fields; the class is
-    instantiated once so its own value checks run now. ``task: {name: mixture, ...}`` is
-    parsed by :func:`parse_mixture` (``member``: parsing a mixture's member, which cannot be
-    a mixture itself)."""
-    path = path or section
-    what, registry = REGISTRIES[section]
-    names = tuple(registry) + ((MIXTURE,) if section == "task" and not member else ())
-    data = dict(check_mapping(data, path))
-    if "name" not in data:
-        raise ConfigError(f"{path}.name: missing required key (known {what}s: {', '.join(names)})")
-    name = data.pop("name")
-    if not isinstance(name, str):
-        raise ConfigError(f"{path}.name: expected str, got {describe(name)}")
-    if section == "task" and name == MIXTURE:
-        if member:
-            raise ConfigError(f"{path}.name: a mixture cannot be a member of a mixture (list its families instead)")
-        return parse_mixture(data, path)
-    choice(name, names, f"{path}.name", what)
-    cls = registry[name]
-    fields = init_fields(cls)
-    options = {}
-    for key, value in data.items():
-        if key not in fields:
-            raise ConfigError(f"{path}.{key}: unknown key for {what} {name!r} (known: name, {', '.join(fields)})")
-        options[key] = coerce(value, fields[key], f"{path}.{key}")
-    if section == "task":
-        _check_construction_size(cls, options, path)
-    try:
-        cls(**options)
-    except MemoryError as e:  # a family that allocates its data when constructed
-        raise ResourceError(f"{path}: building {what} {name!r} ran out of memory ({e})") from None
-    except (ValueError, TypeError, OverflowError) as e:
-        # Point at the field when the class's message names one ("DCOG.learning_rate ...").
-        match = re.search(rf"\b{re.escape(cls.__name__)}\.(\w+)", str(e))
-        where = f"{path}.{match.group(1)}" if match and match.group(1) in fields else path
-        raise ConfigError(f"{where}: {e}") from None
-    return ComponentConfig(name, tuple(sorted(options.items())))
-
-
-def parse_mixture(data: Mapping[str, Any], path: str = "task") -> ComponentConfig:
-    """The fields of ``task: {name: mixture, ...}`` (``name`` already removed): ``members``
-    (non-empty list of task sections, each checked by :func:`parse_component`),
-    ``horizons`` (non-empty list of positive ints) and ``weights`` (``null`` or one
-    non-negative number per member with a positive sum)."""
-    for key in data:
-        if key not in MIXTURE_KEYS:
-            raise ConfigError(f"{path}.{key}: unknown key for a task mixture (known: name, {', '.join(MIXTURE_KEYS)})")
-    for key in ("members", "horizons"):
-        if key not in data:
-            raise ConfigError(f"{path}.{key}: missing required key for a task mixture")
-    raw = data["members"]
-    if not isinstance(raw, (list, tuple)) or not raw:
-        raise ConfigError(f"{path}.members: expected a non-empty list of task sections, got {describe(raw)}")
-    members = tuple(parse_component("task", m, f"{path}.members[{i}]", member=True) for i, m in enumerate(raw))
-    horizons = coerce(data["horizons"], tuple[int, ...], f"{path}.horizons")
-    if not horizons:
-        raise ConfigError(f"{path}.horizons: must hold at least one inner horizon")
-    for i, h in enumerate(horizons):
-        positive(h, f"{path}.horizons[{i}]")
-    weights = coerce(data.get("weights"), tuple[float, ...] | None, f"{path}.weights")
-    if weights is not None:
-        if len(weights) != len(members):
-            raise ConfigError(
-                f"{path}.weights: expected one weight per member ({len(members)}), got {len(weights)}"
-            )
-        for i, w in enumerate(weights):
-            if not w >= 0:
-                raise ConfigError(f"{path}.weights[{i}]: must be >= 0, got {w!r}")
-        if not sum(weights) > 0:
-            raise ConfigError(f"{path}.weights: must have a positive sum, got {list(weights)}")
-    comp = ComponentConfig(MIXTURE, tuple(sorted({"members": members, "horizons": horizons, "weights": weights}.items())))
-    try:
-        _build_mixture(comp)
-    except ValueError as e:  # the Mixture's own checks (ValidationError is a ValueError)
-        raise ConfigError(f"{path}: {e}") from None
-    return comp
-
-
-def host_memory() -> int:
-    """Physical memory of this host in bytes."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover
-        return 2**62
-
-
-def _check_construction_size(cls: type, options: Mapping[str, Any], path: str, fraction: float = 0.8) -> None:
-    """Families with ``num_samples`` and ``dim`` fields build a float64 design matrix of
-    that size when constructed (e.g. the shifted least-squares family's fixed ``X``):
-    refuse it before NumPy tries. (Other sizes are checked by :func:`check_memory`.)"""
-    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.init}
-    sizes = {**defaults, **options}
-    n, d = sizes.get("num_samples"), sizes.get("dim")
-    if not (isinstance(n, int) and isinstance(d, int)):
-        return
-    need, limit = 8 * n * d, host_memory()
-    if need > fraction * limit:
-        raise ResourceError(
-            f"{path}.num_samples: {n} samples x {d} dimensions is a {fmt_bytes(need)} data matrix, more than "
-            f"{fraction:.0%} of the {fmt_bytes(limit)} of host memory; reduce {path}.num_samples or {path}.dim"
-        )
 
 
 def _cross_checks(cfg: RunConfig) -> None:
@@ -487,18 +301,16 @@ def _cross_checks(cfg: RunConfig) -> None:
                 f"train.num_train_tasks: a task mixture samples fresh tasks of the drawn member every "
                 f"meta-step; set train.num_train_tasks: null (got {pool})"
             )
-        if est.name not in MIXTURE_ESTIMATORS:
+        if not est.value.whole_episodes:
             raise ConfigError(
                 f"estimator.name: a task mixture is meta-trained with {' or '.join(MIXTURE_ESTIMATORS)} "
                 f"(the member and horizon change every meta-step, so no inner state is carried over), got {est.name!r}"
             )
-    if est.name == "full" and pool is not None:
-        num_tasks = build_estimator(cfg).num_tasks
-        if num_tasks > pool:
-            raise ConfigError(
-                f"estimator.num_tasks: a full unroll draws {num_tasks} distinct tasks per meta-step "
-                f"from the pool, but train.num_train_tasks is {pool}"
-            )
+    if pool is not None:
+        try:
+            est.value.check_pool(pool, "train.num_train_tasks")
+        except ValueError as e:
+            raise ConfigError(f"estimator.{getattr(e, 'field', None) or 'num_tasks'}: {e}") from None
 
 
 def from_dict(data: Any, source: str = "config") -> RunConfig:
@@ -508,56 +320,6 @@ def from_dict(data: Any, source: str = "config") -> RunConfig:
     cfg = parse_dataclass(RunConfig, data, "", {ComponentConfig: parse_component})
     _cross_checks(cfg)
     return cfg
-
-
-_KEY_PART = re.compile(r"^([^.\[\]]+)((?:\[[0-9]+\])*)$")
-
-
-def parse_override(text: str) -> tuple[list[str | int], Any]:
-    """``"a.b=value"`` -> ``(["a", "b"], value)`` with ``value`` parsed as YAML; a list
-    element is addressed by its index, ``"task.members[1].hidden=[64]"`` ->
-    ``(["task", "members", 1, "hidden"], (64,))``."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. estimator.horizon=10")
-    parts: list[str | int] = []
-    for part in key.split("."):
-        match = _KEY_PART.match(part)
-        if not match:
-            raise ConfigError(f"--set {text!r}: malformed key {key!r}")
-        parts.append(match.group(1))
-        parts += [int(i) for i in re.findall(r"\[([0-9]+)\]", match.group(2))]
-    return parts, parse_yaml(raw, f"--set {key}") if raw.strip() else None
-
-
-def _dotted(parts: Sequence[str | int]) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else p) for i, p in enumerate(parts))
-
-
-def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """A copy of ``data`` with each ``KEY=VALUE`` override set (creating sections)."""
-    out = copy.deepcopy(dict(data))
-    for text in overrides:
-        parts, value = parse_override(text)
-        node = out
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            if isinstance(part, int):
-                if not isinstance(node, list):
-                    raise ConfigError(f"{_dotted(parts[:i])}: holds {describe(node)}, not a list; cannot set {_dotted(parts)}")
-                if part >= len(node):
-                    raise ConfigError(f"{_dotted(parts[:i + 1])}: index out of range (the list has {len(node)} items)")
-            elif not isinstance(node, dict):
-                raise ConfigError(f"{_dotted(parts[:i])}: holds {describe(node)}, cannot set {_dotted(parts)}")
-            if last:
-                node[part] = value
-                break
-            child = node[part] if isinstance(part, int) else node.get(part)
-            if child is None and not isinstance(parts[i + 1], int):
-                child = node[part] = {}
-            node = child
-    return out
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
@@ -605,27 +367,19 @@ def _list_of_mappings(x: Any) -> bool:
 
 
 # --------------------------------------------------------------------------------------
-# builders (thin: each calls the registry its section names; see the module docstring)
+# builders: the parsed values (constructed once, when the config was parsed)
 # --------------------------------------------------------------------------------------
 
 
 def build_optimizer(cfg: RunConfig):
-    """The learned optimizer: :func:`learned_dco.optimizers.make_optimizer` of the config."""
-    return make_optimizer(cfg.optimizer.name, **cfg.optimizer.kwargs)
+    """The learned optimizer of the config (its parsed value)."""
+    return cfg.optimizer.value
 
 
 def build_family(cfg: RunConfig):
-    """The task family: :func:`learned_dco.tasks.make_family` of the config, or a
-    :class:`learned_dco.tasks.Mixture` of such families for ``task: {name: mixture}``."""
-    if cfg.task.is_mixture:
-        return _build_mixture(cfg.task)
-    return tasks.make_family(cfg.task.name, **cfg.task.kwargs)
-
-
-def _build_mixture(comp: ComponentConfig) -> tasks.Mixture:
-    kw = comp.kwargs
-    members = tuple(tasks.make_family(m.name, **m.kwargs) for m in kw["members"])
-    return tasks.Mixture(members=members, weights=kw["weights"], horizons=kw["horizons"])
+    """The task family of the config, or a :class:`learned_dco.tasks.Mixture` of families
+    for ``task: {name: mixture}`` (its parsed value)."""
+    return cfg.task.value
 
 
 def task_families(family) -> tuple:
@@ -634,8 +388,8 @@ def task_families(family) -> tuple:
 
 
 def build_estimator(cfg: RunConfig):
-    """The meta-gradient estimator: :func:`learned_dco.meta.make_estimator` of the config."""
-    return meta.make_estimator(cfg.estimator.name, **cfg.estimator.kwargs)
+    """The meta-gradient estimator of the config (its parsed value)."""
+    return cfg.estimator.value
 
 
 def build_meta_optimizer(cfg: RunConfig) -> optax.GradientTransformation:
@@ -649,112 +403,6 @@ def build_meta_optimizer(cfg: RunConfig) -> optax.GradientTransformation:
     if m.clip is not None:
         tx = optax.chain(optax.clip_by_global_norm(m.clip), tx)
     return tx
-
-
-# --------------------------------------------------------------------------------------
-# memory: refuse sizes the machine cannot hold, before anything is allocated
-# --------------------------------------------------------------------------------------
-
-
-def _bytes(tree) -> int:
-    return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if abs(n) < 1024 or unit == "PiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} PiB"  # pragma: no cover
-
-
-def available_memory() -> tuple[int, str]:
-    """``(bytes, where)``: the first device's memory limit, or the host's physical memory."""
-    dev = jax.devices()[0]
-    try:
-        stats = dev.memory_stats() or {}
-    except Exception:  # not every backend implements it
-        stats = {}
-    if stats.get("bytes_limit"):
-        return int(stats["bytes_limit"]), f"{dev.platform} device memory"
-    return host_memory(), "host memory"
-
-
-def estimate_memory(cfg: RunConfig) -> dict[str, int]:
-    """A lower-bound estimate in bytes of the arrays a run of ``cfg`` holds at once.
-
-    Shapes come from ``jax.eval_shape`` (nothing is allocated): one task ``T`` and its
-    parameters ``P``. Terms: the fixed training pool (``num_train_tasks x T``); a meta-step's
-    batch (``num_tasks x (T + P x (steps + 2))``: reverse mode keeps the parameters of every
-    unrolled step, ``steps`` = the truncation or the horizon); the evaluation's held-out and
-    tuning tasks (``2 x eval.num_tasks x T``).
-
-    A task mixture is estimated for its worst member (largest total) at its largest
-    horizon (the horizon replaces the estimator's truncation/horizon); ``member`` is then
-    that member's index.
-    """
-    family = build_family(cfg)
-    est = build_estimator(cfg)
-    key = jax.random.PRNGKey(0)
-    n = int(getattr(est, "num_tasks", 1))
-    if isinstance(family, tasks.Mixture):
-        steps = max(family.horizons)
-    else:
-        steps = int(getattr(est, "truncation", None) or getattr(est, "horizon", 1) or 1)
-    worst = None
-    for i, member in enumerate(task_families(family)):
-        where = f"task.members[{i}]" if isinstance(family, tasks.Mixture) else "task"
-        try:
-            task = jax.eval_shape(member.sample, key)
-            params = jax.eval_shape(member.init_params, key, task)
-        except (ValueError, TypeError, OverflowError, MemoryError) as e:
-            raise ConfigError(f"{where}: cannot build a task of this size: {e}") from None
-        t, p = _bytes(task), _bytes(params)
-        out = {
-            "task": t,
-            "params": p,
-            "pool": (cfg.train.num_train_tasks or 0) * t,
-            "meta_step": n * (t + p * (steps + 2)),
-            "eval": 2 * cfg.eval.num_tasks * t,
-        }
-        if isinstance(family, tasks.Mixture):
-            out["member"] = i
-        if worst is None or _total(out) > _total(worst):
-            worst = out
-    return worst
-
-
-def _total(est: Mapping[str, int]) -> int:
-    return est["pool"] + est["meta_step"] + est["eval"]
-
-
-def check_memory(cfg: RunConfig, limit: int | None = None, *, fraction: float = 0.8) -> dict[str, int]:
-    """Raise :class:`ResourceError` if :func:`estimate_memory` exceeds ``fraction`` of the
-    available memory (``limit`` bytes, default :func:`available_memory`); return the estimate."""
-    est = estimate_memory(cfg)
-    where = "given limit"
-    if limit is None:
-        limit, where = available_memory()
-    total = _total(est)
-    if total > fraction * limit:
-        worst = max(("pool", "meta_step", "eval"), key=est.get)
-        blame = {
-            "pool": f"train.num_train_tasks={cfg.train.num_train_tasks} x one task",
-            "meta_step": f"estimator.num_tasks x (one task + parameters per unrolled step)",
-            "eval": f"2 x eval.num_tasks={cfg.eval.num_tasks} x one task",
-        }[worst]
-        member = (
-            f"; worst member task.members[{est['member']}] ({cfg.task.kwargs['members'][est['member']].name}) "
-            f"at horizon {max(cfg.task.kwargs['horizons'])}"
-            if "member" in est else ""
-        )
-        raise ResourceError(
-            f"task: this config needs about {fmt_bytes(total)}{member} (one task {fmt_bytes(est['task'])}, "
-            f"its parameters {fmt_bytes(est['params'])}; largest term {worst}: {blame} = {fmt_bytes(est[worst])}), "
-            f"more than {fraction:.0%} of the {fmt_bytes(limit)} of {where}; reduce the task's sizes "
-            f"(e.g. task.num_samples) or the number of tasks"
-        )
-    return est
 
 
 # --------------------------------------------------------------------------------------

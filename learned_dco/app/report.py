@@ -186,7 +186,7 @@ def member_config(cfg: C.RunConfig, member: int | None) -> C.ComponentConfig:
         if member is not None:
             raise C.ConfigError(f"--member: only for a run meta-trained on a task mixture (this run's task is {cfg.task.name!r})")
         return cfg.task
-    members = cfg.task.kwargs["members"]
+    members = cfg.task.members
     if member is None:
         raise C.ConfigError(
             f"--member: this run was meta-trained on a mixture of {len(members)} task families; evaluate one "
@@ -199,7 +199,7 @@ def member_config(cfg: C.RunConfig, member: int | None) -> C.ComponentConfig:
 
 def member_dir(cfg: C.RunConfig, member: int) -> str:
     """``member<i>-<family name>``: where ``learned-dco eval`` writes a mixture member's results."""
-    return f"member{member}-{cfg.task.kwargs['members'][member].name}"
+    return f"member{member}-{cfg.task.members[member].name}"
 
 
 def plot_curves(results: dict[str, Any], path: str | Path) -> Path:

@@ -86,7 +86,8 @@ def training_pool(cfg: C.RunConfig, family):
 
 
 def build(cfg: C.RunConfig, *, check_memory: bool = True) -> Built:
-    """Build every object of ``cfg`` (sizes checked against memory first)."""
+    """The objects of ``cfg``: its parsed values, the meta-optimizer and the task pool
+    (sizes checked against memory first)."""
     if check_memory:
         C.check_memory(cfg)
     family = C.build_family(cfg)
@@ -261,12 +262,10 @@ def run(
     try:
         for k in range(start, num_steps):
             t0 = time.perf_counter()
-            drawn = trainer.draw(state) if getattr(trainer, "mixture", None) is not None else None
+            labels = trainer.stage(state).labels  # a task mixture: the member and horizon this step runs
             state, metrics = step(state)
             record = {name: _to_python(v) for name, v in metrics._asdict().items()}
-            record.update(step=k, seconds=time.perf_counter() - t0)
-            if drawn is not None:  # a task mixture: which member and horizon this step ran
-                record.update(member=drawn[0], horizon=drawn[1])
+            record.update(step=k, seconds=time.perf_counter() - t0, **labels)
             if metrics_file is not None:
                 metrics_file.write(dumps(record, indent=None) + "\n")
                 metrics_file.flush()
@@ -343,9 +342,10 @@ def train(
         step_cache=jax.config.jax_compilation_cache_dir or None,  # beside XLA's cache when one is on
         tensorboard=tensorboard,
     )
+    resolved = cfg.resolved()
     info = {
-        "optimizer": cfg.resolved().optimizer.to_dict(),
-        "task": cfg.resolved().task.to_dict(),
+        "optimizer": resolved.optimizer.to_dict(),
+        "task": resolved.task.to_dict(),
         "meta_step": int(state.step),
         "skipped_updates": int(state.skipped),
         "load": "learned_dco.app.runs.load_trained(run_dir) -> .lopt.opt_fn(.meta)",

@@ -85,7 +85,7 @@ def entry_key(fingerprint: str, leaves: list, treedef) -> str:
 
 def usable(trainer) -> bool:
     """One process, one device, no task mixture."""
-    return (getattr(trainer, "mixture", None) is None and jax.process_count() == 1
+    return (trainer.mixture is None and jax.process_count() == 1
             and trainer.mesh.devices.size == 1)
 
 

@@ -42,10 +42,11 @@ import jax
 import jax.numpy as jnp
 
 from learned_dco import validation
-from learned_dco.meta.estimators import Stateless, TaskEstimate, _Episodes
+from learned_dco.meta.estimators import Episodic, TaskEstimate
 from learned_dco.meta.inner import inner_loop
 from learned_dco.meta.starts import fresh_state
 from learned_dco.types import Array, MetaParams, PRNGKey, Task
+from learned_dco.validation import ValidationError
 
 UNROLL_LOSSES = ("mean_log", "mean")
 tree_map = jax.tree.map
@@ -103,7 +104,7 @@ def adapted_loss(lopt, family, meta, task, key, *, steps, lr, horizon, loss="mea
 
 
 @dataclasses.dataclass(frozen=True)
-class MetaAdaptation(Stateless):
+class MetaAdaptation(Episodic):
     """M-L2O's nested meta-adaptation as an estimator (``adapt_steps=0``: vanilla L2O).
 
     Attributes:
@@ -132,7 +133,7 @@ class MetaAdaptation(Stateless):
         validation.positive_int("MetaAdaptation", "adapt_steps", self.adapt_steps, allow_zero=True)
         validation.positive_number("MetaAdaptation", "adapt_lr", self.adapt_lr)
         if self.adapt_clip is not None and not self.adapt_clip > 0:
-            raise ValueError(f"MetaAdaptation.adapt_clip must be > 0 or None, got {self.adapt_clip!r}")
+            raise ValidationError(f"MetaAdaptation.adapt_clip must be > 0 or None, got {self.adapt_clip!r}", field="adapt_clip")
         validation.check_choice(self, "loss", UNROLL_LOSSES)
 
 
@@ -141,22 +142,16 @@ class MetaAdaptation(Stateless):
         return adapted_loss(lopt, family, meta, task, key, steps=self.adapt_steps, lr=self.adapt_lr,
                             horizon=self.horizon, loss=self.loss, clip=self.adapt_clip, first_order=self.first_order)
 
-    def bind(self, lopt, family, pool=None) -> "_AdaptationBound":
-        return _AdaptationBound(self, lopt, family, pool)
+    def starts(self, problem, meta, state, key):
+        """Fresh tasks (or a random subset of the pool) from the first half of ``key``."""
+        return super().starts(problem, meta, state, jax.random.split(key)[0])
 
-
-class _AdaptationBound(_Episodes):
-    """Per-task gradients of the adapted loss on fresh tasks (or a random subset of the pool)."""
-
-    def start(self, meta, state, key):
-        return super().start(meta, state, jax.random.split(key)[0])
-
-    def estimate(self, meta, starts, key):
-        est = self.estimator
-        keys = jax.random.split(jax.random.split(key)[1], est.num_tasks)
+    def per_task(self, problem, meta, starts, key):
+        """Per-task gradients of the adapted loss."""
+        keys = jax.random.split(jax.random.split(key)[1], self.num_tasks)
 
         def one(task, k):
-            value, grad = jax.value_and_grad(lambda m: est.task_loss(self.lopt, self.family, m, task, k))(meta)
+            value, grad = jax.value_and_grad(lambda m: self.task_loss(problem.lopt, problem.family, m, task, k))(meta)
             return TaskEstimate(grad, value, value)
 
         return jax.vmap(one)(starts.task, keys), ()

@@ -34,8 +34,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from learned_dco.meta.estimators import Stateless, TaskEstimate, _check_common, _Episodes
+from learned_dco.meta.estimators import Episodic, Problem, TaskEstimate, _check_common
 from learned_dco.meta.inner import InnerState, inner_loop
+from learned_dco.validation import ValidationError
 
 TARGETS = ("last", "optimum")
 
@@ -45,7 +46,7 @@ def _vdot(a, b):
 
 
 @dataclasses.dataclass(frozen=True)
-class RegretBound(Stateless):
+class RegretBound(Episodic):
     """Per-task gradients of the mirror-descent regret bound :math:`B_T` (module docstring)
     over ``horizon`` steps of ``num_tasks`` fresh tasks per meta-step (or tasks from a
     ``pool``, as in :class:`~learned_dco.meta.FullUnroll`). Plugs into
@@ -60,9 +61,9 @@ class RegretBound(Stateless):
     def __post_init__(self):
         _check_common(self)
         if self.target not in TARGETS:
-            raise ValueError(f"RegretBound.target must be one of {TARGETS}, got {self.target!r}")
+            raise ValidationError(f"RegretBound.target must be one of {TARGETS}, got {self.target!r}", field="target")
 
-    def bind(self, lopt, family, pool=None) -> "_RegretBound":
+    def bind(self, lopt, family, pool=None):
         if not callable(getattr(lopt, "divergence", None)):
             raise ValueError(
                 f"RegretBound needs a mirror-descent optimizer with divergence(meta, delta); "
@@ -70,29 +71,27 @@ class RegretBound(Stateless):
             )
         if getattr(lopt, "normalize", False):
             raise ValueError("RegretBound: the bound is stated for raw gradients; use normalize=False")
-        return _RegretBound(self, lopt, family, pool)
+        return super().bind(lopt, family, pool)
 
     def bound(self, lopt, family, meta, state: InnerState):
         """``(B_T, mean training loss)`` for one task from its starting state."""
-        return self.bind(lopt, family).bound(meta, state)
+        self.bind(lopt, family)  # the optimizer's checks
+        return self._bound(Problem(lopt, family), meta, state)
 
-
-class _RegretBound(_Episodes):
-    def bound(self, meta, state: InnerState):
-        """``(B_T, mean training loss)`` for one task from its starting state."""
-        est = self.estimator
+    def _bound(self, problem: Problem, meta, state: InnerState):
+        lopt, family = problem.lopt, problem.family
         record = lambda step: (-_vdot(step.grads, step.updates), step.loss)
-        end, (dual, losses) = inner_loop(self.lopt.opt_fn(meta), self.family, state, est.horizon, record=record)
-        target = end.params if est.target == "last" else self.family.optimum(state.task)
+        end, (dual, losses) = inner_loop(lopt.opt_fn(meta), family, state, self.horizon, record=record)
+        target = end.params if self.target == "last" else family.optimum(state.task)
         delta = jax.tree.map(lambda a, b: jax.lax.stop_gradient(a) - b, target, state.params)
-        value = (self.lopt.divergence(meta, delta) + 0.5 * jnp.sum(dual)) / est.horizon
+        value = (lopt.divergence(meta, delta) + 0.5 * jnp.sum(dual)) / self.horizon
         return value, jnp.mean(losses)
 
-    def estimate(self, meta, starts: InnerState, key=None):
+    def per_task(self, problem, meta, starts: InnerState, key=None):
         """Per-task gradients of :math:`B_T`; returns ``(TaskEstimate batch, ())``."""
 
         def one(s):
-            (value, train), grad = jax.value_and_grad(lambda m: self.bound(m, s), has_aux=True)(meta)
+            (value, train), grad = jax.value_and_grad(lambda m: self._bound(problem, m, s), has_aux=True)(meta)
             return TaskEstimate(grad, value, train)
 
         return jax.vmap(one)(starts), ()

@@ -37,6 +37,7 @@ from typing import Union
 import jax.numpy as jnp
 
 from learned_dco.types import Array, Params, Task
+from learned_dco.validation import ValidationError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +83,7 @@ class MeanTrain:
 
     def __post_init__(self):
         if not isinstance(self.fresh_batch, bool):
-            raise ValueError(f"MeanTrain.fresh_batch must be a bool, got {self.fresh_batch!r}")
+            raise ValidationError(f"MeanTrain.fresh_batch must be a bool, got {self.fresh_batch!r}", field="fresh_batch")
 
     def step_term(self, family, step, horizon: int) -> Array:
         """This step's term from an :class:`learned_dco.meta.inner.Step`."""
@@ -104,7 +105,7 @@ class MeanLogTrain:
 
     def __post_init__(self):
         if not isinstance(self.fresh_batch, bool):
-            raise ValueError(f"MeanLogTrain.fresh_batch must be a bool, got {self.fresh_batch!r}")
+            raise ValidationError(f"MeanLogTrain.fresh_batch must be a bool, got {self.fresh_batch!r}", field="fresh_batch")
         if not (0 < self.floor < self.ceiling < float("inf")):
             raise ValueError(f"MeanLogTrain needs 0 < floor < ceiling < inf, got {self.floor!r}, {self.ceiling!r}")
 

@@ -41,7 +41,7 @@ def stagger_mode(owner: str, stagger) -> str:
         return "none"
     if stagger in STAGGERS:
         return stagger
-    raise ValidationError(f"{owner}.stagger: expected true, false or one of {list(STAGGERS)}, got {stagger!r}")
+    raise ValidationError(f"{owner}.stagger: expected true, false or one of {list(STAGGERS)}, got {stagger!r}", field="stagger")
 
 
 def initial_states(lopt, family, meta, key, num_tasks: int, *, pool=None, horizon: int = 1,
@@ -73,6 +73,18 @@ def initial_states(lopt, family, meta, key, num_tasks: int, *, pool=None, horizo
     return jax.vmap(one)(jax.random.split(key, num_tasks))
 
 
+def check_pool_size(num_tasks: int, pool_size: int, *, what: str = "a full unroll",
+                    pool_name: str = "the task pool size") -> None:
+    """Whole-episode starts from a pool draw ``num_tasks`` *distinct* pool tasks per
+    meta-step (:func:`episode_starts`): a ``ValidationError`` (field ``num_tasks``) when the
+    pool holds fewer."""
+    if num_tasks > pool_size:
+        raise ValidationError(
+            f"{what} draws {num_tasks} distinct tasks per meta-step from the pool, but {pool_name} is {pool_size}",
+                field="num_tasks",
+            )
+
+
 def episode_starts(lopt, family, meta, key, num_tasks: int, *, pool=None, init_seed: int = 0,
                    owner: str = "estimator") -> InnerState:
     """The starting states of one meta-step's whole-episode tasks.
@@ -85,8 +97,7 @@ def episode_starts(lopt, family, meta, key, num_tasks: int, *, pool=None, init_s
     if pool is None:
         return initial_states(lopt, family, meta, key, num_tasks)
     n = jax.tree.leaves(pool)[0].shape[0]
-    if num_tasks > n:
-        raise ValueError(f"{owner}.num_tasks ({num_tasks}) exceeds the task pool size ({n})")
+    check_pool_size(num_tasks, n, what=owner)
     index = jnp.arange(n) if num_tasks == n else jax.random.permutation(key, n)[:num_tasks]
     chosen = jax.tree.map(lambda x: x[index], pool)
     base = jax.random.PRNGKey(init_seed)

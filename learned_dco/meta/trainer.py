@@ -18,21 +18,17 @@ step ``k`` continues exactly as the uninterrupted run would (:func:`learned_dco.
 :meth:`MetaTrainer.train` is the same loop as a pure ``lax.scan``, so a grid of seeds can
 be meta-trained in one ``jax.vmap``-ed call.
 
-Task mixtures (:class:`learned_dco.tasks.Mixture`): when ``family`` is a
-mixture, meta-step ``k`` draws a member and an inner horizon :math:`T` on the host from
-``fold_in(key, k)`` and runs that member's compiled meta-step (one program per
-``(member, T)``, built on first use and reused after: :class:`~learned_dco.tasks.CompiledPerFamily`).
-Members have different parameter shapes, so nothing per task persists between meta-steps:
-each meta-step runs whole episodes of fresh tasks of length ``T`` -- ``FullUnroll`` with
-``horizon = T``, or ``ES`` with ``horizon = truncation = T`` (full-episode antithetic ES,
-no staggering). A *horizon-aware* learned optimizer (one with a ``num_steps`` field, e.g.
-:class:`learned_dco.optimizers.ScheduledAdam`) is told each episode's ``T``. The
-meta-parameters must not depend on the model's shapes (checked on every member).
+What a meta-step trains on comes from a :class:`~learned_dco.meta.schedule.Schedule`:
+with one task family every meta-step has the same stage and one compiled program; with a
+task mixture (:class:`learned_dco.tasks.Mixture`) meta-step ``k`` draws a member and an
+inner horizon :math:`T` on the host and runs that stage's compiled program (one program
+per ``(member, T)``, built on first use and reused after). Every leaf of the estimator's
+state and of a meta-step's starting states carries the task axis first; that axis is the
+one sharded.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any, Callable, NamedTuple
 
@@ -43,9 +39,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from learned_dco.optimizers.base import global_norm
-from learned_dco.meta.estimators import ES, FullUnroll, TaskEstimate
+from learned_dco.meta.estimators import TaskEstimate
+from learned_dco.meta.schedule import Schedule, Stage
 from learned_dco.meta.starts import sample_task
-from learned_dco.tasks.mixture import CompiledPerFamily, Mixture
 from learned_dco.validation import ValidationError
 from learned_dco.types import Array, MetaParams, PRNGKey, Task
 
@@ -112,7 +108,7 @@ class MetaTrainer:
 
     Args:
       lopt: a learned optimizer (``init(key, params)``, ``opt_fn(meta)``).
-      family: a task family (``learned_dco.tasks``).
+      family: a task family (``learned_dco.tasks``), or a :class:`~learned_dco.tasks.Mixture`.
       estimator: ``FullUnroll``, ``TruncatedBPTT``, ``ES`` or ``PES``.
       meta_optimizer: an optax transformation for the meta-parameters (default
         :func:`rmsprop_pytorch`).
@@ -141,118 +137,67 @@ class MetaTrainer:
                 f"num_tasks ({estimator.num_tasks}) must be a multiple of the number of devices "
                 f"({len(devices)}) to shard the task batch"
             )
-        self.mixture = family if isinstance(family, Mixture) else None
-        if self.mixture is not None:
-            self._check_mixture()
-            self._member_steps = CompiledPerFamily(self.mixture, self._member_program)
+        self.schedule = Schedule(lopt, family, estimator)
+        self.schedule.check_pool(pool)
         self.mesh = Mesh(np.array(devices), ("tasks",))
         self._task_sharding = NamedSharding(self.mesh, PartitionSpec("tasks"))
         self._replicated = NamedSharding(self.mesh, PartitionSpec())
         if pool is not None:
             self.pool = jax.device_put(pool, self._replicated)
-        self._step = jax.jit(self._meta_step)
+        self._programs: dict[tuple[int, int | None], Callable] = {}
+        self._step = self.program(self.schedule.initial)
         self._init = jax.jit(self._init_state)
+
+    @property
+    def mixture(self):
+        """The task mixture trained on, or ``None``."""
+        return self.schedule.mixture
 
     # --- sharding -------------------------------------------------------------------------
     def _constrain(self, tree):
-        """Shard every per-task array along its leading (task) axis."""
-        def one(x):
-            if jnp.ndim(x) >= 1 and x.shape[0] == self.estimator.num_tasks:
-                return jax.lax.with_sharding_constraint(x, self._task_sharding)
-            return x
-
-        return tree_map(one, tree)
+        """Shard every leaf of a per-task tree (the estimator's state, a meta-step's
+        starts) along its leading task axis."""
+        return tree_map(lambda x: jax.lax.with_sharding_constraint(x, self._task_sharding) if jnp.ndim(x) else x, tree)
 
     def _state_shardings(self, state: TrainState) -> TrainState:
-        """Where each leaf of a training state lives: per-task estimator arrays split along
-        the task axis, everything else replicated. ``init`` places states there and every
-        meta-step's output is constrained there, so the jitted step sees the same input
-        shardings on every call and compiles once."""
-        def est(x):
-            per_task = jnp.ndim(x) >= 1 and x.shape[0] == self.estimator.num_tasks
-            return self._task_sharding if per_task else self._replicated
-
+        """Where each leaf of a training state lives: the estimator's per-task state split
+        along the task axis, everything else replicated. ``init`` places states there and
+        every meta-step's output is constrained there, so the jitted step sees the same
+        input shardings on every call and compiles once."""
+        per_task = lambda x: self._task_sharding if jnp.ndim(x) else self._replicated  # noqa: E731
         replicated = tree_map(lambda _: self._replicated, state._replace(estimator_state=()))
-        return replicated._replace(estimator_state=tree_map(est, state.estimator_state))
+        return replicated._replace(estimator_state=tree_map(per_task, state.estimator_state))
 
     # --- state ------------------------------------------------------------------------------
     def example_params(self, key: PRNGKey, family=None):
         """Parameters of one task (shapes the learned optimizer's meta-parameters); for a
         mixture, of its first member unless ``family`` is given."""
         if family is None:
-            family = self.mixture.members[0] if self.mixture is not None else self.family
+            family = self.schedule.families[0]
         k_task, k_init = jax.random.split(key)
         task = sample_task(family, self.pool, k_task)
         return family.init_params(k_init, task)
 
-    def _bind(self, pool, member=None):
-        """The estimator bound to this trainer's optimizer and family, with ``pool`` (a
-        traced argument of the compiled step, so the pool is not baked into the program).
-        ``member = (family, estimator, lopt)`` replaces all three (a mixture's member)."""
-        family, estimator, lopt = member if member is not None else (self.family, self.estimator, self.lopt)
-        return estimator.bind(lopt, family, pool)
+    def stage(self, state: TrainState) -> Stage:
+        """The stage (member, horizon and the problem there) of ``state``'s next meta-step."""
+        return self.schedule.at(state.key, state.step)
 
-    def _estimate(self, meta, est_state, key, pool, member=None):
-        """Per-task estimates, with the per-task starting states sharded over devices."""
-        bound = self._bind(pool, member)
-        if member is not None:  # a mixture: fresh whole episodes every meta-step
-            est_state = bound.init(meta, jax.random.fold_in(key, 1))
-        starts = self._constrain(bound.start(meta, est_state, key))
-        return bound.estimate(meta, starts, key)
-
-    # --- task mixtures ----------------------------------------------------------------------
-    def _check_mixture(self) -> None:
-        if self.pool is not None:
-            raise ValidationError("MetaTrainer: a task mixture samples fresh tasks; pool must be None")
-        if not isinstance(self.estimator, (FullUnroll, ES)):
-            raise ValidationError(
-                f"MetaTrainer: a task mixture needs whole-episode estimates (FullUnroll or ES), got "
-                f"{type(self.estimator).__name__}: members have different shapes, so no per-task state "
-                "can persist between meta-steps"
-            )
-        key = jax.random.PRNGKey(0)
-        shapes = [
-            jax.tree.map(jnp.shape, jax.eval_shape(
-                lambda k, f=member: self.lopt.init(k, self.example_params(k, f)), key))
-            for member in self.mixture.members
-        ]
-        for name, shape in zip(self.mixture.names[1:], shapes[1:]):
-            if shape != shapes[0]:
-                raise ValidationError(
-                    f"MetaTrainer: {type(self.lopt).__name__}'s meta-parameters depend on the model's shapes "
-                    f"(member {name} gives {shape}, member {self.mixture.names[0]} gives {shapes[0]}); "
-                    "a task mixture needs an optimizer that applies to any parameter pytree"
-                )
+    def draw(self, state: TrainState) -> tuple[int, int | None]:
+        """``(member index, horizon)`` of ``state``'s next meta-step (a function of the
+        base key and the step only, so a resumed run draws the same)."""
+        return self.schedule.draw(state.key, state.step)
 
     def member(self, index: int, horizon: int):
         """``(family, estimator, lopt)`` of a mixture's member ``index`` at inner horizon
-        ``horizon``: the estimator unrolls whole episodes of ``horizon`` steps, and a
-        horizon-aware optimizer (a ``num_steps`` field) is told ``horizon``."""
-        family = self.mixture.members[index]
-        est = self.estimator
-        if isinstance(est, ES):
-            est = dataclasses.replace(est, horizon=horizon, truncation=horizon, stagger=False)
-        else:
-            est = dataclasses.replace(est, horizon=horizon)
-        lopt = self.lopt
-        if "num_steps" in {f.name for f in dataclasses.fields(lopt)}:
-            lopt = dataclasses.replace(lopt, num_steps=horizon)
-        return family, est, lopt
-
-    def _member_program(self, family, horizon: int):
-        index = self.mixture.members.index(family)
-        return functools.partial(self._meta_step, member=self.member(index, horizon))
-
-    def draw(self, state: TrainState) -> tuple[int, int]:
-        """``(member index, horizon)`` of the mixture for ``state``'s next meta-step (a
-        function of the base key and the step only, so a resumed run draws the same)."""
-        key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), 0x6D6978)
-        return self.mixture.draw(key)
+        ``horizon``."""
+        stage = self.schedule.stage(index, horizon)
+        return stage.family, stage.estimator, stage.lopt
 
     def _init_state(self, key: PRNGKey, pool) -> TrainState:
         k_params, k_meta, k_est, k_run = jax.random.split(key, 4)
         meta = self.lopt.init(k_meta, self.example_params(k_params))
-        est_state = () if self.mixture is not None else self._bind(pool).init(meta, k_est)
+        stage = self.schedule.initial
+        est_state = () if stage.fresh else stage.bind(pool).init(meta, k_est)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             meta=meta,
@@ -271,19 +216,28 @@ class MetaTrainer:
         return jax.device_put(state, self._state_shardings(state))
 
     # --- one meta-step ----------------------------------------------------------------------
-    def _meta_step(self, state: TrainState, pool, member=None) -> tuple[TrainState, Metrics]:
+    def _estimate(self, stage: Stage, meta, est_state, key, pool):
+        """Per-task estimates, with the per-task starting states sharded over devices; a
+        fresh stage starts its estimator's state afresh."""
+        bound = stage.bind(pool)
+        if stage.fresh:
+            est_state = bound.init(meta, jax.random.fold_in(key, 1))
+        starts = self._constrain(bound.start(meta, est_state, key))
+        est, est_state = bound.estimate(meta, starts, key)
+        return est, (() if stage.fresh else est_state)
+
+    def _meta_step(self, state: TrainState, pool, stage: Stage | None = None) -> tuple[TrainState, Metrics]:
+        stage = self.schedule.initial if stage is None else stage
         key = jax.random.fold_in(state.key, state.step)
         k_est, k_reset = jax.random.split(key)
-        est, est_state = self._estimate(state.meta, state.estimator_state, k_est, pool, member)
-        if member is not None:
-            est_state = ()
+        est, est_state = self._estimate(stage, state.meta, state.estimator_state, k_est, pool)
         avg = finite_average(est)
         ok, n_ok, grad = avg.ok, avg.n_ok, avg.grad
 
         # Restart the persistent inner states of tasks that went non-finite.
         if jax.tree.leaves(est_state):
             def restart(s):
-                fresh = self._constrain(self._bind(pool).init(state.meta, k_reset))
+                fresh = self._constrain(stage.bind(pool).init(state.meta, k_reset))
                 return tree_map(lambda a, b: jnp.where(_task_mask(a, ok), a, b), s, fresh)
 
             est_state = jax.lax.cond(jnp.all(ok), lambda s: s, restart, est_state)
@@ -305,20 +259,25 @@ class MetaTrainer:
         metrics = Metrics(avg.meta_loss, avg.train_loss, grad_norm, (ok.size - n_ok).astype(jnp.int32), ~good)
         return new_state, metrics
 
+    def program(self, stage: Stage) -> Callable:
+        """The jitted meta-step of ``stage`` (built on first use, then reused)."""
+        key = (stage.index, stage.horizon)
+        if key not in self._programs:
+            self._programs[key] = jax.jit(functools.partial(self._meta_step, stage=stage))
+        return self._programs[key]
+
     def step(self, state: TrainState) -> tuple[TrainState, Metrics]:
-        """One jitted meta-step (for a mixture: of the member and horizon :meth:`draw` picks)."""
-        if self.mixture is not None:
-            return self._member_steps(*self.draw(state))(state, self.pool)
-        return self._step(state, self.pool)
+        """One jitted meta-step, of the stage :meth:`stage` gives."""
+        return self.program(self.stage(state))(state, self.pool)
 
     def meta_gradient(self, state: TrainState) -> MetaParams:
         """The averaged meta-gradient the next step would apply (for tests and analysis):
         the mean over the tasks whose estimate is finite, as in the step."""
-        member = self.member(*self.draw(state)) if self.mixture is not None else None
+        stage = self.stage(state)
 
         def grad_of(state, pool):
             key = jax.random.fold_in(state.key, state.step)
-            est, _ = self._estimate(state.meta, state.estimator_state, jax.random.split(key)[0], pool, member)
+            est, _ = self._estimate(stage, state.meta, state.estimator_state, jax.random.split(key)[0], pool)
             return finite_average(est).grad
 
         return jax.jit(grad_of)(state, self.pool)
@@ -344,7 +303,8 @@ class MetaTrainer:
         if self.mixture is not None:
             raise ValidationError(
                 "MetaTrainer.train: a task mixture picks a compiled program per meta-step on the host; "
-                "loop over MetaTrainer.step instead (learned_dco.app.runs.run does)"
+                "loop over MetaTrainer.step instead (learned_dco.app.runs.run does)",
+                field="train",
             )
         return self._train_jit(key, self.pool, meta, num_steps=num_steps, record=record)
 

@@ -45,7 +45,7 @@ from learned_dco import qp
 from learned_dco.optimizers.base import broadcast_like, plain, ravel_size
 from learned_dco.optimizers.general import GeneralDCOState, StepQP, general_dco
 from learned_dco.types import Array, MetaParams, Params, PRNGKey, PyTree
-from learned_dco.validation import check_values
+from learned_dco.validation import ValidationError, check_values
 
 tree_map = jax.tree.map
 
@@ -275,7 +275,7 @@ def resolve_solver(owner: str, solver: qp.SolverLike, tol: float | None, maxiter
     try:
         value = qp.as_solver(solver)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{owner}.solver: {err}") from None
+        raise ValidationError(f"{owner}.solver: {err}", field="solver") from None
     shorthand = {k: v for k, v in (("tol", tol), ("maxiter", maxiter)) if v is not None}
     for key, v in shorthand.items():
         given = getattr(value, key, None)
@@ -318,9 +318,9 @@ class _DCOOptions:
     def __post_init__(self):
         name = type(self).__name__
         if not self.learning_rate > 0:
-            raise ValueError(f"{name}.learning_rate must be > 0, got {self.learning_rate!r}")
+            raise ValidationError(f"{name}.learning_rate must be > 0, got {self.learning_rate!r}", field="learning_rate")
         if not self.init_radius > 0:
-            raise ValueError(f"{name}.init_radius must be > 0, got {self.init_radius!r}")
+            raise ValidationError(f"{name}.init_radius must be > 0, got {self.init_radius!r}", field="init_radius")
         solver = resolve_solver(
             name, self.solver, self.tol, self.maxiter,
             ("box",) if self.trust_region else (), "trust_region=True (a box per step)",
@@ -385,7 +385,7 @@ class DCOM(_DCOOptions):
     def __post_init__(self):
         super().__post_init__()
         if not 0 <= self.momentum < 1:
-            raise ValueError(f"DCOM.momentum must be in [0, 1), got {self.momentum!r}")
+            raise ValidationError(f"DCOM.momentum must be in [0, 1), got {self.momentum!r}", field="momentum")
 
     def init(self, key: PRNGKey, params: Params) -> MetaParams:
         del key

@@ -25,6 +25,7 @@ from jax.flatten_util import ravel_pytree
 from learned_dco import qp
 from learned_dco.optimizers.base import check_grads, finish, normalize_gradient, plain
 from learned_dco.types import Array, PyTree
+from learned_dco.validation import ValidationError
 
 tree_map = jax.tree.map
 
@@ -168,7 +169,7 @@ class LearnedDCO:
         try:
             solver = qp.as_solver(self.solver)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"LearnedDCO.solver: {err}") from None
+            raise ValidationError(f"LearnedDCO.solver: {err}", field="solver") from None
         object.__setattr__(self, "solver", solver)
         object.__setattr__(self, "constraints", tuple(self.constraints))
         if self.constraints:

@@ -52,6 +52,7 @@ from learned_dco.optimizers.dco import LOG_CLIP, resolve_solver
 from learned_dco.optimizers.general import GeneralDCOState, StepQP, general_dco
 from learned_dco.types import Array, MetaParams, Params, PRNGKey, PyTree
 from learned_dco.validation import check_values, is_concrete
+from learned_dco.validation import ValidationError
 
 tree_map = jax.tree.map
 
@@ -279,7 +280,7 @@ class MetaMD:
 
     def __post_init__(self):
         if not self.learning_rate > 0:
-            raise ValueError(f"MetaMD.learning_rate must be > 0, got {self.learning_rate!r}")
+            raise ValidationError(f"MetaMD.learning_rate must be > 0, got {self.learning_rate!r}", field="learning_rate")
         object.__setattr__(self, "solver", resolve_solver("MetaMD", self.solver, self.tol, self.maxiter))
 
     def init(self, key: PRNGKey, params: Params) -> MetaParams:

@@ -86,9 +86,9 @@ def check_num_steps(owner: str, num_steps: Any) -> None:
     if isinstance(num_steps, (jax.Array, np.ndarray, np.generic)) and not isinstance(num_steps, bool):
         dtype = jnp.result_type(num_steps)
         if jnp.ndim(num_steps) != 0 or not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
-            raise ValidationError(f"{owner}.num_steps must be a scalar (got shape {jnp.shape(num_steps)}, dtype {dtype})")
+            raise ValidationError(f"{owner}.num_steps must be a scalar (got shape {jnp.shape(num_steps)}, dtype {dtype})", field="num_steps")
         if is_concrete(num_steps) and not float(num_steps) >= 1:
-            raise ValidationError(f"{owner}.num_steps must be >= 1, got {num_steps!r}")
+            raise ValidationError(f"{owner}.num_steps must be >= 1, got {num_steps!r}", field="num_steps")
         return
     positive_int(owner, "num_steps", num_steps)
 
@@ -179,12 +179,16 @@ class _Scheduled:
         check_num_steps(name, self.num_steps)
         positive_int(name, "knots", self.knots)
         if self.knots < 2:
-            raise ValidationError(f"{name}.knots must be >= 2 (a schedule needs two ends), got {self.knots}")
+            raise ValidationError(f"{name}.knots must be >= 2 (a schedule needs two ends), got {self.knots}", field="knots")
         for field in ("b1", "b2"):
             value = getattr(self, field)
             if not (isinstance(value, (int, float)) and 0.0 < value < 1.0):
                 raise ValidationError(f"{name}.{field} must be in (0, 1), got {value!r}")
         check_positive(self, "eps")
+
+    def with_horizon(self, horizon: int):
+        """The same optimizer told a run of ``horizon`` steps (``num_steps``)."""
+        return dataclasses.replace(self, num_steps=horizon)
 
     def _meta(self, params: Params, log_lr0: float) -> MetaParams:
         dtype = _dtype(params)

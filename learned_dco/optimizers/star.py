@@ -95,6 +95,7 @@ from learned_dco import validation
 from learned_dco.optimizers import features as F
 from learned_dco.optimizers.base import check_grads, finish, plain, safe_sqrt
 from learned_dco.types import Array, MetaParams, Params, PRNGKey
+from learned_dco.validation import ValidationError
 
 tree_map = jax.tree.map
 
@@ -336,7 +337,7 @@ class _AdafacMLPOptimizer:
         name = type(self).__name__
         sizes = self.hidden_sizes
         if not (isinstance(sizes, tuple) and sizes and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes)):
-            raise ValueError(f"{name}.hidden_sizes must be a non-empty tuple of positive ints, got {sizes!r}")
+            raise ValidationError(f"{name}.hidden_sizes must be a non-empty tuple of positive ints, got {sizes!r}", field="hidden_sizes")
         for field in ("momentum_decays", "adafactor_decays"):
             if not _is_decay_tuple(getattr(self, field)):
                 raise ValueError(f"{name}.{field} must be a non-empty tuple of numbers in (0, 1), got {getattr(self, field)!r}")
@@ -349,7 +350,7 @@ class _AdafacMLPOptimizer:
         validation.check_positive(self, "magnitude_scale", allow_zero=True)
         validation.check_positive(self, "feature_eps")
         if not (isinstance(self.fuse_features, bool) or self.fuse_features == "auto"):
-            raise ValueError(f"{name}.fuse_features must be True, False or 'auto', got {self.fuse_features!r}")
+            raise ValidationError(f"{name}.fuse_features must be True, False or 'auto', got {self.fuse_features!r}", field="fuse_features")
         if self.max_consecutive_nonfinite is not None:
             validation.positive_int(name, "max_consecutive_nonfinite", self.max_consecutive_nonfinite, allow_zero=True)
 

@@ -79,7 +79,7 @@ class _Classification(TaskFamilyBase):
         if not self.binary:
             positive_int(self.name, "num_classes", self.num_classes)
         if self.n_val >= self.total_examples:
-            raise ValidationError(f"{self.name}.n_val must be < {self.total_examples}, got {self.n_val}")
+            raise ValidationError(f"{self.name}.n_val must be < {self.total_examples}, got {self.n_val}", field="n_val")
 
     # --- data -----------------------------------------------------------------------------
     @property

@@ -42,6 +42,7 @@ from learned_dco import qp
 from learned_dco.tasks.base import TaskFamilyBase
 from learned_dco.types import Array, Batch, Params, PRNGKey
 from learned_dco.validation import check_fields
+from learned_dco.validation import ValidationError
 
 
 # ------------------------------------------------------------------------------------------
@@ -149,7 +150,7 @@ class _Regression(ConstrainedBase):
         check_fields(self, integer=("num_samples", "dim", "active"), positive=("num_samples", "dim", "active"),
                      nonnegative=("noise", "signal"))
         if self.active > self.dim:
-            raise ValueError(f"{type(self).__name__}.active must be <= dim (= {self.dim}), got {self.active}")
+            raise ValidationError(f"{type(self).__name__}.active must be <= dim (= {self.dim}), got {self.active}", field="active")
 
     _simplex = False
 

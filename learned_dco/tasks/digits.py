@@ -92,7 +92,8 @@ class _DigitsBase(TaskFamilyBase):
         if self.n_val > max_val:
             raise ValidationError(
                 f"{self.name}.n_val must leave at least {NUM_EXAMPLES - max_val} training "
-                f"examples (n_val <= {max_val}), got {self.n_val}"
+                f"examples (n_val <= {max_val}), got {self.n_val}",
+                field="n_val",
             )
         if self.split_seed is not None:
             check_fields(self, integer=("split_seed",), nonnegative=("split_seed",))
@@ -220,7 +221,8 @@ class DigitsConvNet(_DigitsBase):
         if len(self.strides) != len(self.channels):
             raise ValidationError(
                 f"DigitsConvNet.strides must have one entry per conv layer "
-                f"({len(self.channels)}), got {self.strides!r}"
+                f"({len(self.channels)}), got {self.strides!r}",
+                field="strides",
             )
         nets.check_activation(self)
         check_choice(self, "pooling", ("mean", "flatten"))

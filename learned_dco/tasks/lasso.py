@@ -133,9 +133,9 @@ class Lasso(TaskFamilyBase):
             nonnegative=("lam", "noise_std", "init_scale"),
         )
         if not 0.0 <= self.sparsity <= 1.0:
-            raise ValidationError(f"Lasso.sparsity must lie in [0, 1], got {self.sparsity!r}")
+            raise ValidationError(f"Lasso.sparsity must lie in [0, 1], got {self.sparsity!r}", field="sparsity")
         if not math.isfinite(self.shift):
-            raise ValidationError(f"Lasso.shift must be finite, got {self.shift!r}")
+            raise ValidationError(f"Lasso.shift must be finite, got {self.shift!r}", field="shift")
 
     def sample(self, key: PRNGKey) -> LassoTask:
         ka, km, kz, kn = jax.random.split(key, 4)

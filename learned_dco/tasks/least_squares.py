@@ -154,13 +154,15 @@ class ShiftedLeastSquares(TaskFamilyBase):
         if self.num_samples < self.dim:
             raise ValidationError(
                 f"ShiftedLeastSquares.num_samples must be >= dim (= {self.dim}) so that X^T X "
-                f"is invertible, got {self.num_samples}"
+                f"is invertible, got {self.num_samples}",
+                field="num_samples",
             )
         X, _ = self._design
         if np.linalg.cond(X) > 1e6:  # practically never for Gaussian X with n >= p
             raise ValidationError(
                 f"ShiftedLeastSquares.data_seed={self.data_seed} gives an ill-conditioned X; "
-                "pick another seed"
+                "pick another seed",
+                field="data_seed",
             )
 
     # --- the shared design (NumPy float64, computed once per family) ------------------

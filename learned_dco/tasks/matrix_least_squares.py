@@ -79,7 +79,7 @@ class MatrixLeastSquares(TaskFamilyBase):
             nonnegative=("noise_std", "init_scale", "data_seed"),
         )
         if not (math.isfinite(self.condition) and self.condition >= 1):
-            raise ValidationError(f"MatrixLeastSquares.condition must be a finite number >= 1, got {self.condition!r}")
+            raise ValidationError(f"MatrixLeastSquares.condition must be a finite number >= 1, got {self.condition!r}", field="condition")
 
     @functools.cached_property
     def _sqrt_covariance(self) -> np.ndarray:

@@ -53,21 +53,22 @@ class Mixture:
     def __post_init__(self):
         members = tuple(self.members)
         if not members:
-            raise ValidationError("Mixture.members must hold at least one task family")
+            raise ValidationError("Mixture.members must hold at least one task family", field="members")
         for i, member in enumerate(members):
             if not isinstance(member, TaskFamily):
-                raise ValidationError(f"Mixture.members[{i}] is not a task family: {member!r}")
+                raise ValidationError(f"Mixture.members[{i}] is not a task family: {member!r}", field="members")
             hash(member)  # families are static jit arguments
         object.__setattr__(self, "members", members)
         horizons = tuple(positive_int("Mixture", "horizons[]", h) for h in self.horizons)
         if not horizons:
-            raise ValidationError("Mixture.horizons must hold at least one horizon")
+            raise ValidationError("Mixture.horizons must hold at least one horizon", field="horizons")
         object.__setattr__(self, "horizons", horizons)
         if self.weights is not None:
             w = tuple(float(x) for x in self.weights)
             if len(w) != len(members) or not all(np.isfinite(x) and x >= 0 for x in w) or sum(w) <= 0:
                 raise ValidationError(
-                    f"Mixture.weights must be {len(members)} finite numbers >= 0 with a positive sum, got {self.weights!r}"
+                    f"Mixture.weights must be {len(members)} finite numbers >= 0 with a positive sum, got {self.weights!r}",
+                    field="weights",
                 )
             object.__setattr__(self, "weights", w)
 

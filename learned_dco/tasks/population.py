@@ -86,7 +86,7 @@ class BevertonHolt(MLPRegression):
         check_range(self, "r0_range", lower=0.0)
         check_range(self, "k_range", lower=0.0)
         if not self.k_range[0] > 0:
-            raise ValidationError(f"BevertonHolt.k_range must be > 0 (K divides), got {self.k_range!r}")
+            raise ValidationError(f"BevertonHolt.k_range must be > 0 (K divides), got {self.k_range!r}", field="k_range")
         check_range(self, "n_range", lower=0.0)
         self._check_network()
 

@@ -128,13 +128,13 @@ class NoisyQuadratic(_NoisyQuadraticBase):
         try:
             h = np.asarray(self.hessian, dtype=np.float64)
         except (TypeError, ValueError):
-            raise ValidationError(f"NoisyQuadratic.hessian must be a square matrix, got {self.hessian!r}") from None
+            raise ValidationError(f"NoisyQuadratic.hessian must be a square matrix, got {self.hessian!r}", field="hessian") from None
         if h.ndim != 2 or h.shape[0] != h.shape[1] or h.shape[0] == 0:
-            raise ValidationError(f"NoisyQuadratic.hessian must be a square matrix, got shape {h.shape}")
+            raise ValidationError(f"NoisyQuadratic.hessian must be a square matrix, got shape {h.shape}", field="hessian")
         if not np.allclose(h, h.T):
-            raise ValidationError("NoisyQuadratic.hessian must be symmetric")
+            raise ValidationError("NoisyQuadratic.hessian must be symmetric", field="hessian")
         if np.linalg.eigvalsh(h).min() < -1e-12:
-            raise ValidationError("NoisyQuadratic.hessian must be positive semi-definite")
+            raise ValidationError("NoisyQuadratic.hessian must be positive semi-definite", field="hessian")
         object.__setattr__(self, "hessian", tuple(tuple(float(v) for v in row) for row in h))
 
     @classmethod
@@ -200,7 +200,8 @@ class SpectralNoisyQuadratic(_NoisyQuadraticBase):
         check_choice(self, "spectrum", ("power", "logspace", "loguniform"))
         if self.eig_min > self.eig_max:
             raise ValidationError(
-                f"SpectralNoisyQuadratic.eig_min must be <= eig_max, got {self.eig_min} > {self.eig_max}"
+                f"SpectralNoisyQuadratic.eig_min must be <= eig_max, got {self.eig_min} > {self.eig_max}",
+                field="eig_min",
             )
 
     def eigenvalues(self, key: PRNGKey | None = None) -> Array:
@@ -270,7 +271,7 @@ class Quadratic(TaskFamilyBase):
     def __post_init__(self):
         check_fields(self, integer=("dim",), positive=("dim",), nonnegative=("init_scale",))
         if not math.isfinite(self.shift):
-            raise ValidationError(f"Quadratic.shift must be finite, got {self.shift!r}")
+            raise ValidationError(f"Quadratic.shift must be finite, got {self.shift!r}", field="shift")
 
     def sample(self, key: PRNGKey) -> QuadraticTask:
         kw, ky = jax.random.split(key)

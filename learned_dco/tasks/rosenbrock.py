@@ -60,9 +60,9 @@ class Rosenbrock(TaskFamilyBase):
     def __post_init__(self):
         check_fields(self, integer=("dim",), positive=("curvature",), nonnegative=("init_std",))
         if self.dim < 2:
-            raise ValidationError(f"Rosenbrock.dim must be >= 2, got {self.dim}")
+            raise ValidationError(f"Rosenbrock.dim must be >= 2, got {self.dim}", field="dim")
         if not math.isfinite(self.shift):
-            raise ValidationError(f"Rosenbrock.shift must be finite, got {self.shift!r}")
+            raise ValidationError(f"Rosenbrock.shift must be finite, got {self.shift!r}", field="shift")
 
     def sample(self, key: PRNGKey) -> RosenbrockTask:
         return RosenbrockTask(self.shift + self.init_std * jax.random.normal(key, (self.dim,)))
