@@ -13,7 +13,7 @@ import pytest
 
 from learned_dco import tasks
 from learned_dco.studies import STUDIES, VERDICTS, Claim, validate_results
-from learned_dco.studies.dco_experiments import GRID, Experiment
+from learned_dco.studies.dco.experiments import GRID, Experiment
 
 TINY = {
     "dco": dict(experiments=[Experiment("least_squares", tasks.LeastSquares(num_samples=12, dim=6), num_train=6,
@@ -144,7 +144,7 @@ def test_dco_quick_least_squares(tmp_path):
     """The quick mode's least-squares experiment (50/50 tasks) with both protocols, eqqp and
     the direct parameterisation (docs/studies/dco.md)."""
     from learned_dco.studies import dco
-    from learned_dco.studies.dco_experiments import paper_experiments
+    from learned_dco.studies.dco.experiments import paper_experiments
 
     results = dco.run(tmp_path, quick=True, seed=0, experiments=paper_experiments(True)[:1], log=lambda *_: None)
     verdict = {c["id"]: c["verdict"] for c in results["claims"]}

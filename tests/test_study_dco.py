@@ -16,8 +16,8 @@ import pytest
 import learned_dco as ldco
 from learned_dco import tasks
 from learned_dco.studies import dco
-from learned_dco.studies.dco_experiments import BASELINE_NAMES, DCO_NAMES, GRID, DirectDCOG, Experiment, algorithm1
-from learned_dco.studies.dco_theorem1 import fit_rate
+from learned_dco.studies.dco.experiments import BASELINE_NAMES, DCO_NAMES, GRID, DirectDCOG, Experiment, algorithm1
+from learned_dco.studies.dco.theorem1 import fit_rate
 
 
 @pytest.fixture(scope="module")

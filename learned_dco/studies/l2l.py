@@ -4,7 +4,7 @@
    (d = 20, eigenvalues evenly spread in [0.1, 1], so L = 1, f* = 0), for a step below
    and one above 2/L, in float32 and float64, for three computations:
    the last-iterate objective f(w_t) (naive backprop), (1/t) log f(w_t) by naive backprop,
-   and (1/t) log f(w_t) by the overflow-free recursion of ``learned_dco.stepsize_l2l``.
+   and (1/t) log f(w_t) by the overflow-free recursion of ``learned_dco.studies.stepsize_l2l``.
    The closed-form (spectral, float64) gradient is recorded as the reference.
 2. Train-by-train vs train-by-validation on noisy linear regression with few samples:
    x ~ N(0, I_d), w* ~ N(0, I_d/d), noise 1; TbT meta-trains eta (Adam on log eta, the
@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from learned_dco import stepsize_l2l as S
+from learned_dco.studies import stepsize_l2l as S
 from learned_dco.studies.common import Claim, _pyplot, write_study
 
 NAME = "l2l"

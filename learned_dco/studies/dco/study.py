@@ -1,11 +1,11 @@
 """The DCO paper (Gautam, Pfrommer & Sojoudi) end to end: Figures 1-3 and Theorem 1.
 
 ``run(out_dir, quick=..., seed=...)`` runs the three experiments of
-:mod:`learned_dco.studies.dco_experiments` under both readings of Algorithm 1
+:mod:`learned_dco.studies.dco.experiments` under both readings of Algorithm 1
 (``protocol: reset`` and ``protocol: carry``), the least-squares experiment once more with
 jaxopt's iterative ``EqualityConstrainedQP`` backend and once with a directly parameterised
 (projected) DCOG, the Beverton-Holt experiment with the paper's noisy validation targets,
-and the Theorem 1 check of :mod:`learned_dco.studies.dco_theorem1`; it writes one PNG per
+and the Theorem 1 check of :mod:`learned_dco.studies.dco.theorem1`; it writes one PNG per
 figure, ``theorem1.png``, ``report.md`` (claims table first, then the open choices) and
 ``results.json``. The same seed gives the same numbers.
 """
@@ -19,10 +19,10 @@ from typing import Any
 import jax
 
 from learned_dco.studies.common import Claim, write_study
-from learned_dco.studies.dco_experiments import (BASELINE_NAMES, DCO_NAMES, Experiment, algorithm1,
+from learned_dco.studies.dco.experiments import (BASELINE_NAMES, DCO_NAMES, Experiment, algorithm1,
                                                  paper_experiments, run_experiment)
-from learned_dco.studies.dco_report import FIGURES, LABELS, plot_experiment, plot_theorem1, sections
-from learned_dco.studies.dco_theorem1 import run_theorem1
+from learned_dco.studies.dco.report import FIGURES, LABELS, plot_experiment, plot_theorem1, sections
+from learned_dco.studies.dco.theorem1 import run_theorem1
 
 NAME = "dco"
 PAPER = "Gautam, Pfrommer & Sojoudi: Meta-Learning Parameterized First-Order Optimizers using Differentiable Convex Optimization"
@@ -166,5 +166,5 @@ def run(out_dir: str | Path = "results/dco", *, quick: bool = False, seed: int =
     return res
 
 
-__all__ = ["DESCRIPTION", "Experiment", "NAME", "PAPER", "algorithm1", "paper_experiments", "run",
+__all__ = ["DESCRIPTION", "Experiment", "NAME", "PAPER", "algorithm1", "claims_for", "paper_experiments", "run",
            "run_experiment", "run_theorem1"]
