@@ -82,7 +82,7 @@ def test_only_the_primary_writes_a_study(tmp_path, monkeypatch):
     from learned_dco.meta import distributed
     from learned_dco.studies import Claim, write_study
 
-    claim = Claim("c", "a claim", 1.0, 1.0, "reproduced", "here")
+    claim = Claim("c", "a claim", 1.0, 1.0, "holds", "here", kind="sanity")
     kw = dict(study="s", paper="p", config={"quick": True, "seed": 0}, claims=[claim], seconds=1.0)
     monkeypatch.setattr(distributed, "is_primary", lambda: False)
     res = write_study(tmp_path / "other", **kw)
