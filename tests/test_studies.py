@@ -152,7 +152,7 @@ def test_l2l_quick_mode_reproduces_its_documented_claims(tmp_path):
     results = STUDIES["l2l"].run(tmp_path, quick=True, seed=0)
     verdict = {c["id"]: c["verdict"] for c in results["claims"]}
     assert verdict == {"last_iterate_vanish_explode": "reproduced", "log_objective_bounded": "reproduced",
-                       "naive_backprop_fails": "reproduced", "tbt_vs_tbv": "reproduced",
+                       "naive_backprop_fails": "reproduced", "eta_scaling": "reproduced", "tbt_vs_tbv": "reproduced",
                        "paper_size": "not testable here"}
 
 
