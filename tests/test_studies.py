@@ -20,7 +20,7 @@ TINY = {
                                         num_test=4, meta_epochs=3, eval_steps=4, grid=GRID[::10], qp_check="eqqp",
                                         direct_check=True)],
                 theorem1=dict(dim=4, n_tasks=8, num_samples=16, n_test=4)),
-    "star": dict(config=dict(horizon=6, meta_steps=2, num_tasks=2, mlp_hidden=(4,), conv_channels=(2, 2, 2),
+    "star": dict(config=dict(horizon=6, meta_steps=2, num_tasks=2, mlp_hidden=(4,), conv_channels=(2, 2, 2), stability_tasks=3,
                              batch_size=8, eval_tasks=2, tune_tasks=1, eval_every=3, nqm_seeds=200, nqm_alphas=12,
                              adam_grid=(1e-3, 1e-2))),
     "metamd": dict(size=dict(ls_meta_steps=3, ls_tasks=4, widths=[[4], [8]])),

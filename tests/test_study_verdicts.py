@@ -278,3 +278,18 @@ def test_combine(verdicts, combined):
 def test_paired_test_names_bad_input(bad, message):
     with pytest.raises(ValueError, match=message):
         stats.paired_test(bad["a"], bad["b"], statistic="x", unit="task")
+
+
+def test_star_stability_reads_the_stability_set_when_there_is_one():
+    from learned_dco.studies import star
+
+    result, nqm = _star_data("inconclusive")  # no divergence among the evaluation tasks
+    div = np.zeros(2 * N, int)
+    div[:N] = 1  # Blackbox diverges on half of the stability set, STAR on none
+    opt = lambda d: {"diverged_tasks": int(d.sum()), "diverged_per_task": list(d), "final_loss": 0.1,
+                     "final_loss_per_task": [0.1] * d.size, "num_tasks": d.size}
+    result["stability"] = {"family": "digits_mlp", "num_tasks": 2 * N, "steps": 500,
+                           "optimizers": {"star": opt(np.zeros(2 * N, int)), "blackbox": opt(div), "hyperparam": opt(div)}}
+    claims = {c.id: c for c in star.claims_for(result, nqm)}
+    assert claims["stability_10xH"].verdict == "reproduced" and claims["stability_10xH"].test["units"] == 2 * N
+    assert "stability set" in claims["stability_10xH"].measured
