@@ -301,7 +301,8 @@ def run_experiment(exp: Experiment, key: jax.Array, log=print) -> dict[str, Any]
         if exp.extension_horizon:
             learned_t, loss_t = _meta_train(lopt, exp, train, exp.extension_horizon, k_meta)
             c = distributed.to_host(meta.evaluate(lopt.opt_fn, learned_t, exp.family, test_s, k_eval, exp.eval_steps))
-            extension[name] = {"curve": _summary(c), "meta_loss": loss_t, "final": float(np.mean(c.val[:, -1]))}
+            extension[name] = {"curve": _summary(c), "meta_loss": loss_t, "final": float(np.mean(c.val[:, -1])),
+                               "diverged": int(np.sum(~np.isfinite(np.asarray(c.val[:, -1]))))}
             log(f"  {exp.name}: {name:8s} with T={exp.extension_horizon}: final={extension[name]['final']:.4g}")
 
     direct = None

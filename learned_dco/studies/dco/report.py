@@ -100,7 +100,7 @@ def experiment_table(result: dict[str, Any]) -> str:
             rows.append(f"| {LABELS[opt]}, T={ext['horizon']} (extension) | {result['dco_init_step'][opt]:.3g} "
                         f"(tuned init), meta-trained T={ext['horizon']} | {_fmt(m[0])} | {_fmt(m[1])} | "
                         f"{_fmt(m[-1])} (± {_fmt(s[-1])}) | {_fmt(result['dco_init_curves'][opt]['mean'][-1])} | "
-                        f"{int(np.sum(~np.isfinite(m[-1:])))} (mean) |")
+                        f"{e.get('diverged', '-')}/{n} |")
     return "\n".join(rows)
 
 
