@@ -69,7 +69,7 @@ class Claim:
     test: dict[str, Any] | None = None
 
     def __post_init__(self):
-        problem = _claim_problem(self.id, self.verdict, self.kind, self.test)
+        problem = _claim_problem(self.verdict, self.kind, self.test)
         if problem:
             raise ValueError(f"claim {self.id!r}: {problem}")
 
@@ -101,7 +101,7 @@ def _test_problem(test: Any, where: str) -> str | None:
     return f"{where} lacks {missing}" if missing else None
 
 
-def _claim_problem(cid: Any, verdict: Any, kind: Any, test: Any) -> str | None:
+def _claim_problem(verdict: Any, kind: Any, test: Any) -> str | None:
     """What is wrong with a claim's verdict, kind and test record, or None."""
     if kind not in KINDS:
         return f"kind must be one of {KINDS}, got {kind!r}"
@@ -166,7 +166,7 @@ def validate_results(results: dict[str, Any]) -> None:
         if not isinstance(claim, dict) or set(claim) != set(CLAIM_KEYS):
             raise ValueError(f"results.json: claims[{i}] must have exactly the keys {CLAIM_KEYS}, "
                              f"got {sorted(claim) if isinstance(claim, dict) else claim!r}")
-        problem = _claim_problem(claim["id"], claim["verdict"], claim["kind"], claim["test"])
+        problem = _claim_problem(claim["verdict"], claim["kind"], claim["test"])
         if problem:
             raise ValueError(f"results.json: claims[{i}] ({claim['id']!r}) {problem}")
         for key in ("id", "claim", "evidence"):
