@@ -293,3 +293,18 @@ def test_star_stability_reads_the_stability_set_when_there_is_one():
     claims = {c.id: c for c in star.claims_for(result, nqm)}
     assert claims["stability_10xH"].verdict == "reproduced" and claims["stability_10xH"].test["units"] == 2 * N
     assert "stability set" in claims["stability_10xH"].measured
+
+
+def test_dco_first_step_is_judged_against_the_best_baseline_at_step_1():
+    from learned_dco.studies import dco
+    from learned_dco.studies.dco.experiments import BASELINE_NAMES, DCO_NAMES
+
+    data = _dco_data("reproduced")
+    curves = data["experiments"]["least_squares"]["curves"]
+    best_final, other = BASELINE_NAMES[0], BASELINE_NAMES[1]
+    first = np.asarray(curves[best_final]["per_task_first"])
+    curves[other] = dict(curves[other], per_task_first=list(first * 0.01), mean=[1.0, float(np.mean(first * 0.01))] + [1e9] * 29)
+    for n in DCO_NAMES:  # between the two: better than the final-step best, worse than the step-1 best
+        curves[n] = dict(curves[n], per_task_first=list(first * 0.1))
+    v = _verdicts(dco.claims_for(data, {"least_squares": "f.png", "theorem1": "t.png"}))
+    assert v["least_squares_first_step"] == "not reproduced"
