@@ -38,3 +38,28 @@ def test_a_row_shows_the_interval_and_the_units_that_would_decide():
 def test_missing_markers_are_a_named_error():
     with pytest.raises(ValueError, match="markers"):
         T.readme_table("# README without the table")
+
+
+def test_every_stored_result_follows_the_schema():
+    from learned_dco.studies import validate_results
+
+    for study, (source, _, _) in T.STORED.items():
+        validate_results(json.loads((T.ROOT / source).read_text()))
+
+
+@pytest.mark.parametrize("study", ["dco", "star", "metamd", "l2l", "ml2o"])
+def test_stored_verdicts_are_the_rules_applied_to_the_stored_per_task_values(study):
+    """A stored verdict that the current rules would not give from the same stored data is stale."""
+    import importlib
+
+    results = json.loads((T.ROOT / T.STORED[study][0]).read_text())
+    if study == "dco":
+        from learned_dco.studies.dco.report import FIGURES
+
+        figures = {n: FIGURES[n][0] for n in results["experiments"]} | {"theorem1": "theorem1.png"}
+        claims = importlib.import_module("learned_dco.studies.dco").claims_for(results, figures)
+    elif study == "star":
+        claims = importlib.import_module("learned_dco.studies.star").claims_for(results, results["nqm"])
+    else:
+        claims = importlib.import_module(f"learned_dco.studies.{study}").claims_for(results)
+    assert [c.to_dict() for c in claims] == results["claims"]

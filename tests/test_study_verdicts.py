@@ -264,7 +264,8 @@ def test_units_to_decide_put_the_interval_off_zero():
 @pytest.mark.parametrize("verdicts, combined", [
     (("reproduced", "reproduced"), "reproduced"), (("not reproduced", "not reproduced"), "not reproduced"),
     (("reproduced", "not reproduced"), "partly"), (("reproduced", "inconclusive"), "inconclusive"),
-    (("inconclusive", "not reproduced"), "inconclusive"),
+    (("inconclusive", "not reproduced"), "not reproduced"), (("inconclusive", "inconclusive"), "inconclusive"),
+    (("partly", "inconclusive"), "partly"), (("reproduced", "inconclusive", "not reproduced"), "partly"),
 ])
 def test_combine(verdicts, combined):
     parts = {str(i): {"verdict": v, "rule": "r"} for i, v in enumerate(verdicts)}

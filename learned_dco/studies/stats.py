@@ -16,9 +16,10 @@ The rule:
   which the same mean and spread would decide, ``n* = ceil((z s / m)^2)`` with ``z`` the normal
   quantile (a planning figure, not a promise), or ``None`` when ``m = 0`` (no sample decides).
 
-A claim over several parts (families, or several baselines) combines the parts'
-verdicts with :func:`combine`: all reproduced -> reproduced; all not reproduced -> not
-reproduced; some of each -> ``partly``; otherwise (a part undecided) -> inconclusive.
+A claim over several parts (families, or several baselines) holds when every part holds, and
+:func:`combine` turns the parts' verdicts into one: all reproduced -> reproduced; a part not
+reproduced -> ``partly`` if another part is reproduced, else not reproduced (one decided
+failure refutes the conjunction); otherwise (parts undecided) -> inconclusive.
 
 A *bound* claim compares a measured quantity with a stated bound (:func:`bound_test`); a
 *sanity* claim holds by construction or checks the machinery and is never counted as a
@@ -104,16 +105,14 @@ def combine(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     verdicts = [p["verdict"] for p in parts.values()]
     if all(v == "reproduced" for v in verdicts):
         verdict = "reproduced"
-    elif all(v == "not reproduced" for v in verdicts):
-        verdict = "not reproduced"
-    elif "reproduced" in verdicts and "not reproduced" in verdicts:
+    elif "not reproduced" in verdicts:
+        verdict = "partly" if "reproduced" in verdicts or "partly" in verdicts else "not reproduced"
+    elif "partly" in verdicts:
         verdict = "partly"
-    elif "inconclusive" in verdicts:
-        verdict = "inconclusive"
     else:
-        verdict = "partly"
-    return {"rule": "every part must be reproduced; all parts not reproduced -> not reproduced; some of each -> "
-                    "partly; a part undecided (and no split) -> inconclusive",
+        verdict = "inconclusive"
+    return {"rule": "every part reproduced -> reproduced; a part not reproduced -> partly if another part is "
+                    "reproduced, else not reproduced; otherwise (parts undecided) -> inconclusive",
             "verdict": verdict, "parts": parts}
 
 
