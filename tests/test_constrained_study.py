@@ -33,7 +33,8 @@ def test_tiny_run_writes_the_schema(tmp_path):
     for o in fam["optimizers"].values():  # every optimizer of the study keeps its iterates on the simplex
         assert o["max_violation"] <= cfg.feasibility_tol
         assert len(o["median_curve"]) == cfg.horizon + 1
-    assert res["claims"][0]["verdict"] == "reproduced"
+    assert res["claims"][0]["verdict"] == "holds" and res["claims"][0]["kind"] == "sanity"
+    assert res["claims"][1]["kind"] == "comparative" and res["claims"][1]["test"]["units"] == cfg.test_tasks
     assert fam["solver"] == "SimplexExact"
 
 
@@ -63,8 +64,34 @@ def _fam(learned, baseline):
 def test_verdict_is_paired_and_floored():
     rng = np.random.default_rng(0)
     base = np.exp(rng.normal(-4, 1, 50))
-    assert C._verdict_beats(_fam(base * 0.5, base))[0] == "reproduced"
-    assert C._verdict_beats(_fam(base * 2.0, base))[0] == "not reproduced"
-    assert C._verdict_beats(_fam(base * np.exp(rng.normal(0, 0.01, 50)), base))[0] == "partly"
-    verdict, best, stats = C._verdict_beats(_fam(np.full(50, 1e-9), np.full(50, 1e-8)))  # both at round-off
-    assert verdict == "partly" and stats["fraction_tasks_tied_at_floor"] == 1.0 and best == "projected GD"
+    assert C._verdict_beats(_fam(base * 0.5, base))[0]["verdict"] == "reproduced"
+    assert C._verdict_beats(_fam(base * 2.0, base))[0]["verdict"] == "not reproduced"
+    noisy = C._verdict_beats(_fam(base * np.exp(rng.normal(0.001, 0.01, 50)), base))[0]
+    assert noisy["verdict"] == "inconclusive" and noisy["n_to_decide"] > 50
+    test, best = C._verdict_beats(_fam(np.full(50, 1e-9), np.full(50, 1e-8)))  # both at round-off
+    assert test["verdict"] == "inconclusive" and test["fraction_tasks_tied_at_floor"] == 1.0 and best == "projected GD"
+    assert test["n_to_decide"] is None  # a mean difference of exactly 0: no sample size decides
+
+
+def test_a_diverged_learned_run_counts_against_it():
+    base = np.full(20, 1e-3)
+    learned = np.full(20, 1e-4)
+    learned[:12] = np.inf
+    assert C._verdict_beats(_fam(learned, base))[0]["verdict"] == "not reproduced"
+
+
+@pytest.mark.parametrize("factor, verdict", [(0.5, "reproduced"), (2.0, "not reproduced"), (1.0, "inconclusive")])
+def test_claims_for_gives_each_verdict_from_synthetic_results(factor, verdict):
+    rng = np.random.default_rng(1)
+    base = np.exp(rng.normal(-4, 1, 40))
+    learned = base * factor * np.exp(rng.normal(0, 0.01 if factor != 1.0 else 0.3, 40))
+    if factor == 1.0:
+        learned = base * np.exp(np.tile([0.3, -0.3], 20))  # mean log ratio exactly 0
+    fam = _fam(learned, base)
+    fam["optimizers"]["learned DCO"]["max_violation"] = 0.0
+    claims = C.claims_for({"nonneg_least_squares": fam}, C.QUICK)
+    by = {c.id: c for c in claims}
+    assert by["every_iterate_feasible"].kind == "sanity" and by["every_iterate_feasible"].verdict == "holds"
+    beats = by["beats_baselines_nonneg_least_squares"]
+    assert beats.kind == "comparative" and beats.verdict == verdict == beats.test["verdict"]
+    assert beats.test["units"] == 40

@@ -1,6 +1,6 @@
 """The studies' learning-rate sweeps and evaluations over several processes.
 
-A worker script runs the DCO study's baseline tuning (:func:`dco_experiments.tune_baselines`:
+A worker script runs the DCO study's baseline tuning (:func:`dco.experiments.tune_baselines`:
 ``meta.tune_learning_rate`` sweeps + ``meta.evaluate`` on task batches placed with
 ``distributed.shard_tasks``, curves brought back with ``distributed.to_host``) and the STAR
 study's Adam sweep (:func:`star.tune_adam`, its own jitted step loop) as 2 processes x 1 CPU
@@ -33,7 +33,8 @@ if n > 1:
     distributed.initialize(f"localhost:{port}", n, i, init_timeout=120)
 import jax
 from learned_dco import tasks
-from learned_dco.studies import dco_experiments as E, star
+from learned_dco.studies import star
+from learned_dco.studies.dco import experiments as E
 
 family = tasks.make_family("least_squares", num_samples=8, dim=4)
 exp = E.Experiment("ls", family, num_train=8, num_test=8, eval_steps=4, grid=(1e-3, 1e-2, 1e-1, 0.5, 5.0))
@@ -81,7 +82,7 @@ def test_only_the_primary_writes_a_study(tmp_path, monkeypatch):
     from learned_dco.meta import distributed
     from learned_dco.studies import Claim, write_study
 
-    claim = Claim("c", "a claim", 1.0, 1.0, "reproduced", "here")
+    claim = Claim("c", "a claim", 1.0, 1.0, "holds", "here", kind="sanity")
     kw = dict(study="s", paper="p", config={"quick": True, "seed": 0}, claims=[claim], seconds=1.0)
     monkeypatch.setattr(distributed, "is_primary", lambda: False)
     res = write_study(tmp_path / "other", **kw)

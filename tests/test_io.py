@@ -40,7 +40,7 @@ def test_every_writer_follows_the_rule(tmp_path):
     from learned_dco.optimizers import ScheduledAdam
     from learned_dco.studies import Claim, write_study
 
-    claim = Claim("c", "claim", 1.0, math.inf, "not reproduced", "e")
+    claim = Claim("c", "claim", 1.0, math.inf, "holds", "e", kind="sanity")
     study = write_study(tmp_path / "s", study="x", paper="p", config={"quick": True, "seed": 0, "r": -math.inf},
                         claims=[claim], seconds=1.0)
     on_disk = json.loads((tmp_path / "s" / "results.json").read_text())

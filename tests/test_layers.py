@@ -28,9 +28,9 @@ FLOORS: dict[str, int] = {
     "": 4,  # the package face, learned_dco/__init__.py
     "io": 5,
     "meta": 6, "pretrained": 6,
-    "bench": 7, "stepsize_l2l": 7,
+    "bench": 7,
     "studies": 8,
-    "app": 9,
+    "app": 9, "stepsize_l2l": 9,
 }
 """Part of the package (its first name under ``learned_dco``) -> floor; imports point down."""
 

@@ -159,7 +159,7 @@ WITHOUT_MATPLOTLIB = """
 import sys
 sys.modules["matplotlib"] = None  # as if not installed: `import matplotlib` raises ImportError
 import learned_dco, learned_dco.app.cli, learned_dco.app.report, learned_dco.studies
-import learned_dco.studies.dco, learned_dco.studies.dco_report, learned_dco.studies.star_nqm
+import learned_dco.studies.dco, learned_dco.studies.dco.report, learned_dco.studies.star_nqm
 from learned_dco import extras
 try:
     extras.pyplot()

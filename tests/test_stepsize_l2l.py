@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from learned_dco import stepsize_l2l as S
+from learned_dco.studies import stepsize_l2l as S
 
 
 def _quadratic(d=12, seed=0, lo=0.1, hi=1.0):
@@ -149,3 +149,13 @@ def test_bad_input_raises():
     tasks = S.sample_regression(jax.random.PRNGKey(0), 2, 3, 4)
     with pytest.raises(ValueError, match="num_train"):
         S.split(tasks, 4)
+
+
+def test_the_old_module_name_is_a_deprecated_alias():
+    import importlib
+    import sys
+
+    sys.modules.pop("learned_dco.stepsize_l2l", None)
+    with pytest.warns(DeprecationWarning, match="learned_dco.studies.stepsize_l2l"):
+        old = importlib.import_module("learned_dco.stepsize_l2l")
+    assert old.log_loss_stable is S.log_loss_stable

@@ -25,7 +25,7 @@ MODULES = [
     "learned_dco.learned",
     "learned_dco.app",
     "learned_dco.studies",
-    "learned_dco.stepsize_l2l",
+    "learned_dco.studies.stepsize_l2l",
     "learned_dco.io",
     "learned_dco.types",
     "learned_dco.validation",

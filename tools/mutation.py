@@ -9,6 +9,7 @@ Usage (from the repository root; needs the ``mutation`` extra, ``pip install -e 
     python -m tools.mutation --finish --jobs 2      # run the sampled mutants the last run left without a verdict
     python -m tools.mutation --confirm              # each kill test: fails with its mutant, passes without
     python -m tools.mutation --summarise            # rewrite the summary from mutants/*.meta
+    python -m tools.mutation --sample 110 --seed 1 --out docs/mutation/seed1   # a second, independent sample
 
 ``--finish`` completes an interrupted measurement of the same sample: it runs the sampled mutants
 whose recorded verdict is "not checked" or "timeout" (a timeout of a CPU-starved run says nothing
@@ -155,8 +156,9 @@ def count(chosen: dict[str, list[str]], totals: dict[str, int], results: dict[st
     return files, pooled
 
 
-def confirmed_kills(path: Path = OUT / "confirm.json") -> set[str]:
+def confirmed_kills(path: Path | None = None) -> set[str]:
     """Mutants that a kill test was seen to kill (``--confirm``: passes clean, fails with the mutant)."""
+    path = OUT / "confirm.json" if path is None else path
     if not path.exists():
         return set()
     return {m for t in json.loads(path.read_text()).values() if t["clean"]["rc"] == 0
@@ -280,6 +282,7 @@ def _kills_map(path: Path) -> dict[str, list[str]]:
 
 
 def main(argv=None) -> int:
+    global OUT
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sample", type=int, default=120, help="mutants to draw over all files (0: every mutant)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the sample")
@@ -291,7 +294,10 @@ def main(argv=None) -> int:
                     help="run each kill test (KILLS in tests/test_mutation_kills.py; or just the TESTs named) "
                          "with and without its mutants")
     ap.add_argument("--summarise", action="store_true", help="only rewrite the summary from the last run")
+    ap.add_argument("--out", default=str(OUT),
+                    help="folder of this measurement's sample.json, summary.{json,md} and confirm.json")
     args = ap.parse_args(argv)
+    OUT = Path(args.out)
 
     os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
     if args.confirm is not None:  # uses mutants/ as it is (a --finish or --only run may be using it too)

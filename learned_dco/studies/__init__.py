@@ -8,7 +8,7 @@ results dict. ``learned-dco reproduce STUDY`` calls exactly this.
 
 from __future__ import annotations
 
-from learned_dco.studies.common import VERDICTS, Claim, Study, validate_results, write_study
+from learned_dco.studies.common import SANITY_VERDICTS, VERDICTS, Claim, Study, validate_results, write_study
 
 STUDIES: dict[str, Study] = {
     "dco": Study("dco", "Gautam, Pfrommer & Sojoudi: Meta-Learning Parameterized First-Order Optimizers using Differentiable Convex Optimization",
@@ -32,4 +32,4 @@ STUDIES["constrained"] = Study(
     "learned constrained DCO vs tuned projected GD/Adam/EG on NNLS, simplex LS, box LQR: feasibility of every iterate, suboptimality",
     "learned_dco.studies.constrained")
 
-__all__ = ["Claim", "STUDIES", "Study", "VERDICTS", "validate_results", "write_study"]
+__all__ = ["Claim", "SANITY_VERDICTS", "STUDIES", "Study", "VERDICTS", "validate_results", "write_study"]

@@ -4,7 +4,7 @@
    (d = 20, eigenvalues evenly spread in [0.1, 1], so L = 1, f* = 0), for a step below
    and one above 2/L, in float32 and float64, for three computations:
    the last-iterate objective f(w_t) (naive backprop), (1/t) log f(w_t) by naive backprop,
-   and (1/t) log f(w_t) by the overflow-free recursion of ``learned_dco.stepsize_l2l``.
+   and (1/t) log f(w_t) by the overflow-free recursion of ``learned_dco.studies.stepsize_l2l``.
    The closed-form (spectral, float64) gradient is recorded as the reference.
 2. Train-by-train vs train-by-validation on noisy linear regression with few samples:
    x ~ N(0, I_d), w* ~ N(0, I_d/d), noise 1; TbT meta-trains eta (Adam on log eta, the
@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from learned_dco import stepsize_l2l as S
+from learned_dco.studies import stepsize_l2l as S
+from learned_dco.studies import stats
 from learned_dco.studies.common import Claim, _pyplot, write_study
 
 NAME = "l2l"
@@ -96,8 +97,8 @@ def gradient_vs_horizon(horizons=HORIZONS) -> dict:
 def _held_out(log_eta, problems, tasks, t):
     d = problems.X.shape[-1]
     w = jax.vmap(lambda p: S.gd(log_eta, jnp.zeros(d, p.X.dtype), p, t))(problems)
-    return (float(jnp.mean(S.population_loss(w, tasks.w_star, tasks.noise))),
-            float(jnp.mean(jax.vmap(S.loss)(w, problems))))
+    pop = np.asarray(S.population_loss(w, tasks.w_star, tasks.noise), np.float64)
+    return float(pop.mean()), float(jnp.mean(jax.vmap(S.loss)(w, problems))), pop.tolist()
 
 
 def train_vs_validation(dim: int, n: int, t: int, num_tasks: int, steps: int, horizons, seed: int = 0) -> dict:
@@ -122,12 +123,13 @@ def train_vs_validation(dim: int, n: int, t: int, num_tasks: int, steps: int, ho
               "seconds": seconds}
     null_loss = 0.5 * (1.0 + 1.0)  # w = 0: 1/2(||w*||^2 + sigma^2), E||w*||^2 = 1
     for name, f in (("train_by_train", tbt), ("train_by_validation", tbv)):
-        pop_all, train_all = _held_out(f.log_eta, test_full, test, t)
-        pop_half, _ = _held_out(f.log_eta, test_half, test, t)
+        pop_all, train_all, pop_per_task = _held_out(f.log_eta, test_full, test, t)
+        pop_half, _, _ = _held_out(f.log_eta, test_half, test, t)
         result[name] = {"eta": float(jnp.exp(f.log_eta)), "eta_times_t": float(jnp.exp(f.log_eta)) * t,
                         "eta_times_L": float(jnp.exp(f.log_eta)) * L,
                         "eta_trajectory": np.exp(np.asarray(f.trajectory, np.float64)).tolist(),
                         "population_loss_gd_on_all_n": pop_all, "train_loss_gd_on_all_n": train_all,
+                        "population_loss_per_test_task": pop_per_task,
                         "population_loss_gd_on_half": pop_half}
     result["population_loss_of_w0"] = null_loss
     sweep = []
@@ -172,59 +174,83 @@ def plot(data: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _bound(ok: bool, value: float, bound: float, statistic: str, holds_if: str) -> dict:
+    """A bound record whose value is replaced by one that fails the bound when ``ok`` is false."""
+    fail = {"<": math.inf, "<=": math.inf, ">": -math.inf, ">=": -math.inf}[holds_if]
+    return stats.bound_test(value if ok else fail, bound, statistic=statistic, holds_if=holds_if)
+
+
 def claims_for(data: dict) -> list[Claim]:
+    """The study's claims from its data (gradients against t; train-by-train vs train-by-validation)."""
     g = data["gradients"]["by_dtype"]["float64"]
     below, above = g["below 2/L (eta = 1.5/L)"], g["above 2/L (eta = 2.5/L)"]
     hz = data["gradients"]["horizons"]
     lb, la = below["abs_grad"]["last_naive"], above["abs_grad"]["last_naive"]
     vanish = lb[-1] is not None and lb[-1] < 1e-10 * lb[0] if lb[0] else False
     explode = la[-1] is None or la[-1] > 1e30
+    ve = _bound(vanish and explode, math.log10(la[-1]) if la[-1] else math.inf, 30.0, holds_if=">",
+                statistic=f"log10 |meta-gradient| of f(w_t) at t={hz[-1]}, eta = 2.5/L (inf: overflowed); -inf unless "
+                          f"at eta = 1.5/L it fell below 1e-10 of its t={hz[0]} value")
     claims = [Claim(
         "last_iterate_vanish_explode", "meta-gradients of f(w_t) vanish for eta < 2/L and explode for eta > 2/L",
         "polynomially small / exponentially large in t (Thm 3)",
         f"float64 abs. meta-gradient from t={hz[0]} to t={hz[-1]}: eta=1.5/L {lb[0]:.3g} -> "
         f"{'inf' if lb[-1] is None else format(lb[-1], '.3g')}, eta=2.5/L {la[0]:.3g} -> "
         f"{'inf' if la[-1] is None else format(la[-1], '.3g')}",
-        "reproduced" if vanish and explode else ("partly" if vanish or explode else "not reproduced"),
-        "l2l.png panels 1-4; results.json gradients")]
-    stable_ok = all(row["first_wrong_t"]["log_stable"] is None
-                    and all(v is not None and v <= row["derived_bound"] * (1 + 1e-6) for v in row["abs_grad"]["log_stable"])
-                    for rows in data["gradients"]["by_dtype"].values() for row in rows.values())
+        ve["verdict"], "l2l.png panels 1-4; results.json gradients", kind="bound", test=ve)]
+    rows = [row for rows in data["gradients"]["by_dtype"].values() for row in rows.values()]
+    worst = max((v / row["derived_bound"] if v is not None else math.inf)
+                for row in rows for v in row["abs_grad"]["log_stable"])
+    stable_ok = all(row["first_wrong_t"]["log_stable"] is None for row in rows)
+    lo = _bound(stable_ok, worst, 1 + 1e-6, holds_if="<=",
+                statistic="largest |stable meta-gradient| / derived bound over every t, float32 and float64 "
+                          "(inf if the stable value left the closed form somewhere)")
     claims.append(Claim(
         "log_objective_bounded", "(1/t) log f(w_t) has bounded meta-gradients at every t, computed stably",
         "bounded (Thm 4)", "stable gradient matches the closed form and stays below the derived bound at every t, "
-        "float32 and float64" if stable_ok else "stable gradient off the closed form or above the bound somewhere",
-        "reproduced" if stable_ok else "not reproduced", "results.json gradients.*.*.first_wrong_t"))
-    naive_bad = {dt: {lbl: row["first_wrong_t"]["log_naive"] for lbl, row in rows.items()}
-                 for dt, rows in data["gradients"]["by_dtype"].items()}
-    any_bad = any(v is not None for rows in naive_bad.values() for v in rows.values())
+        "float32 and float64" if lo["verdict"] == "reproduced" else
+        "stable gradient off the closed form or above the bound somewhere",
+        lo["verdict"], "results.json gradients.*.*.first_wrong_t", kind="bound", test=lo))
+    naive_bad = {dt: {lbl: row["first_wrong_t"]["log_naive"] for lbl, row in rows_.items()}
+                 for dt, rows_ in data["gradients"]["by_dtype"].items()}
+    n_bad = sum(v is not None for rows_ in naive_bad.values() for v in rows_.values())
+    nb = stats.bound_test(n_bad, 0, holds_if=">", statistic="settings (dtype x step) in which naive backprop of "
+                          "(1/t) log f went non-finite or more than 1% off the closed form")
     claims.append(Claim(
         "naive_backprop_fails", "naive backprop of (1/t) log f still overflows / loses accuracy",
         "needs a numerically stable computation (Sec. 4)",
         "first t more than 1% off or non-finite: " + "; ".join(
-            f"{dt} eta={'1.5' if '1.5' in lbl else '2.5'}/L: {v}" for dt, rows in naive_bad.items() for lbl, v in rows.items()),
-        "reproduced" if any_bad else "not reproduced", "results.json gradients.*.*.first_wrong_t.log_naive"))
+            f"{dt} eta={'1.5' if '1.5' in lbl else '2.5'}/L: {v}" for dt, rows_ in naive_bad.items() for lbl, v in rows_.items()),
+        nb["verdict"], "results.json gradients.*.*.first_wrong_t.log_naive", kind="bound", test=nb))
     tv = data["train_vs_validation"]
     sweep = tv["eta_vs_t"]
     tbt = [r["eta_tbt"] for r in sweep]
     tbv_t = [r["eta_tbv_times_t"] for r in sweep]
-    const_tbt = max(tbt) / min(tbt) < 1.5
-    const_tbv = max(tbv_t) / min(tbv_t) < 1.5
-    overfit = tv["train_by_train"]["population_loss_gd_on_all_n"] > tv["train_by_validation"]["population_loss_gd_on_all_n"]
     s = tv["setting"]
+    spread = max(max(tbt) / min(tbt), max(tbv_t) / min(tbv_t))
+    scaling = stats.bound_test(spread, 1.5, holds_if="<", statistic=f"largest max/min over t={sweep[0]['t']}.."
+                               f"{sweep[-1]['t']} of eta_TbT and of eta_TbV * t (constant under Theta(1) and Theta(1/t))")
     claims.append(Claim(
-        "tbt_vs_tbv", "with few samples, train-by-train picks eta = Theta(1) and overfits; train-by-validation picks "
-        "eta = Theta(1/t) and generalises better (Thm 5-6)", "Theta(1) vs Theta(1/t); TbV better held-out",
-        f"d={s['dim']}, n={s['n']}, t={s['t']}: eta_TbT {min(tbt):.3g}-{max(tbt):.3g} over t="
-        f"{sweep[0]['t']}..{sweep[-1]['t']}; eta_TbV*t {min(tbv_t):.3g}-{max(tbv_t):.3g}; held-out loss TbT "
+        "eta_scaling", "train-by-train picks eta = Theta(1) and train-by-validation eta = Theta(1/t) (Thm 5-6)",
+        "Theta(1) vs Theta(1/t)", f"eta_TbT {min(tbt):.3g}-{max(tbt):.3g}, eta_TbV*t {min(tbv_t):.3g}-{max(tbv_t):.3g} "
+        f"over t={sweep[0]['t']}..{sweep[-1]['t']}", scaling["verdict"], "l2l.png panel 5; results.json "
+        "train_vs_validation.eta_vs_t", kind="bound", test=scaling))
+    a = np.log(tv["train_by_validation"]["population_loss_per_test_task"])
+    b = np.log(tv["train_by_train"]["population_loss_per_test_task"])
+    better = stats.paired_test(a, b, statistic="log held-out (population) loss of GD on all n samples with the "
+                               "learned eta, train-by-validation - train-by-train",
+                               unit=f"held-out task x seed ({a.size} x 1)")
+    claims.append(Claim(
+        "tbt_vs_tbv", "with few samples, train-by-train overfits; train-by-validation generalises better (Thm 5-6)",
+        "TbV better held-out", f"d={s['dim']}, n={s['n']}, t={s['t']}: held-out loss TbT "
         f"{tv['train_by_train']['population_loss_gd_on_all_n']:.4g} vs TbV "
-        f"{tv['train_by_validation']['population_loss_gd_on_all_n']:.4g}",
-        "reproduced" if const_tbt and const_tbv and overfit else ("partly" if overfit else "not reproduced"),
-        "l2l.png panel 5; results.json train_vs_validation"))
+        f"{tv['train_by_validation']['population_loss_gd_on_all_n']:.4g} (means)",
+        better["verdict"], "results.json train_vs_validation.*.population_loss_per_test_task", kind="comparative",
+        test=better))
     if s["dim"] < 1000:
         claims.append(Claim("paper_size", "the same at the paper's d = 1000, n = 500", "Sec. 6",
                             f"run at d={s['dim']}, n={s['n']} (quick)", "not testable here",
-                            "full mode runs d=1000, n=500"))
+                            "full mode runs d=1000, n=500", kind="comparative"))
     return claims
 
 

@@ -35,6 +35,7 @@ import learned_dco as ldco
 from learned_dco import meta as M
 from learned_dco import tasks
 from learned_dco.meta import distributed
+from learned_dco.studies import stats
 from learned_dco.studies.common import Claim, _pyplot, fmt, write_study
 
 NAME = "metamd"
@@ -51,9 +52,12 @@ def _meta_train(lopt, family, estimator, steps, lr, key):
     return state.meta, np.asarray(metrics.meta_loss, np.float64)
 
 
-def _summary(x):
+def _summary(x, T):
+    """Mean and median curves over tasks, each task's value at step ``T`` and at the last step
+    (the paired units of the verdicts), and how many tasks ended non-finite."""
     x = np.asarray(x, np.float64)
-    return {"mean": x.mean(0).tolist(), "median": np.median(x, 0).tolist()}
+    return {"mean": x.mean(0).tolist(), "median": np.median(x, 0).tolist(), "per_task_at_T": x[:, T].tolist(),
+            "per_task_final": x[:, -1].tolist(), "diverged": int(np.sum(~np.isfinite(x[:, -1])))}
 
 
 def convergence(name, family, *, T, eval_steps, num_train, num_test, meta_steps, num_tasks, meta_lr, seed,
@@ -66,9 +70,9 @@ def convergence(name, family, *, T, eval_steps, num_train, num_test, meta_steps,
 
     def record(curves):
         curves = distributed.to_host(curves)
-        out = {"train": _summary(curves.train), "val": _summary(curves.val)}
+        out = {"train": _summary(curves.train, T), "val": _summary(curves.val, T)}
         if f_star is not None:
-            out["excess_train"] = _summary(np.asarray(curves.train) - np.asarray(f_star)[:, None])
+            out["excess_train"] = _summary(np.asarray(curves.train) - np.asarray(f_star)[:, None], T)
         return out
 
     results, tuned = {}, {}
@@ -219,43 +223,62 @@ def _median_at(res, name, key, step):
     return res["curves"][name][key]["median"][step]
 
 
+#: Excess losses below this are float round-off (f* by lstsq); log10 comparisons floor here.
+EXCESS_FLOOR = 1e-10
+#: Non-finite (diverged) or larger losses enter the paired comparisons at this value.
+LOSS_CAP = 1e6
+
+
+def _log10(x):
+    return np.log10(np.maximum(stats.capped(x, LOSS_CAP), EXCESS_FLOOR))
+
+
 def claims_for(data: dict) -> list[Claim]:
+    """Claims and verdicts from the study's data (per-task values under ``per_task_*``)."""
     ls = data["least_squares"]
     T = ls["settings"]["T"]
-    med = {n: _median_at(ls, n, "excess_train", T) for n in ls["curves"]}
-    best_base = min(med["sgd"], med["adam"])
+    n = ls["settings"]["num_test"]
+    unit = f"held-out task x seed ({n} x 1)"
+    med = {m: _median_at(ls, m, "excess_train", T) for m in ls["curves"]}
+    at_T = {m: _log10(c["excess_train"]["per_task_at_T"]) for m, c in ls["curves"].items()}
     learned = ("metamd_final", "metamd_bound")
-    wins = [med[n] < best_base for n in learned]
+    faster = stats.combine({f"{m} vs {b}": stats.paired_test(at_T[m], at_T[b], statistic=f"log10 excess loss at T, {m} - {b}",
+                                                              unit=unit)
+                            for m in learned for b in ("sgd", "adam")})
     claims = [Claim(
         "ls_faster_than_tuned", "MetaMD's learned mirror map converges faster than tuned SGD/Adam on held-out tasks",
         "faster convergence (paper's figures)",
         f"median excess loss at T={T}: MetaMD (loss after T) {fmt(med['metamd_final'])}, MetaMD (regret bound) "
         f"{fmt(med['metamd_bound'])}, DCOG {fmt(med['dcog_final'])}; tuned SGD {fmt(med['sgd'])}, Adam {fmt(med['adam'])}",
-        "reproduced" if all(wins) else ("partly" if any(wins) else "not reproduced"),
-        "metamd.png panel 1; results.json least_squares.curves")]
-    mean_T = ls["curves"]["metamd_bound"]["excess_train"]["mean"][T]
-    mean_2T = ls["curves"]["metamd_bound"]["excess_train"]["mean"][-1]
-    stable = np.isfinite(mean_2T) and mean_2T <= mean_T * 1.05
-    others = {n: ls["curves"][n]["excess_train"]["mean"][-1] for n in ("metamd_final", "dcog_final")}
+        faster["verdict"], "metamd.png panel 1; results.json least_squares.curves.*.excess_train.per_task_at_T",
+        kind="comparative", test=faster)]
+    bound = ls["curves"]["metamd_bound"]["excess_train"]
+    past = stats.paired_test(_log10(bound["per_task_final"]), _log10(bound["per_task_at_T"]),
+                             statistic="log10 excess loss of MetaMD (regret bound), at 2T - at T", unit=unit)
+    others = {m: ls["curves"][m]["excess_train"]["mean"][-1] for m in ("metamd_final", "dcog_final")}
     claims.append(Claim(
         "bound_generalises_past_T", "the regret-bound meta-objective (no validation data) gives an optimizer that "
         "keeps converging past the meta-training horizon", "convergence guarantee (bound)",
-        f"MetaMD (regret bound) mean excess {fmt(mean_T)} at T, {fmt(mean_2T)} at 2T; loss-after-T objectives at 2T: "
-        + ", ".join(f"{n} {fmt(v)}" for n, v in others.items()),
-        "reproduced" if stable else "not reproduced", "results.json least_squares.curves.metamd_bound"))
+        f"MetaMD (regret bound) mean excess {fmt(bound['mean'][T])} at T, {fmt(bound['mean'][-1])} at 2T; "
+        "loss-after-T objectives at 2T: " + ", ".join(f"{m} {fmt(v)}" for m, v in others.items()),
+        past["verdict"], "results.json least_squares.curves.metamd_bound.excess_train", kind="comparative", test=past))
     if "digits_mlp" in data:
         dg = data["digits_mlp"]
-        fin = {n: dg["curves"][n]["val"]["mean"][-1] for n in dg["curves"]}
-        w = fin["metamd_bound"] <= min(fin["sgd"], fin["adam"])
+        fin = {m: dg["curves"][m]["val"]["mean"][-1] for m in dg["curves"]}
+        val = {m: _log10(c["val"]["per_task_final"]) for m, c in dg["curves"].items()}
+        dunit = f"held-out task x seed ({dg['settings']['num_test']} x 1)"
+        digits = stats.combine({f"metamd_bound vs {b}": stats.paired_test(
+            val["metamd_bound"], val[b], statistic=f"log10 final validation loss, metamd_bound - {b}", unit=dunit)
+            for b in ("sgd", "adam")})
         claims.append(Claim(
             "digits_mlp", "MetaMD trains a digits MLP better than tuned SGD/Adam", "better (paper's image tasks)",
             f"validation loss at step {dg['settings']['eval_steps']}: MetaMD (bound) {fmt(fin['metamd_bound'])}, "
             f"MetaMD (loss after T) {fmt(fin['metamd_final'])}, SGD {fmt(fin['sgd'])}, Adam {fmt(fin['adam'])}",
-            "reproduced" if w else "not reproduced", "results.json digits_mlp.curves"))
+            digits["verdict"], "results.json digits_mlp.curves", kind="comparative", test=digits))
     else:
         claims.append(Claim("digits_mlp", "MetaMD trains a digits MLP better than tuned SGD/Adam",
                             "better (paper's image tasks)", "not run in quick mode", "not testable here",
-                            "full mode runs it"))
+                            "full mode runs it", kind="comparative"))
     rows = data["cost"]
     by = {(tuple(r["hidden"]), r["optimizer"]): r for r in rows}
     hid = sorted({tuple(r["hidden"]) for r in rows}, key=lambda h: by[(h, "metamd")]["params"])
@@ -272,7 +295,7 @@ def claims_for(data: dict) -> list[Claim]:
         "; ".join(f"p={by[(h, 'metamd')]['params']}: meta-params {by[(h, 'metamd')]['meta_params']} vs dense "
                   f"{by[(h, 'dcogd')]['meta_params']}, meta-gradient temporaries "
                   f"{by[(h, 'metamd')]['meta_grad_temp_MB']:.3g} vs {by[(h, 'dcogd')]['meta_grad_temp_MB']:.3g} MB"
-                  for h in hid), "reproduced" if small else "not reproduced", "results.json cost"))
+                  for h in hid), "holds" if small else "fails", "results.json cost", kind="sanity"))
     return claims
 
 
@@ -298,10 +321,11 @@ def run(out_dir: str | Path = "results/metamd", *, quick: bool = False, seed: in
     plot(data, out / "metamd.png")
     ls = data["least_squares"]
     T = ls["settings"]["T"]
-    rows = ["| optimizer | median at T | median at 2T | mean at 2T |", "|---|---|---|---|"]
+    rows = ["| optimizer | median at T | median at 2T | mean at 2T | diverged |", "|---|---|---|---|---|"]
     for n, c in ls["curves"].items():
         e = c["excess_train"]
-        rows.append(f"| {n} | {fmt(e['median'][T])} | {fmt(e['median'][-1])} | {fmt(e['mean'][-1])} |")
+        rows.append(f"| {n} | {fmt(e['median'][T])} | {fmt(e['median'][-1])} | {fmt(e['mean'][-1])} | "
+                    f"{e['diverged']}/{ls['settings']['num_test']} |")
     crow = ["| hidden | params | optimizer | meta-params | meta-gradient args + temporaries (MB) |", "|---|---|---|---|---|"]
     crow += [f"| {r['hidden']} | {r['params']} | {r['optimizer']} | {r['meta_params']} | "
              f"{r['meta_grad_argument_MB'] + r['meta_grad_temp_MB']:.3g} |" for r in data["cost"]]

@@ -23,7 +23,9 @@ optimizee is run for ``eval_steps`` from its start with the resulting weights:
 The adaptation step ``alpha`` for test time is picked per method from a small grid on
 separate shifted validation tasks (so the transfer baseline gets its best step too).
 Reported per family: mean and median log10 loss curves (plotted: median), the final log10
-loss (mean with non-finite values counted as 12, and median) and how many tasks diverged.
+loss (mean with non-finite values and values above 12 counted as 12, and median) and how many
+tasks diverged (non-finite). The verdicts pair the same held-out tasks across methods on that
+capped final log10 loss (:mod:`learned_dco.studies.stats`).
 
 Quick mode (``learned-dco reproduce ml2o --quick``): 150 meta-steps per method; full mode:
 600. Writes ``ml2o.png``, ``report.md`` and ``results.json``.
@@ -44,6 +46,7 @@ import learned_dco as ldco
 from learned_dco import meta as M
 from learned_dco import tasks
 from learned_dco.meta import distributed
+from learned_dco.studies import stats
 from learned_dco.studies.common import Claim, _pyplot, write_study
 
 NAME = "ml2o"
@@ -88,9 +91,18 @@ def _adapted(*args, **kw):
     return distributed.to_host(evaluate_adapted(*args, **kw))
 
 
+#: A task whose final log10 loss is non-finite or above this (diverged) scores this in every mean and paired test
+#: (and in the choice of the adaptation step).
+DIVERGED_LOG10 = 12.0
+
+
+def _final_per_task(curves) -> np.ndarray:
+    """Each task's final log10 loss, non-finite ones and those above :data:`DIVERGED_LOG10` counted as it."""
+    return stats.capped(np.asarray(curves, np.float64)[:, -1], DIVERGED_LOG10)
+
+
 def _final_score(curves):
-    last = np.asarray(curves)[:, -1]
-    return float(np.mean(np.where(np.isfinite(last), last, 12.0)))
+    return float(np.mean(_final_per_task(curves)))
 
 
 def run_family(name, train_family, test_family, shift_desc, *, horizon, eval_steps, meta_steps, num_tasks,
@@ -142,22 +154,24 @@ def run_family(name, train_family, test_family, shift_desc, *, horizon, eval_ste
                         "num_test": num_test, "adapt_grad_clip": 10.0,
                         "initial_gd_step": sgd.learning_rate, "adam_lr": adam.learning_rate},
            "chosen_alpha": chosen, "meta_loss": {k: v.tolist() for k, v in meta_loss.items()},
-           "skipped_meta_updates": skipped, "meta_train_seconds": seconds, "curves": {}, "final_log10": {},
+           "skipped_meta_updates": skipped, "meta_train_seconds": seconds, "curves": {}, "final_log10": {}, "final_log10_per_task": {},
            "final_median_log10": {}, "diverged_tasks": {},
            "unroll_loss_after_adaptation": {}}
     for method, (c, unroll) in curves.items():
         c = np.asarray(c, np.float64)
         out["curves"][method] = {"mean_log10": np.nanmean(c, 0).tolist(), "median_log10": np.nanmedian(c, 0).tolist()}
         out["final_log10"][method] = _final_score(c)
+        out["final_log10_per_task"][method] = _final_per_task(c).tolist()
         out["final_median_log10"][method] = float(np.median(np.where(np.isfinite(c[:, -1]), c[:, -1], np.inf)))
         out["diverged_tasks"][method] = int(np.sum(~np.isfinite(c[:, -1])))
         out["unroll_loss_after_adaptation"][method] = float(np.nanmean(np.asarray(unroll)))
     c = np.log10(np.asarray(adam_curves.train, np.float64) + 1e-12)
     out["curves"]["adam"] = {"mean_log10": np.nanmean(c, 0).tolist(), "median_log10": np.nanmedian(c, 0).tolist()}
     out["final_log10"]["adam"] = _final_score(c)
+    out["final_log10_per_task"]["adam"] = _final_per_task(c).tolist()
     out["final_median_log10"]["adam"] = float(np.median(np.where(np.isfinite(c[:, -1]), c[:, -1], np.inf)))
     out["diverged_tasks"]["adam"] = int(np.sum(~np.isfinite(c[:, -1])))
-    log(f"  {name}: final log10 loss, mean (non-finite counted as 12) / median / diverged: " + ", ".join(
+    log(f"  {name}: final log10 loss, mean (non-finite or > 12 counted as 12) / median / diverged: " + ", ".join(
         f"{k}={v:.3f}/{out['final_median_log10'][k]:.3f}/{out['diverged_tasks'][k]}" for k, v in out["final_log10"].items()))
     out["seconds"] = time.perf_counter() - start
     return out
@@ -187,28 +201,40 @@ def plot(data: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _compare(fams: dict, a: str, b: str) -> dict:
+    """Per family, the paired test of ``a`` against ``b`` on final log10 loss (tasks paired)."""
+    return {f"{f}: {a} vs {b}": stats.paired_test(
+        r["final_log10_per_task"][a], r["final_log10_per_task"][b],
+        statistic=f"final log10 loss, {a} - {b} (diverged = {DIVERGED_LOG10:g})",
+        unit=f"held-out shifted task x seed ({len(r['final_log10_per_task'][a])} x 1)") for f, r in fams.items()}
+
+
 def claims_for(data: dict) -> list[Claim]:
+    """The study's claims from its per-family results (``final_log10_per_task`` are the paired units)."""
     fams = data["families"]
     med = {f: r["final_median_log10"] for f, r in fams.items()}
-    desc = lambda keys: "; ".join(f"{f}: " + ", ".join(f"{k} {med[f][k]:.3g}" for k in keys) for f in fams)
-    verdict = lambda wins: "reproduced" if all(wins) else ("partly" if any(wins) else "not reproduced")
+    div = {f: r["diverged_tasks"] for f, r in fams.items()}
+    desc = lambda keys: "; ".join(f"{f}: " + ", ".join(f"{k} {med[f][k]:.3g} ({div[f][k]} diverged)" for k in keys)
+                                  for f in fams)
     steps = next(iter(fams.values()))["settings"]["meta_steps"]
+    transfer = stats.combine(_compare(fams, "ml2o_adapted", "transfer"))
+    vanilla = stats.combine(_compare(fams, "ml2o_adapted", "vanilla"))
+    helps = stats.combine({**_compare(fams, "ml2o_adapted", "ml2o_unadapted"), **_compare(fams, "transfer", "vanilla")})
     return [
         Claim("ml2o_beats_transfer", "M-L2O + 5 adaptation steps beats vanilla L2O fine-tuned for the same 5 steps "
               "(transfer learning) on out-of-distribution tasks", "M-L2O better (paper's tables/figures)",
               f"median final log10 loss ({steps} meta-steps): " + desc(("ml2o_adapted", "transfer")),
-              verdict([med[f]["ml2o_adapted"] < med[f]["transfer"] for f in fams]),
-              "ml2o.png; results.json families.*.final_median_log10"),
+              transfer["verdict"], "ml2o.png; results.json families.*.final_log10_per_task", kind="comparative",
+              test=transfer),
         Claim("ml2o_beats_vanilla", "M-L2O with adaptation beats vanilla L2O without adaptation on shifted tasks",
-              "better", desc(("ml2o_adapted", "vanilla")),
-              verdict([med[f]["ml2o_adapted"] < med[f]["vanilla"] for f in fams]),
-              "results.json families.*.final_median_log10"),
+              "better", desc(("ml2o_adapted", "vanilla")), vanilla["verdict"],
+              "results.json families.*.final_log10_per_task", kind="comparative", test=vanilla),
         Claim("adaptation_helps", "a few test-time adaptation steps help a learned optimizer under a distribution shift",
-              "helps", desc(("ml2o_adapted", "ml2o_unadapted", "transfer", "vanilla")),
-              verdict([med[f]["ml2o_adapted"] < med[f]["ml2o_unadapted"] or med[f]["transfer"] < med[f]["vanilla"]
-                       for f in fams]), "results.json families.*.final_median_log10"),
+              "helps", desc(("ml2o_adapted", "ml2o_unadapted", "transfer", "vanilla")), helps["verdict"],
+              "results.json families.*.final_log10_per_task", kind="comparative", test=helps),
         Claim("paper_setup", "the paper's exact optimizee sizes, horizons and adaptation schedule",
-              "Sec. 5", "not given in the text we have; our settings are in config", "not testable here", "config"),
+              "Sec. 5", "not given in the text we have; our settings are in config", "not testable here", "config",
+              kind="comparative"),
     ]
 
 

@@ -12,7 +12,11 @@ Sec. 5.3 / Fig. 3-4 scaled to CPU, Fig. 2a, and the nominal-term ablation:
    rate tuned over a half-decade grid on separate tasks of the same family.
 3. Per family and optimizer: mean full-training-split loss at ``H``, at ``10 H``, its best
    value, and the tasks that diverged (non-finite, or final > 10x the task's own minimum).
-4. Fig. 2a on the App. B.1 noisy quadratic (:mod:`learned_dco.studies.star_nqm`).
+4. Stability set: the learned optimizers alone on ``stability_tasks`` further fresh
+   ``DigitsMLP`` tasks for ``10 H`` steps. Divergence is rare, so the stability claim (STAR's
+   divergence indicator against Blackbox's, paired over these tasks) needs more tasks than the
+   loss comparisons; the MLP is the cheap family to run.
+5. Fig. 2a on the App. B.1 noisy quadratic (:mod:`learned_dco.studies.star_nqm`).
 
 Evaluation is a Python loop of one jitted step (tasks vmapped) with the full training loss
 every ``eval_every`` steps: XLA:CPU runs convolutions inside ``lax.scan`` ~10x slower than
@@ -20,7 +24,7 @@ the same step called from Python.
 
 Quick mode (``learned-dco reproduce star --quick``): H = 50 (so the PES truncation of 50
 spans the whole episode), 100 meta-steps, 4 tasks per meta-step, 4 evaluation tasks per
-family; full mode: the paper-like sizes of ``FULL`` (H = 500, 2000 meta-steps; hours on CPU).
+family, 32 tasks in the stability set; full mode: the paper-like sizes of ``FULL`` (H = 500, 2000 meta-steps; hours on CPU).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from learned_dco import meta as lmeta
 from learned_dco import tasks
 from learned_dco.meta import distributed
 from learned_dco.studies import star_nqm
+from learned_dco.studies import stats
 from learned_dco.studies.common import Claim, _pyplot, fmt, write_study
 
 NAME = "star"
@@ -48,14 +53,16 @@ PAPER = "Harrison, Metz & Sohl-Dickstein: A closer look at learned optimization:
 QUICK = dict(
     horizon=50, meta_steps=100, num_tasks=4, outer_lr=1e-3, star_weight_decay=(0.5,),
     mlp_hidden=(32, 32), conv_channels=(8, 16, 16), batch_size=64,
-    eval_tasks=4, tune_tasks=2, eval_every=20,
+    eval_tasks=4, tune_tasks=2, eval_every=20, stability_tasks=32,
 )
 FULL = dict(
     horizon=500, meta_steps=2000, num_tasks=8, outer_lr=3e-4, star_weight_decay=(0.1, 0.5),
     mlp_hidden=(128, 128), conv_channels=(32, 64, 64), batch_size=128,
-    eval_tasks=8, tune_tasks=4, eval_every=50,
+    eval_tasks=8, tune_tasks=4, eval_every=50, stability_tasks=64,
 )
 ADAM_GRID = tuple(float(x) for x in np.logspace(-4, -1, 7))  # half-decade steps (STAR App. B.3)
+#: Non-finite (or larger) final losses enter the paired loss comparisons at this value.
+LOSS_CAP = 1e6
 
 
 # --- evaluation ---------------------------------------------------------------------------
@@ -131,6 +138,8 @@ def summarise(ev: Evaluation, config: int, horizon: int) -> dict:
         "diverged_tasks": int(np.sum(diverged)),
         "num_tasks": int(losses.shape[0]),
         "diverged": bool(np.any(diverged)),
+        "diverged_per_task": [int(x) for x in diverged],
+        "final_loss_per_task": [float(x) for x in stats.capped(final, LOSS_CAP)],
         "curve": [None if not np.isfinite(x) else float(x) for x in mean],
     }
 
@@ -206,54 +215,105 @@ def plot(result: dict, path: Path) -> None:
 # --- study --------------------------------------------------------------------------------
 
 
+def _paired(ev: dict, a: str, b: str, key: str, statistic: str, log: bool = True) -> dict:
+    """Per family, the paired test of optimizer ``a`` against ``b`` over the same fresh tasks."""
+    out = {}
+    for f, e in ev.items():
+        x, y = np.asarray(e["optimizers"][a][key], np.float64), np.asarray(e["optimizers"][b][key], np.float64)
+        if log:
+            x, y = np.log10(np.maximum(x, 1e-30)), np.log10(np.maximum(y, 1e-30))
+        out[f"{f}: {a} vs {b}"] = stats.paired_test(x, y, statistic=f"{statistic}, {a} - {b}",
+                                                     unit=f"fresh {f} task x seed ({x.size} x 1)")
+    return out
+
+
+def _pooled(ev: dict, a: str, b: str, key: str, statistic: str) -> dict:
+    """One paired test of ``a`` against ``b`` over the tasks of every family (units: family x task)."""
+    x = np.concatenate([np.asarray(e["optimizers"][a][key], np.float64) for e in ev.values()])
+    y = np.concatenate([np.asarray(e["optimizers"][b][key], np.float64) for e in ev.values()])
+    sizes = " + ".join(f"{e['num_tasks']} {f}" for f, e in ev.items())
+    return stats.paired_test(x, y, statistic=f"{statistic}, {a} - {b}", unit=f"fresh task x seed ({sizes}, x 1 seed)")
+
+
+def stability_set(learned: dict, metas: dict, family, cfg: dict, k_tasks, k_eval, num_steps: int, log=print) -> dict:
+    """The learned optimizers on ``cfg["stability_tasks"]`` fresh MLP tasks for ``num_steps`` (10 H):
+    the paired units of the stability claim (divergence is rare, so it needs more tasks than
+    the loss comparisons, and the MLP is the cheap family to evaluate)."""
+    n = cfg["stability_tasks"]
+    batch = distributed.shard_tasks(tasks.sample_tasks(family, k_tasks, n))
+    out = {"family": "digits_mlp", "num_tasks": n, "steps": num_steps, "optimizers": {}}
+    for name, (lopt, _) in learned.items():
+        ev = evaluate(lopt.opt_fn, jax.tree.map(lambda x: x[None], metas[name]), family, batch, k_eval, num_steps,
+                      cfg["eval_every"])
+        s = summarise(ev, 0, cfg["horizon"])
+        out["optimizers"][name] = {k: s[k] for k in ("diverged_tasks", "diverged_per_task", "final_loss",
+                                                       "final_loss_per_task", "num_tasks")}
+        log(f"  stability set ({n} MLP tasks): {name:16s} diverged {s['diverged_tasks']}/{n}")
+    return out
+
+
 def claims_for(result: dict, nqm: dict) -> list[Claim]:
+    """The study's claims from its evaluation (per-task ``diverged_per_task`` and ``final_loss_per_task``)."""
     ev = result["evaluation"]
     star, bb, hp, abl = "star", "blackbox", "hyperparam", "star_no_nominal"
     div = {f: {n: s["diverged_tasks"] for n, s in e["optimizers"].items()} for f, e in ev.items()}
     fin = {f: {n: s["final_loss"] for n, s in e["optimizers"].items()} for f, e in ev.items()}
-    ntask = {f: e["num_tasks"] for f, e in ev.items()}
     H = result["config"]["horizon"]
     fams = list(ev)
-    star_stable = all(div[f][star] == 0 for f in fams)
-    bb_unstable = any(div[f][bb] > 0 for f in fams)
+    if "stability" in result:  # the larger set of fresh MLP tasks run for the stability claim
+        st = result["stability"]
+        stab_ev = {f"{st['family']}, stability set": st}
+        where = "results.json stability.optimizers.*.diverged_per_task"
+    else:
+        stab_ev, where = ev, "results.json evaluation.*.optimizers.*.diverged_per_task"
+    sdiv = {f: {n: s["diverged_tasks"] for n, s in e["optimizers"].items()} for f, e in stab_ev.items()}
+    stable = _pooled(stab_ev, star, bb, "diverged_per_task", "diverged at 10 H (1) or not (0)")
     claims = [Claim(
         "stability_10xH", "STAR stays stable far past its meta-training horizon where Blackbox can diverge (Fig. 3-4)",
         "STAR stable at 10x H; Blackbox unstable",
-        "; ".join(f"{f}: diverged STAR {div[f][star]}/{ntask[f]}, Blackbox {div[f][bb]}/{ntask[f]}, "
-                  f"Hyperparam {div[f][hp]}/{ntask[f]}" for f in fams) + f" (H = {H}, 10 H = {10 * H})",
-        "reproduced" if star_stable and bb_unstable else ("partly" if star_stable else "not reproduced"),
-        "star.png; results.json evaluation.*.optimizers.*.diverged_tasks")]
-    better = [fin[f][star] <= min(fin[f][bb], fin[f][hp]) for f in fams]
+        "; ".join(f"{f}: diverged STAR {sdiv[f][star]}/{e['num_tasks']}, Blackbox {sdiv[f][bb]}/{e['num_tasks']}, "
+                  f"Hyperparam {sdiv[f][hp]}/{e['num_tasks']}" for f, e in stab_ev.items()) + f" (H = {H}, 10 H = {10 * H})",
+        stable["verdict"], f"star.png; {where}", kind="comparative", test=stable)]
+    best = stats.combine({**_paired(ev, star, bb, "final_loss_per_task", "log10 loss at 10 H"),
+                          **_paired(ev, star, hp, "final_loss_per_task", "log10 loss at 10 H")})
     claims.append(Claim(
         "star_best_learned", "STAR optimizes better than Blackbox and Hyperparam, in and out of distribution",
         "STAR lowest loss (Fig. 3-4)",
         "; ".join(f"{f} at 10 H: STAR {fmt(fin[f][star])}, Blackbox {fmt(fin[f][bb])}, Hyperparam {fmt(fin[f][hp])}"
                   for f in fams),
-        "reproduced" if all(better) else ("partly" if any(better) else "not reproduced"),
-        "results.json evaluation.*.optimizers.*.final_loss"))
-    abl_worse = [div[f][abl] > div[f][star] or fin[f][abl] > fin[f][star] for f in fams]
+        best["verdict"], "results.json evaluation.*.optimizers.*.final_loss_per_task", kind="comparative", test=best))
+    ablation = stats.combine(_paired(ev, star, abl, "final_loss_per_task",
+                                     f"log10 loss at 10 H (diverged at {LOSS_CAP:g})"))
     claims.append(Claim(
         "nominal_term_ablation", "the nominal (Adam) term is what makes STAR stable and fast (ablation)",
         "removing it hurts",
         "; ".join(f"{f}: STAR {fmt(fin[f][star])} ({div[f][star]} diverged) vs without nominal term "
                   f"{fmt(fin[f][abl])} ({div[f][abl]} diverged)" for f in fams),
-        "reproduced" if all(abl_worse) else ("partly" if any(abl_worse) else "not reproduced"),
-        "results.json evaluation.*.optimizers.star_no_nominal"))
-    summ = nqm["summary"]
-    ratios = [s["at_largest_alpha"] / s["min"] for s in summ]
-    inside = all(0 < s["min_alpha"] < nqm["stability_edge"] for s in summ)
-    grows = all(b > a for a, b in zip(ratios, ratios[1:]))
-    claims.append(Claim(
-        "fig2a_variance", "meta-gradient variance is small inside the stable range and explodes towards its edge, "
-        "more for longer horizons (Fig. 2a)", "qualitative (figure)",
-        "max/min trace over alpha: " + ", ".join(f"T={s['T']}: {r:.3g}" for s, r in zip(summ, ratios)),
-        "reproduced" if inside and grows and ratios[0] > 1 else ("partly" if inside else "not reproduced"),
-        "star_nqm.png; results.json nqm.summary"))
+        ablation["verdict"], "results.json evaluation.*.optimizers.star_no_nominal", kind="comparative", test=ablation))
+    claims.append(_fig2a_claim(nqm))
     claims.append(Claim(
         "paper_scale", "the paper's comparisons at its scale (thousands of meta-steps, larger nets, many seeds)",
         "Fig. 3-4", f"{result['config']['meta_steps']} meta-steps, {result['config']['num_tasks']} tasks each",
-        "not testable here", "config (full mode is the closer run, for an accelerator)"))
+        "not testable here", "config (full mode is the closer run, for an accelerator)", kind="comparative"))
     return claims
+
+
+def _fig2a_claim(nqm: dict) -> Claim:
+    """Fig. 2a as a bound: the smallest of (max/min trace at the shortest T, growth factors
+    between consecutive T) must exceed 1, with every minimum inside the stable range."""
+    summ = nqm["summary"]
+    ratios = [s["at_largest_alpha"] / s["min"] for s in summ]
+    inside = all(0 < s["min_alpha"] < nqm["stability_edge"] for s in summ)
+    growth = [b / a for a, b in zip(ratios, ratios[1:])]
+    value = min([ratios[0], *growth]) if inside else 0.0
+    test = stats.bound_test(value, 1.0, holds_if=">", statistic="min(max/min trace at the shortest T, growth of "
+                            "max/min between consecutive T); 0 when a minimum lies outside the stable range")
+    test["seeds"] = nqm["num_seeds"]
+    return Claim(
+        "fig2a_variance", "meta-gradient variance is small inside the stable range and explodes towards its edge, "
+        "more for longer horizons (Fig. 2a)", "qualitative (figure)",
+        "max/min trace over alpha: " + ", ".join(f"T={s['T']}: {r:.3g}" for s, r in zip(summ, ratios)),
+        test["verdict"], "star_nqm.png; results.json nqm.summary", kind="bound", test=test)
 
 
 def run(out_dir: str | Path = "results/star", *, quick: bool = False, seed: int = 0, log=print,
@@ -315,6 +375,9 @@ def run(out_dir: str | Path = "results/star", *, quick: bool = False, seed: int 
                 f"diverged {s['diverged_tasks']}/{s['num_tasks']}")
         result["evaluation"][fam_name] = fam_result
     plot(result, out / "star.png")
+    if cfg.get("stability_tasks"):
+        result["stability"] = stability_set(learned, metas, mlp, cfg, jax.random.fold_in(k_eval_tasks, 100), k_eval,
+                                            num_steps, log)
 
     nqm = star_nqm.figure2a(seed=seed, num_seeds=cfg.get("nqm_seeds", 500), num_alphas=cfg.get("nqm_alphas", 50))
     star_nqm.plot(nqm, out / "star_nqm.png")
@@ -326,6 +389,13 @@ def run(out_dir: str | Path = "results/star", *, quick: bool = False, seed: int 
             label = f"Adam (lr {e['adam_learning_rate']:g})" if name == "adam" else name
             rows.append(f"| {fam} | {label} | {fmt(s['loss_at_H'])} | {fmt(s['final_loss'])} | "
                         f"{fmt(s['best_loss'])} ({s['best_step']}) | {s['diverged_tasks']} / {s['num_tasks']} |")
+    if "stability" in result:
+        st = result["stability"]
+        rows += ["", f"Stability set: {st['num_tasks']} further fresh MLP tasks, {st['steps']} steps (10 H), "
+                 "learned optimizers only (the units of the stability claim):", "",
+                 "| optimizer | at 10 H (mean) | diverged tasks |", "|---|---|---|"]
+        rows += [f"| {name} | {fmt(o['final_loss'])} | {o['diverged_tasks']} / {o['num_tasks']} |"
+                 for name, o in st["optimizers"].items()]
     nrows = ["| T | min trace | at alpha | at the largest alpha |", "|---|---|---|---|"]
     nrows += [f"| {s['T']} | {s['min']:.3g} | {s['min_alpha']:.2f} | {s['at_largest_alpha']:.3g} |" for s in nqm["summary"]]
     body = "\n".join([

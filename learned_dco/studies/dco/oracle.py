@@ -6,7 +6,7 @@ meta-training a scalar step could achieve (DCOG's per-weight steps cannot beat a
 step here: X has i.i.d. Gaussian entries, so the task distribution is invariant under
 rotations of theta and the best per-weight step is the same for every weight).
 
-    python -m learned_dco.studies.dco_oracle [--tasks 100] [--steps 30] [--out DIR]
+    python -m learned_dco.studies.dco.oracle [--tasks 100] [--steps 30] [--out DIR]
 
 (part of the DCO study's evidence, not run by ``learned-dco reproduce``: ~50 tuning sweeps
 over 100 tasks; writes ``dco_oracle.json`` to ``--out``, default ``results/dco``).

@@ -79,8 +79,9 @@ def _fmt(x: float) -> str:
 
 def experiment_table(result: dict[str, Any]) -> str:
     steps = len(result["steps"]) - 1
-    rows = [f"| optimizer | step size | loss @ 0 | loss @ 1 | loss @ {steps} (± std) | before meta-training @ {steps} |",
-            "|---|---|---|---|---|---|"]
+    n = result["settings"]["num_test"]
+    rows = [f"| optimizer | step size | loss @ 0 | loss @ 1 | loss @ {steps} (± std) | before meta-training @ {steps} "
+            "| diverged |", "|---|---|---|---|---|---|---|"]
     for opt, curve in result["curves"].items():
         m, s = curve["mean"], curve["std"]
         if opt in result["tuned_lr"]:
@@ -91,14 +92,15 @@ def experiment_table(result: dict[str, Any]) -> str:
                   f"protocol {protocol or 'reset'}")
             before = _fmt(result["dco_init_curves"][base]["mean"][-1])
         rows.append(f"| {LABELS.get(opt, opt)} | {lr} | {_fmt(m[0])} | {_fmt(m[1])} | {_fmt(m[-1])} (± {_fmt(s[-1])}) "
-                    f"| {before} |")
+                    f"| {before} | {result['diverged'].get(opt, '-')}/{n} |")
     ext = result.get("extension")
     if ext:
         for opt, e in ext["optimizers"].items():
             m, s = e["curve"]["mean"], e["curve"]["std"]
             rows.append(f"| {LABELS[opt]}, T={ext['horizon']} (extension) | {result['dco_init_step'][opt]:.3g} "
                         f"(tuned init), meta-trained T={ext['horizon']} | {_fmt(m[0])} | {_fmt(m[1])} | "
-                        f"{_fmt(m[-1])} (± {_fmt(s[-1])}) | {_fmt(result['dco_init_curves'][opt]['mean'][-1])} |")
+                        f"{_fmt(m[-1])} (± {_fmt(s[-1])}) | {_fmt(result['dco_init_curves'][opt]['mean'][-1])} | "
+                        f"{e.get('diverged', '-')}/{n} |")
     return "\n".join(rows)
 
 
@@ -110,13 +112,13 @@ def verdicts(name: str, result: dict[str, Any]) -> list[str]:
     for protocol, wins_p in result["wins"].items():
         for opt, wins in wins_p.items():
             key = opt if protocol == "reset" else f"{opt}_{protocol}"
-            verb = "beats or matches" if wins else "does NOT beat"
+            verb = "has a mean below or equal to" if wins else "has a mean above"
             lines.append(f"- {LABELS[opt]} (protocol {protocol}) {verb} the best tuned baseline ({LABELS[best]}) at "
                          f"the final step: {_fmt(result['final'][key])} vs {_fmt(b)}.")
     ext = result.get("extension")
     if ext:
         for opt, wins in ext["wins"].items():
-            verb = "beats or matches" if wins else "does NOT beat"
+            verb = "has a mean below or equal to" if wins else "has a mean above"
             lines.append(f"- {LABELS[opt]} meta-trained with T = {ext['horizon']} (extension) {verb} it: "
                          f"{_fmt(ext['optimizers'][opt]['final'])} vs {_fmt(b)}.")
     return lines

@@ -121,9 +121,17 @@ def _learned(name: str, exp: Experiment, learning_rate: float, solver: str = "ex
     return ldco.DCOM(momentum=exp.momentum, **kw)
 
 
+#: Non-finite (diverged) or larger validation losses enter the paired comparisons at this value.
+LOSS_CAP = 1e6
+
+
 def _summary(curves: meta.Curves) -> dict[str, list[float]]:
+    """Mean and std curves over the new tasks, and each task's loss at step 1 and at the last
+    step (non-finite or above :data:`LOSS_CAP` counted as the cap): the paired units of the verdicts."""
     val = np.asarray(curves.val, dtype=np.float64)
-    return {"mean": val.mean(axis=0).tolist(), "std": val.std(axis=0).tolist()}
+    capped = np.where(np.isfinite(val), np.minimum(val, LOSS_CAP), LOSS_CAP)
+    return {"mean": val.mean(axis=0).tolist(), "std": val.std(axis=0).tolist(),
+            "per_task_first": capped[:, min(1, val.shape[1] - 1)].tolist(), "per_task_final": capped[:, -1].tolist()}
 
 
 def _example_params(exp: Experiment, pool):
@@ -293,7 +301,8 @@ def run_experiment(exp: Experiment, key: jax.Array, log=print) -> dict[str, Any]
         if exp.extension_horizon:
             learned_t, loss_t = _meta_train(lopt, exp, train, exp.extension_horizon, k_meta)
             c = distributed.to_host(meta.evaluate(lopt.opt_fn, learned_t, exp.family, test_s, k_eval, exp.eval_steps))
-            extension[name] = {"curve": _summary(c), "meta_loss": loss_t, "final": float(np.mean(c.val[:, -1]))}
+            extension[name] = {"curve": _summary(c), "meta_loss": loss_t, "final": float(np.mean(c.val[:, -1])),
+                               "diverged": int(np.sum(~np.isfinite(np.asarray(c.val[:, -1]))))}
             log(f"  {exp.name}: {name:8s} with T={exp.extension_horizon}: final={extension[name]['final']:.4g}")
 
     direct = None
