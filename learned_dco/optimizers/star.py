@@ -167,7 +167,11 @@ def adafac_mlp(
         normalisation folded into the first-layer weights, time features into its bias, row
         and column channels through small matmuls, the rest of the MLP elementwise).
         ``False``: materialise the feature tensor and run the MLP on it (the reference).
-        Same outputs up to float rounding (below 1e-6 relative in float32). ``"auto"``
+        Same outputs up to float rounding (below 1e-6 relative in float32). The fused path
+        only evaluates: its derivatives (``jax.grad``/``jax.jvp`` through the update, as in
+        FullUnroll and TruncatedBPTT meta-gradients) are the materialised path's, and under
+        differentiation so is its value (a ``jax.custom_jvp``), so meta-gradients compile
+        and run as the materialised ones do. ``"auto"``
         (default): fused on XLA:CPU, where it is 2.2-5.5x faster for 8-64 vmapped tasks
         (``benchmarks/lopt_update.py``); materialised on accelerators, where the one
         measurement we have (an H200, an earlier fused design) found it 0.77x.
@@ -203,8 +207,9 @@ def adafac_mlp(
     def init_fn(params):
         return F.init_state(params, num_momenta, num_factored)
 
-    def blackbox_and_nominal(h, g, m, v, count, dtype, head_apply=F.head_apply):
+    def blackbox_and_nominal(theta, h, g, m, v, count, dtype, head_apply=F.head_apply):
         """The update formula on flat or per-tensor arrays (``m`` has a trailing momentum axis)."""
+        _, heads, rms_decay, momentum_decays, nominal_step = theta
         if bias_correction:
             tf = count.astype(dtype)  # updates taken including this one
             v_hat = v / (1 - jnp.power(rms_decay.astype(dtype), tf))
@@ -236,24 +241,45 @@ def adafac_mlp(
         ))
         dtype = jnp.result_type(*leaves_p)
         fused = jax.default_backend() == "cpu" if fuse_features == "auto" else fuse_features
+        theta = (trunk, heads, rms_decay, momentum_decays, jnp.asarray(nominal_step, dtype))
         if fused:
-            updates = [_fused_update(*leaf, state.count, dtype) for leaf in per_leaf]
+            updates = _fused_value_materialised_derivative(dtype)(theta, per_leaf, state.count)
         else:
-            updates = _materialised_updates(per_leaf, state.count, dtype)
+            updates = _materialised_updates(theta, per_leaf, state.count, dtype)
         return jax.tree.unflatten(treedef, updates), state
 
-    def _fused_update(p, g, m, v, row, col, full, count, dtype):
+    def _fused_value_materialised_derivative(dtype):
+        # The fused path computes the update's value; its derivatives (forward and, by
+        # transposition, reverse mode) are those of the materialised path, which is the
+        # same function up to float rounding. Differentiated through the fused loops, the
+        # update compiled 5x slower (float64 meta-gradient through 3 steps: 16.8 against
+        # 3.1 CPU-seconds) and ran 0.76-0.81x as fast for one task
+        # (benchmarks/lopt_update.py). Under differentiation the returned value is the
+        # materialised one, so the primal and its tangent come from the same program.
+        def value(theta, per_leaf, count):
+            return [_fused_update(theta, *leaf, count, dtype) for leaf in per_leaf]
+
+        f = jax.custom_jvp(value)
+
+        @f.defjvp
+        def _jvp(primals, tangents):
+            return jax.jvp(lambda th, pl, c: _materialised_updates(th, pl, c, dtype), primals, tangents)
+
+        return f
+
+    def _fused_update(theta, p, g, m, v, row, col, full, count, dtype):
+        trunk = theta[0]
         # One tensor: first layer without the feature tensor (features.first_layer), the
         # rest of the MLP and the update formula elementwise on this tensor.
         h = jax.nn.relu(F.first_layer(p, g, m, v, row, col, full, count - 1, trunk[0], feature_eps, dtype))
         for layer in trunk[1:]:
             h = jax.nn.relu(F.dense_elementwise(h, layer))
         step = blackbox_and_nominal(
-            h, g.astype(dtype), m.astype(dtype), v.astype(dtype), count, dtype, lambda head, x: F.dense_elementwise(x, head)
+            theta, h, g.astype(dtype), m.astype(dtype), v.astype(dtype), count, dtype, lambda head, x: F.dense_elementwise(x, head)
         )
         return (-step).astype(jnp.result_type(p))
 
-    def _materialised_updates(per_leaf, count, dtype):
+    def _materialised_updates(theta, per_leaf, count, dtype):
         # The default (and the fused path's test reference): the (n, 39) inputs of every
         # tensor, concatenated over the model, then one MLP over all entries.
         x, g, m, v = [], [], [], []
@@ -263,8 +289,8 @@ def adafac_mlp(
             m.append(mi.reshape(-1, mi.shape[-1]))
             v.append(vi.reshape(-1))
         x, g, m, v = (jnp.concatenate([a.astype(dtype) for a in arrs], axis=0) for arrs in (x, g, m, v))
-        h = F.trunk_apply(trunk, x)
-        step = blackbox_and_nominal(h, g, m, v, count, dtype)
+        h = F.trunk_apply(theta[0], x)
+        step = blackbox_and_nominal(theta, h, g, m, v, count, dtype)
         sizes = [int(np.prod(jnp.shape(p), dtype=int)) for p, *_ in per_leaf]
         pieces = jnp.split(-step, np.cumsum(sizes)[:-1])
         return [u.reshape(jnp.shape(p)).astype(jnp.result_type(p)) for u, (p, *_) in zip(pieces, per_leaf)]
