@@ -6,6 +6,7 @@ from typing import Any as _Any
 from learned_dco.validation import ValidationError as _ValidationError
 
 from learned_dco.optimizers.controller import ControllerState, ProdigyController, prodigy_controller
+from learned_dco.optimizers.dco_controller import DCOController, DCOControllerState, dcom_controller
 from learned_dco.optimizers.dco import DCOG, DCOGD, DCOM, DCOMState, DCOState, dcog, dcogd, dcom
 from learned_dco.optimizers.general import (
     GeneralDCOState,
@@ -28,6 +29,7 @@ from learned_dco.optimizers.star import (
     blackbox_weight_mask,
     star_meta_optimizer,
 )
+from learned_dco.optimizers.param_mlp import ParamMLPState, ProdigyParamMLP, prodigy_param_mlp
 from learned_dco.optimizers.scheduled import LearnedProdigy, ScheduledAdam, knot_schedule
 from learned_dco.optimizers.stepsize import LearnedStepSize, step_size_gd
 
@@ -46,6 +48,8 @@ LEARNED_OPTIMIZERS = {
     "scheduled_adam": ScheduledAdam,
     "learned_prodigy": LearnedProdigy,
     "prodigy_controller": ProdigyController,
+    "prodigy_param_mlp": ProdigyParamMLP,
+    "dcom_controller": DCOController,
 }
 
 
