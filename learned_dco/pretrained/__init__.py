@@ -35,6 +35,7 @@ import builtins
 import dataclasses
 import functools
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -61,6 +62,28 @@ meta-parameters must not depend on the model's shapes (it applies to any pytree)
 
 class PretrainedError(ValidationError):
     """An unknown name, an option the optimizer does not take, or incompatible weights."""
+
+
+class BudgetWarning(UserWarning):
+    """A schedule-aware pretrained optimizer was loaded without being told its step budget."""
+
+
+_WARNED_BUDGET: set[str] = set()
+"""Names already warned about a missing ``num_steps`` in this process (each warns once)."""
+
+
+def _warn_budget(name: str, data: Mapping[str, Any]) -> None:
+    """Warn once per name that ``load(name)`` without ``num_steps`` uses the card's default."""
+    if name in _WARNED_BUDGET:
+        return
+    _WARNED_BUDGET.add(name)
+    field = data.get("options", {}).get("num_steps")
+    default = data.get("architecture", {}).get("fields", {}).get(field)
+    warnings.warn(
+        f"pretrained {name!r} is schedule-aware and was not told the run's budget: it assumes "
+        f"num_steps={default}. Pass load({name!r}, num_steps=T) with your number of steps T "
+        f"(the default can cost several-fold in final loss when T differs).",
+        BudgetWarning, stacklevel=3)
 
 
 def _root(root: str | Path | None) -> Path:
@@ -217,6 +240,8 @@ def load(
         options["num_steps"] = num_steps
     data = card(name, root)
     accepted = data.get("options", {})
+    if "num_steps" in accepted and "num_steps" not in options:
+        _warn_budget(name, data)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise PretrainedError(
@@ -340,5 +365,5 @@ def from_run(
     return save(name, trained.lopt, trained.meta, root=_root(root), options=options, recipe=recipe, heldout=heldout)
 
 
-__all__ = ["CARD_FORMAT", "WEIGHTS_DIR", "PretrainedError", "card", "from_run", "list", "load", "load_lopt", "meta_shapes",
+__all__ = ["BudgetWarning", "CARD_FORMAT", "WEIGHTS_DIR", "PretrainedError", "card", "from_run", "list", "load", "load_lopt", "meta_shapes",
            "run_recipe", "save"]
