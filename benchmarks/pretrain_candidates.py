@@ -5,7 +5,9 @@ of its latest checkpoint (``meta.msgpack`` when the run has finished), told each
 budget, beside its untrained starting point. Design choices are made on ``--split dev`` only.
 
     python benchmarks/pretrain_candidates.py controller=runs/pretrain_prodigy_controller \\
-        [--split dev] [--quick] [--out results/pretrain-dev]
+        dcom_untrained=init:dcom_controller [--split dev] [--quick] [--out results/pretrain-dev]
+
+(``init:NAME``: the registered optimizer NAME at its untrained starting point.)
 
 Writes bench.json / bench.md / bench_profile.png to ``--out`` and a ``candidates.json`` naming
 the meta-step of each candidate's weights.
@@ -30,6 +32,11 @@ from learned_dco.meta import checkpoint
 def run_meta(run_dir: str | Path):
     """(learned optimizer, meta-parameters, meta-step) of a run directory: ``meta.msgpack`` if
     the run has finished, else its latest checkpoint's meta-parameters."""
+    if str(run_dir).startswith("init:"):
+        from learned_dco.optimizers import make_optimizer
+
+        lopt = make_optimizer(str(run_dir)[len("init:"):])
+        return lopt, lopt.init(jax.random.PRNGKey(0), B._TEMPLATE), 0
     run_dir = Path(run_dir)
     cfg = saved_config(run_dir)
     lopt, family = C.build_optimizer(cfg), C.build_family(cfg)
@@ -45,12 +52,12 @@ def run_meta(run_dir: str | Path):
     return lopt, meta, step
 
 
-def candidate(name: str, lopt, meta) -> B.Candidate:
-    """A bench candidate: ``lopt`` with ``meta`` told each problem's budget, with its untrained start."""
+def candidate(name: str, lopt, meta, with_start: bool = True) -> B.Candidate:
+    """A bench candidate: ``lopt`` with ``meta`` told each problem's budget (with its untrained start)."""
     def make(steps):
         return dataclasses.replace(lopt, num_steps=int(steps)).opt_fn(meta)
 
-    return B.Candidate(name, make, fingerprint=None, start=B.learned_start(name, lopt))
+    return B.Candidate(name, make, fingerprint=None, start=B.learned_start(name, lopt) if with_start else None)
 
 
 def main(argv=None) -> int:
@@ -67,7 +74,7 @@ def main(argv=None) -> int:
     for spec in args.runs:
         name, _, run_dir = spec.partition("=")
         lopt, meta, step = run_meta(run_dir)
-        cands.append(candidate(name, lopt, meta))
+        cands.append(candidate(name, lopt, meta, with_start=not run_dir.startswith("init:")))
         steps[name] = {"run_dir": run_dir, "meta_step": step}
     settings = bench.Settings.quick() if args.quick else bench.Settings()
     result = bench.run(cands, split=args.split, settings=settings)
