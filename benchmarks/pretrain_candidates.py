@@ -69,15 +69,23 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="dev", choices=("dev", "test"))
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="results/pretrain-dev")
+    ap.add_argument("--baselines", default=None,
+                    help="comma-separated baseline rows to run (default: all; adam, the reference, is always run)")
+    ap.add_argument("--no-starts", action="store_true",
+                    help="no untrained-start rows (for designs whose start is a baseline row, e.g. prodigy)")
+    ap.add_argument("--no-timing", action="store_true", help="skip the step-time measurement")
     args = ap.parse_args(argv)
     cands, steps = [], {}
     for spec in args.runs:
         name, _, run_dir = spec.partition("=")
         lopt, meta, step = run_meta(run_dir)
-        cands.append(candidate(name, lopt, meta, with_start=not run_dir.startswith("init:")))
+        cands.append(candidate(name, lopt, meta, with_start=not (args.no_starts or run_dir.startswith("init:"))))
         steps[name] = {"run_dir": run_dir, "meta_step": step}
     settings = bench.Settings.quick() if args.quick else bench.Settings()
-    result = bench.run(cands, split=args.split, settings=settings)
+    if args.no_timing:
+        settings = dataclasses.replace(settings, timing=False)
+    names = None if args.baselines is None else ["adam", *args.baselines.split(",")]
+    result = bench.run(cands, split=args.split, settings=settings, baseline_names=names)
     summary = report.summarise(result)
     out = Path(args.out)
     report.write(summary, out)
