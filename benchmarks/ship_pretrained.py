@@ -46,6 +46,16 @@ def quick_finals(candidate: bench.Candidate) -> dict:
             "final": runner.candidate_finals(candidate, probs, settings)}
 
 
+def test_quick_finals(candidate: bench.Candidate) -> dict:
+    """The candidate's final losses on every test problem at the quick budgets
+    (``learned-dco bench NAME --split test --quick``'s candidate rows): the card's regeneration
+    record for the test split."""
+    settings = bench.Settings.quick()
+    probs = bench.problem_set("test")
+    return {"problems": [p.name for p in probs], "budget_scale": settings.budget_scale, "seeds": list(settings.seeds),
+            "final": runner.candidate_finals(candidate, probs, settings)}
+
+
 def split_section(summary: dict, label: str, files: str) -> dict:
     """One split's record for the card: environment, the aggregate rows of ``label``, its
     untrained start and the reference baselines, and ``label``'s per-problem rows."""
@@ -68,6 +78,8 @@ def card_heldout(label: str, candidate: bench.Candidate, test: str | None, dev: 
         if path:
             out[name] = split_section(json.loads(Path(path).read_text()), label, str(Path(path).parent))
     out["quick"] = quick_finals(candidate)
+    if test:
+        out["test_quick"] = test_quick_finals(candidate)
     return out
 
 

@@ -183,3 +183,24 @@ def test_loaded_weights_follow_a_rewrite_and_edits_stay_local(shipped):
     _, reloaded = pretrained.load_lopt("tiny", root=root)
     for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(reloaded)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_load_without_the_budget_warns_once_per_name(tmp_path, monkeypatch):
+    """A schedule-aware card (it takes ``num_steps``) loaded without ``num_steps`` warns once,
+    naming the default it falls back to; told the budget, or a second time, it is silent."""
+    import warnings
+
+    monkeypatch.setattr(pretrained, "_WARNED_BUDGET", set())
+    lopt = ldco.optimizers.ProdigyController(num_steps=777, hidden=4)
+    meta = lopt.init(jax.random.PRNGKey(0), {"w": jnp.zeros(3)})
+    pretrained.save("sched", lopt, meta, root=tmp_path, options={"num_steps": "num_steps"})
+    with warnings.catch_warnings(record=True) as told:
+        warnings.simplefilter("always")
+        pretrained.load("sched", root=tmp_path, num_steps=100)
+    assert not [w for w in told if issubclass(w.category, pretrained.BudgetWarning)]
+    with pytest.warns(pretrained.BudgetWarning, match="num_steps=777"):
+        pretrained.load("sched", root=tmp_path)
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        pretrained.load("sched", root=tmp_path)
+    assert not [w for w in again if issubclass(w.category, pretrained.BudgetWarning)]

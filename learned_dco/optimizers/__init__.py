@@ -7,6 +7,7 @@ from learned_dco import deprecation as _deprecation
 from learned_dco.validation import ValidationError as _ValidationError
 
 from learned_dco.optimizers.controller import ControllerState, ProdigyController, prodigy_controller
+from learned_dco.optimizers.dco_controller import DCOController, DCOControllerState, dcom_controller
 from learned_dco.optimizers.dco import DCOG, DCOGD, DCOM, DCOMState, DCOState, dcog_transform, dcogd_transform, dcom_transform
 from learned_dco.optimizers.general import (
     GeneralDCOState,
@@ -27,6 +28,7 @@ from learned_dco.optimizers.star import (
     blackbox_weight_mask,
     star_meta_optimizer,
 )
+from learned_dco.optimizers.param_mlp import ParamMLPState, ProdigyParamMLP, prodigy_param_mlp
 from learned_dco.optimizers.scheduled import LearnedProdigy, ScheduledAdam, knot_schedule
 from learned_dco.optimizers.stepsize import LearnedStepSize, step_size_gd
 
@@ -45,6 +47,8 @@ LEARNED_OPTIMIZERS = {
     "scheduled_adam": ScheduledAdam,
     "learned_prodigy": LearnedProdigy,
     "prodigy_controller": ProdigyController,
+    "prodigy_param_mlp": ProdigyParamMLP,
+    "dcom_controller": DCOController,
 }
 
 

@@ -34,6 +34,7 @@ import builtins
 import dataclasses
 import functools
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -60,6 +61,28 @@ meta-parameters must not depend on the model's shapes (it applies to any pytree)
 
 class PretrainedError(ValidationError):
     """An unknown name, an option the optimizer does not take, or incompatible weights."""
+
+
+class BudgetWarning(UserWarning):
+    """A schedule-aware pretrained optimizer was loaded without being told its step budget."""
+
+
+_WARNED_BUDGET: set[str] = set()
+"""Names already warned about a missing ``num_steps`` in this process (each warns once)."""
+
+
+def _warn_budget(name: str, data: Mapping[str, Any]) -> None:
+    """Warn once per name that ``load(name)`` without ``num_steps`` uses the card's default."""
+    if name in _WARNED_BUDGET:
+        return
+    _WARNED_BUDGET.add(name)
+    field = data.get("options", {}).get("num_steps")
+    default = data.get("architecture", {}).get("fields", {}).get(field)
+    warnings.warn(
+        f"pretrained {name!r} is schedule-aware and was not told the run's budget: it assumes "
+        f"num_steps={default}. Pass load({name!r}, num_steps=T) with your number of steps T "
+        f"(the default can cost several-fold in final loss when T differs).",
+        BudgetWarning, stacklevel=3)
 
 
 def _root(root: str | Path | None) -> Path:
@@ -216,6 +239,8 @@ def load(
         options["num_steps"] = num_steps
     data = card(name, root)
     accepted = data.get("options", {})
+    if "num_steps" in accepted and "num_steps" not in options:
+        _warn_budget(name, data)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise PretrainedError(
@@ -269,4 +294,4 @@ def save(
     return path
 
 
-__all__ = ["CARD_FORMAT", "WEIGHTS_DIR", "PretrainedError", "card", "list", "load", "load_lopt", "meta_shapes", "save"]
+__all__ = ["BudgetWarning", "CARD_FORMAT", "WEIGHTS_DIR", "PretrainedError", "card", "list", "load", "load_lopt", "meta_shapes", "save"]
