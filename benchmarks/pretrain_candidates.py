@@ -21,12 +21,13 @@ import json
 from pathlib import Path
 
 import jax
-from flax import serialization
+import jax.numpy as jnp
 
-from learned_dco.app import config as C
-from learned_dco.app.runs import example_params, saved_config
+from learned_dco.app.runs import load_trained
 from learned_dco.bench import baselines as B
-from learned_dco.meta import checkpoint
+
+TEMPLATE = {"w": jnp.zeros((3, 2)), "b": jnp.zeros((2,))}
+"""Parameters to initialise a model-agnostic optimizer's meta-parameters with."""
 
 
 def run_meta(run_dir: str | Path):
@@ -36,20 +37,9 @@ def run_meta(run_dir: str | Path):
         from learned_dco.optimizers import make_optimizer
 
         lopt = make_optimizer(str(run_dir)[len("init:"):])
-        return lopt, lopt.init(jax.random.PRNGKey(0), B._TEMPLATE), 0
-    run_dir = Path(run_dir)
-    cfg = saved_config(run_dir)
-    lopt, family = C.build_optimizer(cfg), C.build_family(cfg)
-    template = lopt.init(jax.random.PRNGKey(0), example_params(family, jax.random.PRNGKey(0)))
-    final = run_dir / "meta.msgpack"
-    if final.exists():
-        info = final.with_suffix(".json")
-        step = json.loads(info.read_text()).get("meta_step") if info.exists() else None
-        return lopt, checkpoint.load_meta(final, template=template), step
-    raw = checkpoint._decode((run_dir / checkpoint.CHECKPOINT).read_bytes(), str(run_dir))["state"]
-    meta = serialization.from_state_dict(template, raw["meta"])
-    step = int(raw["step"]) if "step" in raw else None
-    return lopt, meta, step
+        return lopt, lopt.init(jax.random.PRNGKey(0), TEMPLATE), 0
+    trained = load_trained(run_dir, latest=True)
+    return trained.lopt, trained.meta, trained.meta_step
 
 
 def candidate(name: str, lopt, meta, with_start: bool = True) -> B.Candidate:

@@ -43,6 +43,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
+from flax import serialization
 
 from learned_dco import meta, tasks
 from learned_dco.app import config as C
@@ -395,15 +396,20 @@ class Trained(NamedTuple):
     meta_step: int | None  # meta-steps they were trained for (from meta.json), if recorded
 
 
-def load_trained(run_dir: str | Path) -> Trained:
-    """Load ``config.yaml`` and ``meta.msgpack`` from a run directory."""
+def load_trained(run_dir: str | Path, *, latest: bool = False) -> Trained:
+    """Load ``config.yaml`` and ``meta.msgpack`` from a run directory; with ``latest=True``, a
+    run that has not finished gives the meta-parameters of its latest checkpoint instead."""
     run_dir = Path(run_dir)
     cfg = saved_config(run_dir)
     path = run_dir / META
-    if not path.exists():
+    if not path.exists() and not (latest and (run_dir / checkpoint.CHECKPOINT).exists()):
         raise RunError(f"{path}: missing; has `learned-dco train` finished in {run_dir}?")
     lopt, family = C.build_optimizer(cfg), C.build_family(cfg)
     template = lopt.init(jax.random.PRNGKey(0), example_params(family, jax.random.PRNGKey(0)))
+    if not path.exists():
+        raw = checkpoint.read_raw(run_dir / checkpoint.CHECKPOINT)["state"]
+        step = int(raw["step"]) if "step" in raw else None
+        return Trained(cfg, lopt, family, serialization.from_state_dict(template, raw["meta"]), step)
     try:
         meta_params = checkpoint.load_meta(path, template=template)
     except Exception as e:  # msgpack/flax raise several types for a torn or foreign file

@@ -73,6 +73,13 @@ def _decode(data: bytes, where: str) -> dict:
     return {"format": 1, "fingerprint": None, "state": raw}  # a bare state dict (format 1)
 
 
+def read_raw(path: str | os.PathLike) -> dict:
+    """The decoded contents of checkpoint file ``path`` without a template (plain dicts and
+    arrays, e.g. ``["state"]["meta"]``), for reading a run that is still going."""
+    path = Path(path)
+    return _decode(path.read_bytes(), str(path))
+
+
 def restore(path: str | os.PathLike, template: Any, fingerprint: str | None = None) -> Any:
     """Read a pytree saved by :func:`save` into the structure of ``template``.
 
