@@ -52,9 +52,10 @@ import jax.numpy as jnp
 import optax
 
 from learned_dco.optimizers.base import check_grads, finish, safe_sqrt
+from learned_dco.optimizers.nets import check_open_unit, logit, mlp_apply, mlp_init
 from learned_dco.optimizers.scheduled import LOG_CLIP, ProdigyState, check_num_steps, prodigy
 from learned_dco.types import Array, MetaParams, Params, PRNGKey
-from learned_dco.validation import ValidationError, check_positive, positive_int
+from learned_dco.validation import check_positive, positive_int
 
 NUM_TENSOR_FEATURES = 5
 NUM_GLOBAL_FEATURES = 6
@@ -106,9 +107,7 @@ def global_features(count: Array, num_steps, agreement: Array, d_prev: Array, d:
 
 def controller_mlp(meta: MetaParams, features: Array, max_log_mult: float) -> Array:
     r"""Shared network: ``(L, F)`` features -> ``(L,)`` log-multipliers in :math:`(-L, L)`."""
-    h = jnp.tanh(features @ meta["w1"] + meta["b1"])
-    h = jnp.tanh(h @ meta["w2"] + meta["b2"])
-    return max_log_mult * jnp.tanh(h @ meta["w3"] + meta["b3"])
+    return max_log_mult * jnp.tanh(mlp_apply(meta, features))
 
 
 def prodigy_controller(
@@ -160,10 +159,6 @@ def prodigy_controller(
                   weight_decay=weight_decay, owner="prodigy_controller")
 
 
-def _logit(p: float) -> float:
-    return math.log(p / (1 - p))
-
-
 @dataclasses.dataclass(frozen=True)
 class ProdigyController:
     r"""Learned optimizer: :func:`prodigy_controller` with meta-learned network, betas and
@@ -184,26 +179,17 @@ class ProdigyController:
         check_num_steps(name, self.num_steps)
         positive_int(name, "hidden", self.hidden)
         for field in ("b1", "b2"):
-            value = getattr(self, field)
-            if not (isinstance(value, (int, float)) and 0.0 < value < 1.0):
-                raise ValidationError(f"{name}.{field} must be in (0, 1), got {value!r}")
+            check_open_unit(name, field, getattr(self, field))
         for field in ("eps", "estim_lr0", "max_log_mult", "init_scale"):
             check_positive(self, field)
 
     def init(self, key: PRNGKey, params: Params) -> MetaParams:
         """Random hidden layers (scaled Gaussian), a zero last layer: the untrained controller is Prodigy."""
         del params
-        k1, k2 = jax.random.split(key)
-        h, f = self.hidden, NUM_FEATURES
         return {
-            "w1": self.init_scale * jax.random.normal(k1, (f, h)) / math.sqrt(f),
-            "b1": jnp.zeros((h,)),
-            "w2": self.init_scale * jax.random.normal(k2, (h, h)) / math.sqrt(h),
-            "b2": jnp.zeros((h,)),
-            "w3": jnp.zeros((h,)),
-            "b3": jnp.zeros(()),
-            "b1_logit": jnp.asarray(_logit(self.b1)),
-            "b2_logit": jnp.asarray(_logit(self.b2)),
+            **mlp_init(key, NUM_FEATURES, self.hidden, (), self.init_scale),
+            "b1_logit": jnp.asarray(logit(self.b1)),
+            "b2_logit": jnp.asarray(logit(self.b2)),
             "log_coef": jnp.zeros(()),
         }
 

@@ -45,9 +45,10 @@ import jax.numpy as jnp
 import optax
 
 from learned_dco.optimizers.base import check_grads, finish, safe_sqrt
+from learned_dco.optimizers.nets import check_open_unit, logit, mlp_apply, mlp_init
 from learned_dco.optimizers.scheduled import check_num_steps
 from learned_dco.types import Array, MetaParams, Params, PRNGKey
-from learned_dco.validation import ValidationError, check_positive, positive_int
+from learned_dco.validation import check_positive, positive_int
 
 NUM_FEATURES = 10
 CLOCKS = (10.0, 100.0, 1000.0)
@@ -81,9 +82,7 @@ def _cos(a: Array, b: Array) -> Array:
 
 def dco_net(meta: MetaParams, features: Array) -> tuple[Array, Array]:
     """Shared network: ``(L, F)`` features -> per-tensor (curvature logit, momentum logit)."""
-    h = jnp.tanh(features @ meta["w1"] + meta["b1"])
-    h = jnp.tanh(h @ meta["w2"] + meta["b2"])
-    out = h @ meta["w3"] + meta["b3"]
+    out = mlp_apply(meta, features)
     return out[:, 0], out[:, 1]
 
 
@@ -167,24 +166,16 @@ class DCOController:
         name = type(self).__name__
         check_num_steps(name, self.num_steps)
         positive_int(name, "hidden", self.hidden)
-        if not (isinstance(self.momentum, (int, float)) and 0.0 < self.momentum < 1.0):
-            raise ValidationError(f"{name}.momentum must be in (0, 1), got {self.momentum!r}")
+        check_open_unit(name, "momentum", self.momentum)
         for field in ("r_eps", "max_log_mult", "init_scale"):
             check_positive(self, field)
 
     def init(self, key: PRNGKey, params: Params) -> MetaParams:
         """Random hidden layers, a zero last layer: the untrained rule is layer-wise DoG with momentum."""
         del params
-        k1, k2 = jax.random.split(key)
-        h, f = self.hidden, NUM_FEATURES
         return {
-            "w1": self.init_scale * jax.random.normal(k1, (f, h)) / math.sqrt(f),
-            "b1": jnp.zeros((h,)),
-            "w2": self.init_scale * jax.random.normal(k2, (h, h)) / math.sqrt(h),
-            "b2": jnp.zeros((h,)),
-            "w3": jnp.zeros((h, 2)),
-            "b3": jnp.zeros((2,)),
-            "m_logit": jnp.asarray(math.log((1 - self.momentum) / self.momentum)),
+            **mlp_init(key, NUM_FEATURES, self.hidden, (2,), self.init_scale),
+            "m_logit": jnp.asarray(logit(1 - self.momentum)),
         }
 
     def opt_fn(self, meta: MetaParams, *, learning_rate: Any = 1.0, weight_decay: Any = 0.0,
