@@ -34,7 +34,6 @@ from learned_dco.meta.unroll import TruncationOutput, Unroll
 __all__ = [
     "BASELINES",
     "DEFAULT_GRID",
-    "Bound",
     "BoundEstimator",
     "Curves",
     "ES",
