@@ -205,6 +205,14 @@ def write(summary: dict) -> None:
                   f"{m['killed'] + m['timeout']} killed of {m['sampled'] - m['not_checked']}, "
                   f"{100 * (m['score'] or 0):.1f}% (95% interval {100 * lo:.1f}-{100 * hi:.1f}%).", "",
                   "Re-run: " + ", ".join(f"`{n}` ({summary['results'][n]})" for n in summary["rerun"])]
+    if "recheck" in summary:
+        r, b = summary["recheck"], summary["recheck"]["before"]
+        lo, hi = b["wilson95"]
+        lines += ["", f"The {len(r['mutants'])} mutant(s) that mutmut's test selection left as 'no tests' were "
+                  f"run against {', '.join(f'`{t}`' for t in r['targets'])} (`--recheck`; these pass without a "
+                  f"mutant, {r['clean']['wall_s']} s), and the table counts their verdicts. Before that: "
+                  f"{b['killed'] + b['timeout']} killed of {b['sampled'] - b['not_checked']}, "
+                  f"{100 * (b['score'] or 0):.1f}% (95% interval {100 * lo:.1f}-{100 * hi:.1f}%)."]
     if "after_kill_tests" in summary:
         a = summary["after_kill_tests"]
         lines += ["", "With the kill tests of tests/test_mutation_kills.py (each seen failing with its mutant and "
@@ -223,6 +231,51 @@ def write(summary: dict) -> None:
     (OUT / "summary.md").write_text("\n".join(lines) + "\n")
 
 
+def _pytest_against_mutants(targets: list[str], mutant: str | None) -> dict:
+    """Run pytest on ``targets`` with mutmut's copy of the library (mutants/) and ``mutant`` switched on.
+
+    mutants/ goes first on sys.path (``python -m`` would put the checkout first) and the import is
+    checked; ``mutant=None`` runs the unmutated code. Returns pytest's exit code, wall time, its last
+    line and the first line of the first failure.
+    """
+    import time
+
+    lib = str(Path("mutants").resolve())
+    code = ("import sys; sys.path.insert(0, %r); import learned_dco, pytest; "
+            "assert learned_dco.__file__.startswith(%r), learned_dco.__file__; sys.exit(pytest.main(sys.argv[1:]))" % (lib, lib))
+    env = {k: v for k, v in os.environ.items() if k not in ("MUTANT_UNDER_TEST", "PYTHONPATH")}
+    cmd = [sys.executable, "-c", code, *targets, "-x", "-q", "-n", "0", "-p", "no:cacheprovider",
+           "-m", "slow or not slow", "--no-header"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=dict(env, MUTANT_UNDER_TEST=mutant) if mutant else env, capture_output=True, text=True)
+    lines = proc.stdout.strip().splitlines()
+    why = next((ln for ln in lines if ln.startswith("E ")), "")
+    return {"rc": proc.returncode, "wall_s": round(time.perf_counter() - t0, 1),
+            "result": (lines[-1:] or [proc.stderr.strip()[-200:]])[0], "error": why[:300]}
+
+
+def recheck(results: dict[str, str], names: list[str], targets: list[str]) -> dict:
+    """Run the sampled mutants mutmut left as 'no tests' against the test files ``targets``.
+
+    mutmut marks a mutant 'no tests' when no test of its selection called the mutated function
+    while it collected coverage, so a selection that misses a module's test files leaves that
+    module's mutants unmeasured. This runs ``targets`` with each such mutant switched on (after
+    checking that they pass without it): exit code 1 is a kill, 0 a survivor; any other code
+    (a collection error, a crash) is recorded and leaves the mutant's status as it was.
+    """
+    clean = _pytest_against_mutants(targets, None)
+    if clean["rc"] != 0:
+        raise SystemExit(f"the recheck tests fail without a mutant: {clean['result']} {clean['error']}")
+    out = {"targets": targets, "clean": clean, "mutants": {}}
+    for name in names:
+        if results.get(name) != "no tests":
+            continue
+        r = out["mutants"][name] = _pytest_against_mutants(targets, name)
+        verdict = {0: "survived", 1: "killed"}.get(r["rc"], f"rc={r['rc']}")
+        print(f"{verdict:9s} {name} ({r['wall_s']} s)", flush=True)
+    return out
+
+
 def confirm(tests_file: str = "tests/test_mutation_kills.py", only=()) -> dict:
     """Run each kill test with no mutant and with each of its mutants (mutmut's mechanism).
 
@@ -230,29 +283,13 @@ def confirm(tests_file: str = "tests/test_mutation_kills.py", only=()) -> dict:
     failed) with it. ``only``: run just these tests (the others keep their recorded result).
     Needs mutants/ (written by :func:`generate`).
     """
-    import time
-
     kills = _kills_map(Path(tests_file))
     unknown = sorted(set(only) - set(kills))
     if unknown:
         raise SystemExit(f"not in KILLS of {tests_file}: {', '.join(unknown)}")
-    # The tests of this checkout against mutmut's copy of the library: mutants/ goes first on
-    # sys.path (``python -m`` would put the checkout first), and the import is checked.
-    lib = str(Path("mutants").resolve())
-    code = ("import sys; sys.path.insert(0, %r); import learned_dco, pytest; "
-            "assert learned_dco.__file__.startswith(%r), learned_dco.__file__; sys.exit(pytest.main(sys.argv[1:]))" % (lib, lib))
-    env = {k: v for k, v in os.environ.items() if k not in ("MUTANT_UNDER_TEST", "PYTHONPATH")}
 
     def pytest(test, mutant):
-        cmd = [sys.executable, "-c", code, f"{tests_file}::{test}", "-x", "-q", "-n", "0", "-p", "no:cacheprovider",
-               "-m", "slow or not slow", "--no-header"]
-        t0 = time.perf_counter()
-        e = dict(env, MUTANT_UNDER_TEST=mutant) if mutant else env
-        proc = subprocess.run(cmd, env=e, capture_output=True, text=True)
-        lines = proc.stdout.strip().splitlines()
-        why = next((ln for ln in lines if ln.startswith("E ")), "")  # the first line of the failure
-        return {"rc": proc.returncode, "wall_s": round(time.perf_counter() - t0, 1),
-                "result": (lines[-1:] or [proc.stderr.strip()[-200:]])[0], "error": why[:300]}
+        return _pytest_against_mutants([f"{tests_file}::{test}"], mutant)
 
     path = OUT / "confirm.json"
     old = json.loads(path.read_text()) if only and path.exists() else {}
@@ -293,6 +330,8 @@ def main(argv=None) -> int:
     ap.add_argument("--confirm", nargs="*", metavar="TEST",
                     help="run each kill test (KILLS in tests/test_mutation_kills.py; or just the TESTs named) "
                          "with and without its mutants")
+    ap.add_argument("--recheck", nargs="+", metavar="TESTFILE",
+                    help="run the sampled mutants recorded as 'no tests' against these test files, merge into the summary")
     ap.add_argument("--summarise", action="store_true", help="only rewrite the summary from the last run")
     ap.add_argument("--out", default=str(OUT),
                     help="folder of this measurement's sample.json, summary.{json,md} and confirm.json")
@@ -308,7 +347,7 @@ def main(argv=None) -> int:
     names = generate()
     totals = {p: len(v) for p, v in names.items()}
     chosen_file = OUT / "sample.json"
-    if args.summarise or args.only or args.finish:
+    if args.summarise or args.only or args.finish or args.recheck:
         chosen = json.loads(chosen_file.read_text())
     else:
         chosen = sample(names, args.sample, args.seed)
@@ -319,8 +358,14 @@ def main(argv=None) -> int:
     for path, c in sorted(totals.items()):
         print(f"{path}: {c} mutants, {len(chosen.get(path, []))} in the sample")
     names_in_sample = [k for keys in chosen.values() for k in keys]
-    previous = json.loads((OUT / "summary.json").read_text()) if (args.only or args.summarise or args.finish) and (OUT / "summary.json").exists() else None
-    if args.finish:
+    previous = json.loads((OUT / "summary.json").read_text()) if (args.only or args.summarise or args.finish or args.recheck) and (OUT / "summary.json").exists() else None
+    if args.recheck:
+        old = (previous or {}).get("results", {})
+        checked = recheck(old, names_in_sample, args.recheck)
+        new = {n: {0: "survived", 1: "killed"}[r["rc"]] for n, r in checked["mutants"].items() if r["rc"] in (0, 1)}
+        summary = summarise(chosen, totals, seed, {**old, **new})
+        summary["recheck"] = {**checked, "before": previous["overall"]}
+    elif args.finish:
         old = (previous or {}).get("results", {})
         todo = [n for n in names_in_sample if old.get(n, "not checked") in ("not checked", "timeout")]
         if todo:
