@@ -10,6 +10,7 @@ import pytest
 
 from learned_dco.optimizers import controller as ctl
 from learned_dco.validation import ValidationError
+from _trajectories import trajectory
 
 
 def _problem(scale=1.0):
@@ -25,27 +26,14 @@ def _problem(scale=1.0):
     return params, loss
 
 
-def _trajectory(tx, params, loss, steps):
-    """Iterates 1..steps (one jitted scan) and the final state."""
-
-    def step(carry, _):
-        p, s = carry
-        u, s = tx.update(jax.grad(loss)(p), s, p)
-        p = optax.apply_updates(p, u)
-        return (p, s), p
-
-    (_, state), path = jax.jit(lambda p: jax.lax.scan(step, (p, tx.init(p)), length=steps))(params)
-    return [jax.tree.map(lambda x: x[i], path) for i in range(steps)], state
-
-
 def test_untrained_controller_is_optax_prodigy(x64):
     """Zero last layer: every multiplier is 1 and the run is optax.contrib.prodigy()'s
     (float64, so the two agree to rounding over the whole run)."""
     params, loss = _problem()
     params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
     lopt = ctl.ProdigyController(num_steps=30)
-    got, state = _trajectory(lopt.opt_fn(lopt.init(jax.random.PRNGKey(1), params)), params, loss, 30)
-    want, _ = _trajectory(optax.contrib.prodigy(), params, loss, 30)
+    got, state = trajectory(lopt.opt_fn(lopt.init(jax.random.PRNGKey(1), params)), params, loss, 30)
+    want, _ = trajectory(optax.contrib.prodigy(), params, loss, 30)
     for a, b in zip(got, want):
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
             np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-14)
@@ -92,8 +80,8 @@ def test_controller_is_invariant_to_the_loss_scale():
     meta["w3"] = 0.8 * jax.random.normal(jax.random.PRNGKey(4), meta["w3"].shape)
     meta["b3"] = jnp.asarray(0.2)
     tx = lopt.opt_fn(meta)
-    small, s_small = _trajectory(tx, params, loss, 20)
-    big, s_big = _trajectory(tx, params, loss_big, 20)
+    small, s_small = trajectory(tx, params, loss, 20)
+    big, s_big = trajectory(tx, params, loss_big, 20)
     mults = np.asarray(jax.tree.leaves(s_small.log_mult))
     assert np.ptp(mults) > 1e-3  # the controller is doing something per tensor
     for a, b in zip(small, big):

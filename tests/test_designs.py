@@ -13,6 +13,7 @@ from learned_dco.optimizers import dco
 from learned_dco.optimizers import dco_controller as dc
 from learned_dco.optimizers import param_mlp as pm
 from learned_dco.validation import ValidationError
+from _trajectories import trajectory
 
 
 def _problem(scale=1.0):
@@ -30,17 +31,6 @@ def _problem(scale=1.0):
 
 def _f64(tree):
     return jax.tree.map(lambda p: p.astype(jnp.float64), tree)
-
-
-def _trajectory(tx, params, loss, steps):
-    def step(carry, _):
-        p, s = carry
-        u, s = tx.update(jax.grad(loss)(p), s, p)
-        p = optax.apply_updates(p, u)
-        return (p, s), p
-
-    (_, state), path = jax.jit(lambda p: jax.lax.scan(step, (p, tx.init(p)), length=steps))(params)
-    return [jax.tree.map(lambda x: x[i], path) for i in range(steps)], state
 
 
 def _close(a, b, **kw):
@@ -62,8 +52,8 @@ def test_untrained_param_mlp_is_optax_prodigy(x64):
     params, loss = _problem()
     params = _f64(params)
     lopt = pm.ProdigyParamMLP(num_steps=30)
-    got, _ = _trajectory(lopt.opt_fn(lopt.init(jax.random.PRNGKey(1), params)), params, loss, 30)
-    want, _ = _trajectory(optax.contrib.prodigy(), params, loss, 30)
+    got, _ = trajectory(lopt.opt_fn(lopt.init(jax.random.PRNGKey(1), params)), params, loss, 30)
+    want, _ = trajectory(optax.contrib.prodigy(), params, loss, 30)
     for a, b in zip(got, want):
         _close(a, b, rtol=1e-10, atol=1e-14)
 
@@ -110,8 +100,8 @@ def test_trained_designs_are_invariant_to_the_loss_scale(lopt, x64):
     params = _f64(params)
     _, big = _problem(1000.0)
     meta = _randomised(lopt.init(jax.random.PRNGKey(1), params))
-    a, _ = _trajectory(lopt.opt_fn(meta), params, loss, 20)
-    b, _ = _trajectory(lopt.opt_fn(meta), params, big, 20)
+    a, _ = trajectory(lopt.opt_fn(meta), params, loss, 20)
+    b, _ = trajectory(lopt.opt_fn(meta), params, big, 20)
     _close(a[-1], b[-1], rtol=1e-3, atol=1e-8)
     assert not np.allclose(jax.tree.leaves(a[-1])[0], jax.tree.leaves(params)[0])
 
