@@ -157,6 +157,18 @@ def test_every_iterate_of_the_learned_constrained_dco_is_feasible(fam):
         np.testing.assert_allclose(p, pp, atol=2e-5)
 
 
+def test_constrained_dcom_starts_at_its_documented_defaults_and_refuses_ill_posed_ones():
+    """Without arguments the first step's QP metric is I/0.05 and the momentum 0.9; a momentum
+    outside (0, 1) or a non-positive lr is refused by name."""
+    cons = NonnegLeastSquares(dim=3, active=1).constraints()
+    meta = constrained_dcom(cons).init(None, jnp.zeros(3))
+    np.testing.assert_allclose(jnp.exp(-meta["log_lam2"]), 0.05, rtol=1e-6)
+    np.testing.assert_allclose(jax.nn.sigmoid(meta["logit_m"]), 0.9, rtol=1e-6)
+    for kw, name in [({"momentum": 1.0}, "momentum"), ({"momentum": 0.0}, "momentum"), ({"lr": 0.0}, "lr")]:
+        with pytest.raises(ValueError, match=f"constrained_dcom: {name} must be"):
+            constrained_dcom(cons, **kw)
+
+
 def test_simplex_exact_is_a_registered_qp_backend():
     """Built by its name like every backend; it handles only the set it is made for, and
     refuses a problem without that set naming what it needs and who can solve it."""
