@@ -129,3 +129,22 @@ def test_estimators_take_the_same_values_from_aligned_and_per_step_starts(cls, l
 def test_unknown_stagger_is_a_named_error():
     with pytest.raises(ldco.validation.ValidationError, match="PES.stagger"):
         meta.PES(horizon=T, truncation=K, stagger="steps")
+
+
+def test_restored_unaligned_phases_take_the_per_step_branch(x64):
+    """K divides T and the default stagger is on, but the states are restored with phases
+    that are not multiples of K (steps 0, 4, 9, 11: episodes ending after 4 (the last step),
+    4, 3 and 1 of the K = 4 steps). The estimate must split those truncations at the
+    boundary: value, gradient, training loss and next states against jax.grad of a Python
+    loop that restarts each task where its episode ends."""
+    from _unroll_reference import check_truncated_estimate
+
+    lopt = ldco.LearnedStepSize(learning_rate=0.1)  # cheap to run by hand
+    est = meta.TruncatedBPTT(horizon=T, truncation=K, num_tasks=4, meta_loss="mean_train")
+    m = lopt.init(None, FAMILY.init_params(None, FAMILY.sample(jax.random.PRNGKey(0))))
+    bound = est.bind(lopt, FAMILY)
+    states = bound.init(m, jax.random.PRNGKey(4))._replace(step=jnp.array([0, 4, 9, 11], jnp.int32))
+    assert not bool(ends_aligned(states, T, K))
+    estimate, next_states = bound(m, states, jax.random.PRNGKey(5))
+    check_truncated_estimate(estimate, next_states, lopt, FAMILY, T, K, m, states, rtol=1e-10)
+    np.testing.assert_array_equal(next_states.step, [4, 8, 1, 3])

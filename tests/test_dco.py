@@ -373,3 +373,31 @@ def test_the_builders_old_names_warn_and_give_the_new_ones():
     assert ldco.dcog_transform is not ldco.DCOG
     with pytest.raises(AttributeError, match="has no attribute 'dcogx'"):
         ldco.dcogx
+
+
+@pytest.mark.parametrize("cls", [ldco.DCOG, ldco.DCOGD, ldco.DCOM])
+def test_learned_trust_region_limits_the_step_to_the_radius(cls):
+    """A learned DCO optimizer with ``trust_region=True`` starts with the box radius
+    ``init_radius`` (a ``log_radius`` like params) and its first step is the trust-region
+    closed form ``-clip(c lr g, -r, r)`` (``c = 1 - momentum`` for DCOM's averaged gradient,
+    1 otherwise): the unconstrained step where that is inside the box, the radius elsewhere."""
+    params = _params(jnp.float32)
+    grads = jax.grad(_loss)(params)
+    lr = 0.1
+    scale = 0.1 if cls is ldco.DCOM else 1.0  # DCOM: the default momentum 0.9
+    radius = 0.08 * scale
+    lopt = cls(learning_rate=lr, trust_region=True, init_radius=radius)
+    assert scale == pytest.approx(1.0 - lopt.momentum if cls is ldco.DCOM else 1.0)
+    meta = lopt.init(None, params)
+    assert jax.tree.structure(meta["log_radius"]) == jax.tree.structure(params)
+    free = jax.tree.map(lambda g: scale * lr * g, grads)
+    inside = sum(int(jnp.sum(jnp.abs(f) < radius)) for f in jax.tree.leaves(free))
+    assert 0 < inside < ravel_pytree(params)[0].size  # both clipped and free coordinates
+    tx = lopt.opt_fn(meta)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    expected = jax.tree.map(lambda f: -jnp.clip(f, -radius, radius), free)
+    assert _rel_err(updates, expected) < 1e-5
+    # the radius is learned: a larger one lets the free step through
+    meta["log_radius"] = jax.tree.map(lambda r: r + 10.0, meta["log_radius"])
+    updates, _ = lopt.opt_fn(meta).update(grads, tx.init(params), params)
+    assert _rel_err(updates, jax.tree.map(jnp.negative, free)) < 1e-5

@@ -256,3 +256,21 @@ def test_meta_losses_are_values_validated_at_construction():
         meta.MeanTrain(fresh_batch="no")
     with pytest.raises(ValueError, match="unknown meta_loss 'final_accuracy'"):
         meta.FullUnroll(meta_loss="final_accuracy")
+
+
+def test_truncated_bptt_across_an_episode_boundary_equals_jax_grad_of_a_hand_written_truncation(x64):
+    """TruncatedBPTT over a truncation that an episode boundary splits (stagger="step",
+    K = 4 not dividing T = 6; tasks at steps 0, 2, 3 and 5 end their episode after 4 (the
+    last step), 4, 3 and 1 steps): the meta-loss sums the terms of both episodes, the
+    gradient is jax.grad of a Python loop that restarts the task where its episode ends."""
+    from _unroll_reference import check_truncated_estimate
+
+    horizon, trunc = 6, 4
+    est = meta.TruncatedBPTT(horizon=horizon, truncation=trunc, num_tasks=4, meta_loss="mean_train", stagger="step")
+    params = FAMILY.init_params(None, FAMILY.sample(jax.random.PRNGKey(0)))
+    theta = LOPT.init(None, params)
+    bound = est.bind(LOPT, FAMILY)
+    states = bound.init(theta, jax.random.PRNGKey(1))._replace(step=jnp.array([0, 2, 3, 5], jnp.int32))
+    estimate, next_states = bound(theta, states, jax.random.PRNGKey(2))
+    check_truncated_estimate(estimate, next_states, LOPT, FAMILY, horizon, trunc, theta, states, rtol=1e-10)
+    np.testing.assert_array_equal(next_states.step, [4, 0, 1, 3])

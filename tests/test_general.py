@@ -198,3 +198,36 @@ def test_public_builders_are_general_dco_instances_with_their_state_types(x64):
         ldco.dcom_transform(2.0, 0.25).update(g0, ldco.dcom_transform(2.0, 0.25).init(params))
     with pytest.raises(TypeError, match="state_type"):
         general_dco({"lam": 1.0}, _dcog_step, state_type=tuple)
+
+
+def test_float64_params_give_float64_updates_and_state(x64):
+    """With float64 params the step, the state and its QP residual are float64: the DCOG
+    step equals ``-g / lam^2`` to float64 round-off, and an unconverged iterative step (one
+    coordinate-descent sweep on a coupled box QP) stores the residual of the step it returns,
+    ``||d - clip(d - (Q d + g), lo, hi)||_inf``, recomputed here, to float64 precision."""
+    params = _params()
+    g = jax.grad(_loss)(params)
+    lam = jax.tree.map(lambda p: jnp.full(p.shape, 1.7, p.dtype), params)
+    tx = general_dco({"lam": lam}, _dcog_step)
+    state = tx.init(params)
+    assert state.inner_state.qp_residual.dtype == jnp.float64
+    u, state = tx.update(g, state, params)
+    assert all(x.dtype == jnp.float64 for x in jax.tree.leaves((u, state)) if jnp.issubdtype(x.dtype, jnp.floating))
+    assert _rel(u, jax.tree.map(lambda gi: -gi / 1.7**2, g)) < 1e-15
+
+    flat = ravel_pytree(params)[0]
+    a = jax.random.normal(jax.random.PRNGKey(5), (flat.size, flat.size), jnp.float64)
+    Q = a @ a.T / flat.size + 0.1 * jnp.eye(flat.size)
+    r = 0.3
+
+    def dense_step(meta, g, params, state):
+        box = jax.tree.map(lambda p: jnp.full(p.shape, r, p.dtype), params)
+        return StepQP(qp.Dense(meta["Q"]), g, lo=jax.tree.map(jnp.negative, box), hi=box), state
+
+    tx = general_dco({"Q": Q}, dense_step, solver=qp.CDQP(maxiter=1), constraints=("box",))
+    u, state = tx.update(g, tx.init(params), params)
+    d, gf = ravel_pytree(u)[0], ravel_pytree(g)[0]
+    residual = jnp.max(jnp.abs(d - jnp.clip(d - (Q @ d + gf), -r, r)))
+    assert float(residual) > 1e-3  # unconverged: a residual float32 would round
+    assert state.inner_state.qp_residual.dtype == jnp.float64
+    np.testing.assert_allclose(float(state.inner_state.qp_residual), float(residual), rtol=1e-13)

@@ -190,3 +190,57 @@ def test_solvers_are_values_and_names_map_to_them():
     early = qp.solve_qp(qp.Dense(m), c, lo=-box, hi=box, solver=qp.OSQP(maxiter=1))
     full = qp.solve_qp(qp.Dense(m), c, lo=-box, hi=box, solver="osqp")
     assert int(early.iterations) == 1 < int(full.iterations)
+
+
+@pytest.mark.parametrize("side", ["lo", "hi"])
+def test_primal_residual_of_a_one_sided_bound_is_the_largest_violation(side, x64):
+    """Only ``lo`` (or only ``hi``) given: the residual of a point outside is
+    ``max(lo - x)^+`` (``max(x - hi)^+``), on a pytree, and 0 for a feasible point."""
+    x = {"a": jnp.array([0.0, 2.0, -1.5]), "b": jnp.array(3.0)}
+    bound = {"a": jnp.array([0.5, 1.0, -1.0]), "b": jnp.array(1.0)}
+    cons = qp.Constraints(**{side: bound})
+    # lo: a[0] 0.5 below, a[2] 0.5 below; hi: a[1] 1 above, b 2 above
+    expected = 0.5 if side == "lo" else 2.0
+    np.testing.assert_allclose(float(qp.primal_residual(x, cons)), expected, rtol=1e-12)
+    inside = jax.tree.map(lambda v: v + (1.0 if side == "lo" else -1.0), bound)
+    assert float(qp.primal_residual(inside, cons)) == 0.0
+
+
+@pytest.mark.parametrize("side", ["lo", "hi"])
+def test_exact_refuses_a_one_sided_bound_on_a_non_separable_curvature(side):
+    """The exact backend clips ``-Q^{-1} c``, the box solution only for a diagonal ``Q``; a
+    dense ``Q`` with only one bound is refused like a two-sided box (clipping would be wrong:
+    here the clipped unconstrained minimiser is not the constrained one)."""
+    m = jnp.array([[2.0, 1.0], [1.0, 2.0]])
+    c = jnp.array([-3.0, 3.0])  # unconstrained minimiser (3, -3); clipped (1, -3) / (3, -1),
+    # constrained minimiser (1, -2) / (2, -1)
+    bound = {"lo": jnp.array([-jnp.inf, -1.0]), "hi": jnp.array([1.0, jnp.inf])}[side]
+    with pytest.raises(ValueError, match=r"'exact' QP backend handles box constraints only for a separable.*Dense"):
+        qp.solve_qp(qp.Dense(m), c, solver="exact", **{side: bound})
+
+
+def test_cdqp_options_reach_the_solve(x64):
+    """BoxCDQP with ``maxiter=1`` stops after one sweep, unconverged, on a coupled dense QP
+    with two active bounds; a loose ``tol`` stops before the default tolerance does. The
+    reference for the converged default solve is the KKT solve of its active set."""
+    a = jax.random.normal(jax.random.PRNGKey(3), (6, 6), jnp.float64)
+    m = a @ a.T + 0.1 * jnp.eye(6)
+    c = jax.random.normal(jax.random.PRNGKey(4), (6,), jnp.float64)
+    r = 0.5
+    box = dict(lo=-r * jnp.ones(6), hi=r * jnp.ones(6))
+    full = qp.solve_qp(qp.Dense(m), c, solver="cdqp", **box)
+    active = np.abs(np.asarray(full.x)) >= r - 1e-12
+    assert active.sum() == 2
+    free = ~active
+    x_ref = np.where(active, np.asarray(full.x), 0.0)
+    M, C = np.asarray(m), np.asarray(c)
+    x_ref[free] = np.linalg.solve(M[np.ix_(free, free)], -(C[free] + M[np.ix_(free, active)] @ x_ref[active]))
+    np.testing.assert_allclose(full.x, x_ref, atol=1e-10)
+    assert np.all(np.abs(x_ref[free]) < r)
+    one = qp.solve_qp(qp.Dense(m), c, solver=qp.CDQP(maxiter=1), **box)
+    assert int(one.iterations) == 1 < int(full.iterations)
+    assert float(one.residual) > 0.1 and int(one.status) == qp.NOT_CONVERGED
+    assert float(jnp.max(jnp.abs(one.x - x_ref))) > 0.05
+    loose = qp.solve_qp(qp.Dense(m), c, solver=qp.CDQP(tol=1e-2), **box)
+    assert int(loose.iterations) < int(full.iterations) // 2
+    assert 1e-4 < float(loose.residual) < 0.1

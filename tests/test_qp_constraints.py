@@ -209,3 +209,25 @@ def test_property_box_qp_kkt_and_implicit_gradients(diag, c, radius, dense, prec
             np.testing.assert_allclose(np.asarray(g), fd, atol=1e-6)
         else:
             np.testing.assert_allclose(np.asarray(g), fd, atol=1e-5)
+
+
+def test_osqp_with_a_box_and_linear_rows_matches_active_set_enumeration(x64):
+    """Box bounds together with equality and inequality rows (OSQP stacks ``C = [A; G; I]``),
+    the second coordinate bounded above only and the third below only, against active-set
+    enumeration of the same problem with the box written as inequality rows: a bound and
+    the inequality are active, and the solution differs from the one without the box."""
+    Q = np.array([[2.0, 0.5, 0.0], [0.5, 1.0, 0.3], [0.0, 0.3, 1.5]])
+    c = np.array([-1.0, 0.5, 0.8])
+    lo, hi = np.array([-0.2, -np.inf, -0.3]), np.array([0.2, 0.25, np.inf])
+    A, b = np.array([[1.0, 1.0, 1.0]]), np.array([0.3])
+    G, h = np.array([[1.0, -1.0, 0.5]]), np.array([-0.3])
+    finite_lo, finite_hi = np.isfinite(lo), np.isfinite(hi)
+    box_G = np.concatenate([-np.eye(3)[finite_lo], np.eye(3)[finite_hi]])
+    box_h = np.concatenate([-lo[finite_lo], hi[finite_hi]])
+    ref = _enumerate_active_sets(Q, c, A, b, np.concatenate([G, box_G]), np.concatenate([h, box_h]))
+    assert np.isclose(ref[1], hi[1]) and np.isclose(G @ ref, h)  # a bound and the row are active ...
+    assert np.max(np.abs(ref - _enumerate_active_sets(Q, c, A, b, G, h))) > 0.1  # ... and matters
+    sol = qp.solve_qp(qp.Dense(jnp.asarray(Q)), jnp.asarray(c), lo=jnp.asarray(lo), hi=jnp.asarray(hi),
+                      solver="osqp", A=jnp.asarray(A), b=jnp.asarray(b), G=jnp.asarray(G), h=jnp.asarray(h))
+    np.testing.assert_allclose(sol.x, ref, atol=1e-8)
+    assert int(sol.status) == qp.SOLVED and float(sol.residual) < 1e-8
