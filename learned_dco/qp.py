@@ -645,7 +645,7 @@ def _kkt_optimality(xy, matvec_Q, Q, c, C, lo, hi):
 def _box_osqp_class():
     r""":class:`jaxopt.BoxOSQP` whose infeasibility certificates need a non-zero step.
 
-    OSQP (Stellato et al. 2020, section 3.4) certifies primal infeasibility from the dual
+    OSQP (Stellato et al. 2020, infeasibility detection) certifies primal infeasibility from the dual
     step :math:`\delta y` (:math:`\|A^\top \delta y\|_\infty \le \epsilon \|\delta y\|_\infty`
     and :math:`u^\top \delta y_+ + l^\top \delta y_- < 0`) and dual infeasibility from the
     primal step :math:`\delta x`; both tests are homogeneous, so they only mean something
