@@ -21,7 +21,9 @@ Also reported: the update's relative difference new vs old (``max |new - old| / 
 per tensor, float32, after 3 steps of history), XLA's compiled cost analysis (flops and
 bytes accessed per parameter) and memory stats (temporaries), and the meta-gradient time
 (``jax.grad`` w.r.t. the meta-parameters of the training loss after ``--unroll`` inner steps
-on a fixed minibatch, ``lax.scan`` over the steps, guard off) old vs new. Ratios are
+on a fixed minibatch, ``lax.scan`` over the steps, guard off) old vs new, with the number of
+non-finite meta-gradient entries on each path (a ``nan`` difference then says which path
+produced it; both differentiate the materialised update, so they agree when finite). Ratios are
 ``old / new`` (speed-up) and ``new / adam``.
 
     python -m benchmarks.lopt_update [--quick | --smoke] [--tasks 1 8 64] [--out DIR]
@@ -81,6 +83,23 @@ def _compiled_stats(jitted, *args) -> dict[str, float | None]:
     return out
 
 
+def _max_rel_diff(new, ref) -> float:
+    """``max |new - ref| / max |ref|`` per tensor, the largest over tensors; a tensor whose
+    entries are all zero in both counts 0 (not 0/0), and a non-finite entry in either makes
+    the result ``nan`` whichever tensor it is in (Python's ``max`` would drop a ``nan`` that
+    is not first)."""
+    worst = 0.0
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(ref)):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        if a.size == 0:
+            continue
+        if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+            return float("nan")
+        diff, scale = np.max(np.abs(a - b)), np.max(np.abs(b))
+        worst = max(worst, 0.0 if diff == 0 else float(diff / max(scale, np.finfo(np.float64).tiny)))
+    return worst
+
+
 def _grads(params, step):
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(7), step), len(leaves))
@@ -133,10 +152,7 @@ def bench_update(name, lopt, family, n_tasks, repeats, number, budget):
     # equality new vs old on the same inputs (per tensor, relative to the tensor's largest entry)
     u_new, s_new = fns["new"](*args["new"])
     u_old, s_old = fns["old"](*args["old"])
-    rel = max(
-        float(jnp.max(jnp.abs(a - b)) / jnp.maximum(jnp.max(jnp.abs(b)), 1e-30))
-        for a, b in zip(jax.tree.leaves(u_new), jax.tree.leaves(u_old))
-    )
+    rel = _max_rel_diff(u_new, u_old)
     state_equal = all(bool(jnp.array_equal(a, b)) for a, b in zip(jax.tree.leaves(s_new), jax.tree.leaves(s_old)))
     stats = {k: _compiled_stats(fns[k], *args[k]) for k in fns}
     times = interleaved({k: (lambda k=k: fns[k](*args[k])) for k in fns}, repeats, number, budget)
@@ -192,10 +208,9 @@ def bench_meta_grad(name, lopt, family, n_tasks, unroll, repeats, budget):
         fns[key] = jax.jit(f)
     ps = params if n_tasks == 1 else jax.vmap(lambda k: family.init_params(k, task))(jax.random.split(jax.random.PRNGKey(0), n_tasks))
     g_old, g_new = fns["old"](meta, ps), fns["new"](meta, ps)
-    rel = max(
-        float(jnp.max(jnp.abs(a - b)) / jnp.maximum(jnp.max(jnp.abs(b)), 1e-30))
-        for a, b in zip(jax.tree.leaves(g_new), jax.tree.leaves(g_old))
-    )
+    nonfinite = {k: sum(int(np.sum(~np.isfinite(np.asarray(x)))) for x in jax.tree.leaves(g))
+                 for k, g in (("old", g_old), ("new", g_new))}
+    rel = _max_rel_diff(g_new, g_old)
     stats = {k: _compiled_stats(fns[k], meta, ps) for k in fns}
     times = interleaved({k: (lambda k=k: fns[k](meta, ps)) for k in fns}, repeats, 1, budget)
     row = {
@@ -203,6 +218,8 @@ def bench_meta_grad(name, lopt, family, n_tasks, unroll, repeats, budget):
         "tasks": n_tasks,
         "unroll": unroll,
         "max_rel_diff_meta_grad": rel,
+        "nonfinite_meta_grad_old": nonfinite["old"],
+        "nonfinite_meta_grad_new": nonfinite["new"],
         "old_ms": 1e3 * times["old"]["median"],
         "new_ms": 1e3 * times["new"]["median"],
         "old_min_ms": 1e3 * times["old"]["min"],
@@ -256,7 +273,8 @@ def main(argv=None) -> dict:
         "old_flops_per_param", "new_flops_per_param", "adam_flops_per_param", "old_temp_bytes_per_param", "new_temp_bytes_per_param",
     ]))
     print(f"\nMeta-gradient through {args.unroll} inner steps (guard off):")
-    print(table(meta_rows, ["optimizer", "tasks", "old_ms", "new_ms", "speedup", "old_bytes_accessed", "new_bytes_accessed", "max_rel_diff_meta_grad"]))
+    print(table(meta_rows, ["optimizer", "tasks", "old_ms", "new_ms", "speedup", "old_bytes_accessed", "new_bytes_accessed",
+                            "max_rel_diff_meta_grad", "nonfinite_meta_grad_old", "nonfinite_meta_grad_new"]))
     result = {
         "benchmark": "lopt_update",
         "environment": environment(),

@@ -641,6 +641,37 @@ def _kkt_optimality(xy, matvec_Q, Q, c, C, lo, hi):
     return stationarity, Cx - _clamp(Cx + y, lo, hi)
 
 
+@functools.cache
+def _box_osqp_class():
+    r""":class:`jaxopt.BoxOSQP` whose infeasibility certificates need a non-zero step.
+
+    OSQP (Stellato et al. 2020, infeasibility detection) certifies primal infeasibility from the dual
+    step :math:`\delta y` (:math:`\|A^\top \delta y\|_\infty \le \epsilon \|\delta y\|_\infty`
+    and :math:`u^\top \delta y_+ + l^\top \delta y_- < 0`) and dual infeasibility from the
+    primal step :math:`\delta x`; both tests are homogeneous, so they only mean something
+    for a step that is not zero (the reference implementation skips them then). jaxopt's
+    tests hold trivially at :math:`\delta y = 0` (every inequality inactive, e.g. the
+    unconstrained minimiser is feasible: the dual never moves) and at :math:`\delta x = 0`, and
+    stop the solve with a false infeasible verdict; here a zero step leaves the state as it was."""
+    base = _jaxopt().BoxOSQP
+    tree_inf_norm = _jaxopt().tree_util.tree_inf_norm
+
+    def keep_unless_moved(step, before, after):
+        moved = tree_inf_norm(step) > 0
+        return tuple(jnp.where(moved, a, b) for a, b in zip(after, before))
+
+    class NonZeroStepOSQP(base):
+        def _check_primal_infeasability(self, error, status, delta_y, ATdy, l, u):
+            after = super()._check_primal_infeasability(error, status, delta_y, ATdy, l, u)
+            return keep_unless_moved(delta_y, (error, status), after)
+
+        def _check_dual_infeasability(self, error, status, delta_x, Q, c, Adx, l, u):
+            after = super()._check_dual_infeasability(error, status, delta_x, Q, c, Adx, l, u)
+            return keep_unless_moved(delta_x, (error, status), after)
+
+    return NonZeroStepOSQP
+
+
 def _solve_osqp(Q, c, cons, tol, maxiter):
     """``l <= C x <= u`` with ``C = [A; G; I]`` (rows present only for the constraints
     given): equalities as ``l = u = b``, inequalities as ``(-inf, h]``, the box as
@@ -671,7 +702,7 @@ def _solve_osqp(Q, c, cons, tol, maxiter):
     C = jnp.concatenate(mats, axis=0) if mats else None
     lo_all, hi_all = jnp.concatenate(lows), jnp.concatenate(highs)
     tol = (1e-12 if dtype == jnp.float64 else 1e-5) if tol is None else tol
-    solver = _jaxopt().BoxOSQP(
+    solver = _box_osqp_class()(
         matvec_Q=matvec_Q,
         matvec_A=lambda C, v: _rows(C, v),
         tol=tol,

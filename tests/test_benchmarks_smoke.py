@@ -42,3 +42,18 @@ def test_benchmark_smoke(name, tmp_path):
     assert written, f"benchmarks.{name} --smoke wrote no JSON into --out"
     for path in written:
         json.loads(path.read_text())
+
+
+def test_lopt_update_difference_reports_a_nan_in_any_tensor():
+    """The fused-vs-materialised difference is ``nan`` when any tensor holds one (Python's
+    ``max`` keeps a ``nan`` only when it comes first), 0 for tensors that are zero on both
+    paths (not 0/0), and max |a - b| / max |b| otherwise."""
+    import numpy as np
+
+    from benchmarks.lopt_update import _max_rel_diff
+
+    ref = [np.ones(3), np.zeros(2)]
+    assert _max_rel_diff([np.ones(3), np.zeros(2)], ref) == 0.0
+    assert _max_rel_diff([np.array([1.0, 1.0, 1.5]), np.zeros(2)], ref) == 0.5
+    assert np.isnan(_max_rel_diff([np.ones(3), np.array([0.0, np.nan])], ref))
+    assert np.isnan(_max_rel_diff([np.ones(3), np.zeros(2)], [np.ones(3), np.array([np.inf, 0.0])]))

@@ -95,6 +95,29 @@ def test_infeasible_problem_is_reported_not_raised_inside_jit(x64):
     assert int(early.status) == qp.NOT_CONVERGED
 
 
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_osqp_with_every_row_slack_solves_to_the_unconstrained_minimiser(precision):
+    """When the unconstrained minimiser -Q^{-1}c is strictly feasible, OSQP's dual never
+    moves; the solve must still run to convergence (status SOLVED, not a primal-infeasible
+    verdict from a zero dual step) and its implicit gradient is the unconstrained one,
+    d(w'x)/dc = -Q^{-1}w."""
+    with jax.enable_x64(precision == "float64"):
+        dtype = jnp.dtype(precision)
+        d = jnp.array([1.0, 2.0, 3.0], dtype)
+        c = jnp.array([1.0, -1.0, 0.5], dtype)
+        G, h = jnp.ones((1, 3), dtype), jnp.full(1, 0.1, dtype)  # sum x = -2/3 < 0.1 at the minimiser
+        lo, hi = jnp.full(3, -5.0, dtype), jnp.full(3, 5.0, dtype)
+        w = jnp.array([1.0, 2.0, 3.0], dtype)
+        for kwargs in [dict(G=G, h=h), dict(lo=lo, hi=hi)]:
+            solve = jax.jit(lambda c: qp.solve_qp(qp.Diagonal(d), c, solver="osqp", **kwargs))
+            sol = solve(c)
+            assert int(sol.status) == qp.SOLVED, kwargs
+            tol = 1e-4 if precision == "float32" else 1e-9
+            np.testing.assert_allclose(sol.x, -c / d, rtol=tol, atol=tol)
+            grad = jax.grad(lambda c: jnp.vdot(w, solve(c).x))(c)
+            np.testing.assert_allclose(grad, -w / d, rtol=tol, atol=tol)
+
+
 def test_constraint_kinds_are_checked_against_the_solver():
     Q, c = qp.Dense(jnp.eye(2)), jnp.ones(2)
     with pytest.raises(ValueError, match=r"G/h needs ineq constraints, which solver='exact'"):

@@ -86,6 +86,7 @@ def inner_loop(
     record: Callable[[Step], Any] | None = None,
     transition: Callable[[Any, Step], tuple[Any, InnerState]] | None = None,
     remat: bool = False,
+    return_meta: bool = False,
 ) -> tuple[InnerState, Any]:
     """``num_steps`` inner steps in one ``lax.scan``.
 
@@ -99,9 +100,11 @@ def inner_loop(
       transition: ``transition(meta, step) -> (meta, state)`` after every step
         (default: keep ``meta``, continue from ``step.next``).
       remat: wrap each step in ``jax.checkpoint`` (memory O(steps) small carries).
+      return_meta: also return the final carried ``meta`` (what ``transition`` left there).
 
     Returns:
-      ``(final state, records)``.
+      ``(final state, records)``, or ``((final meta, final state), records)`` with
+      ``return_meta``.
     """
     build = _constant(opt_fn) if isinstance(opt_fn, optax.GradientTransformation) else opt_fn
 
@@ -114,5 +117,5 @@ def inner_loop(
 
     if remat:
         body = jax.checkpoint(body)
-    (_, state), records = jax.lax.scan(body, (meta, state), length=num_steps)
-    return state, records
+    (meta, state), records = jax.lax.scan(body, (meta, state), length=num_steps)
+    return ((meta, state) if return_meta else state), records

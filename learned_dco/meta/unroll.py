@@ -97,19 +97,28 @@ class Unroll:
 
     def _scan_aligned(self, meta, state, num_steps):
         """The steps of :meth:`_aligned` without the reset: ``(state, output, reset key)``,
-        the reset key being the last step's (the one the per-step reset would use)."""
-        def record(step):
-            return self._record(step), step.reset_key
+        the reset key being the last step's (the one the per-step reset would use).
 
-        state, ((terms, train, ended), reset_keys) = inner_loop(
-            self.lopt.opt_fn(meta), self.family, state, num_steps, record=record, remat=self.remat)
+        Only what is used leaves the scan: the last step's reset key is carried (not the
+        stack of every step's), and the episode ended inside iff the final step count
+        reached the horizon (the count only grows inside the scan), so no per-step flags are
+        stacked either."""
+        def record(step):
+            return self._term(step), step.loss
+
+        def keep_reset_key(_, step):
+            return step.reset_key, step.next
+
+        (reset_key, state), (terms, train) = inner_loop(
+            self.lopt.opt_fn(meta), self.family, state, num_steps, meta=state.key, record=record,
+            transition=keep_reset_key, remat=self.remat, return_meta=True)
         return state, TruncationOutput(
             loss_before=jnp.sum(terms),
             loss_after=jnp.zeros_like(jnp.sum(terms)),
-            reset=jnp.any(ended),
+            reset=state.step >= self.horizon,
             train_loss=jnp.mean(train),
             step_losses=terms,
-        ), reset_keys[-1]
+        ), reset_key
 
     def _reset_ended(self, state: InnerState, fresh: InnerState) -> InnerState:
         return jax.tree.map(lambda a, b: jnp.where(state.step >= self.horizon, a, b), fresh, state)
