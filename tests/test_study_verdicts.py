@@ -114,7 +114,10 @@ def test_ml2o_a_split_across_families_is_partly():
 # --- star -----------------------------------------------------------------------------------
 
 
-def _star_data(case):
+def _star_data(case, stability: bool = True):
+    """Per-task results of every family; with ``stability`` also the MLP tasks read far past
+    the horizon (the units of the stability claim), whose divergence pattern follows ``case``
+    while the 10 H evaluation shows none."""
     rng = np.random.default_rng(2)
     ev = {}
     for f in ("digits_mlp", "digits_convnet"):
@@ -122,9 +125,9 @@ def _star_data(case):
         off = _offsets(case, rng)
         star_div = np.zeros(N, int)
         other_div = np.zeros(N, int)
-        if case == "reproduced":
+        if not stability and case == "reproduced":
             other_div[: N // 2] = 1
-        elif case == "not reproduced":
+        elif not stability and case == "not reproduced":
             star_div[: N // 2] = 1
         opts = {"star": (base * 10 ** off, star_div), "blackbox": (base, other_div), "hyperparam": (base, other_div),
                 "star_no_nominal": (base, other_div), "adam": (base, np.zeros(N, int))}
@@ -135,15 +138,31 @@ def _star_data(case):
     ratios = (10.0, 100.0, 1000.0) if grows else (10.0, 5.0, 2.0)
     nqm = {"num_seeds": 500, "stability_edge": 2.0,
            "summary": [{"T": t, "min": 1.0, "min_alpha": 0.5, "at_largest_alpha": r} for t, r in zip((1, 10, 100), ratios)]}
-    return {"evaluation": ev, "config": {"horizon": 50, "meta_steps": 100, "num_tasks": 4}}, nqm
+    result = {"evaluation": ev, "config": {"horizon": 50, "meta_steps": 100, "num_tasks": 4}}
+    if stability:
+        star_div, bb_div = np.zeros(N, int), np.zeros(N, int)
+        if case == "reproduced":
+            bb_div[: N // 2] = 1
+        elif case == "not reproduced":
+            star_div[: N // 2] = 1
+        result["stability"] = _stability_set({"star": star_div, "blackbox": bb_div, "hyperparam": bb_div})
+    return result, nqm
 
 
+def _stability_set(divergence: dict) -> dict:
+    opt = lambda d: {"diverged_tasks": int(d.sum()), "diverged_per_task": list(d), "final_loss": 0.1,
+                     "final_loss_per_task": [0.1] * d.size, "num_tasks": d.size}
+    n = len(next(iter(divergence.values())))
+    return {"family": "digits_mlp", "num_tasks": n, "steps": 2000, "optimizers": {k: opt(d) for k, d in divergence.items()}}
+
+
+@pytest.mark.parametrize("stability", [True, False], ids=["stability set", "evaluation only"])
 @pytest.mark.parametrize("case", CASES)
-def test_star_verdicts(case):
+def test_star_verdicts(case, stability):
     from learned_dco.studies import star
 
-    v = _verdicts(star.claims_for(*_star_data(case)))
-    assert v["stability_10xH"] == v["star_best_learned"] == v["nominal_term_ablation"] == case
+    v = _verdicts(star.claims_for(*_star_data(case, stability)))
+    assert v["stability_past_H"] == v["star_best_learned"] == v["nominal_term_ablation"] == case
     assert v["fig2a_variance"] == ("not reproduced" if case == "not reproduced" else "reproduced")
     assert v["paper_scale"] == "not testable here"
 
@@ -151,9 +170,23 @@ def test_star_verdicts(case):
 def test_star_stability_without_any_divergence_is_inconclusive_with_no_deciding_size():
     from learned_dco.studies import star
 
-    claims = {c.id: c for c in star.claims_for(*_star_data("inconclusive"))}
-    test = claims["stability_10xH"].test
+    claims = {c.id: c for c in star.claims_for(*_star_data("inconclusive", stability=False))}
+    test = claims["stability_past_H"].test
     assert test["verdict"] == "inconclusive" and test["n_to_decide"] is None and test["units"] == 2 * N
+
+
+def test_star_stability_with_a_rare_divergence_is_inconclusive_and_names_the_size_that_decides():
+    """Blackbox diverging on 1 of 24 tasks (STAR on none): mean 1/24, sd sqrt(1/24), so the
+    interval holds 0 and n* = ceil((1.96 sd / mean)^2) = ceil(1.96^2 * 24) = 93 tasks."""
+    from learned_dco.studies import star
+
+    result, nqm = _star_data("inconclusive")
+    bb = np.zeros(N, int)
+    bb[3] = 1
+    result["stability"] = _stability_set({"star": np.zeros(N, int), "blackbox": bb, "hyperparam": bb})
+    test = {c.id: c for c in star.claims_for(result, nqm)}["stability_past_H"].test
+    assert test["verdict"] == "inconclusive" and test["units"] == N
+    assert test["estimate"] == pytest.approx(-1 / N) and test["n_to_decide"] == 93
 
 
 # --- dco ------------------------------------------------------------------------------------
@@ -284,16 +317,18 @@ def test_paired_test_names_bad_input(bad, message):
 def test_star_stability_reads_the_stability_set_when_there_is_one():
     from learned_dco.studies import star
 
-    result, nqm = _star_data("inconclusive")  # no divergence among the evaluation tasks
+    result, nqm = _star_data("inconclusive", stability=False)  # no divergence among the evaluation tasks
     div = np.zeros(2 * N, int)
     div[:N] = 1  # Blackbox diverges on half of the stability set, STAR on none
-    opt = lambda d: {"diverged_tasks": int(d.sum()), "diverged_per_task": list(d), "final_loss": 0.1,
-                     "final_loss_per_task": [0.1] * d.size, "num_tasks": d.size}
-    result["stability"] = {"family": "digits_mlp", "num_tasks": 2 * N, "steps": 500,
-                           "optimizers": {"star": opt(np.zeros(2 * N, int)), "blackbox": opt(div), "hyperparam": opt(div)}}
+    result["stability"] = _stability_set({"star": np.zeros(2 * N, int), "blackbox": div, "hyperparam": div})
     claims = {c.id: c for c in star.claims_for(result, nqm)}
-    assert claims["stability_10xH"].verdict == "reproduced" and claims["stability_10xH"].test["units"] == 2 * N
-    assert "stability set" in claims["stability_10xH"].measured
+    assert claims["stability_past_H"].verdict == "reproduced" and claims["stability_past_H"].test["units"] == 2 * N
+    assert "stability set" in claims["stability_past_H"].measured and "40 H = 2000 steps" in claims["stability_past_H"].measured
+    # ... and only the stability set: divergence at 10 H alone does not decide the claim
+    result, nqm = _star_data("reproduced", stability=False)
+    result["stability"] = _stability_set({"star": np.zeros(2 * N, int), "blackbox": np.zeros(2 * N, int),
+                                          "hyperparam": np.zeros(2 * N, int)})
+    assert {c.id: c for c in star.claims_for(result, nqm)}["stability_past_H"].verdict == "inconclusive"
 
 
 def test_dco_first_step_is_judged_against_the_best_baseline_at_step_1():
