@@ -82,6 +82,14 @@ def test_claims_shown_at_the_test_size(study):
     elif name == "star":
         assert verdict["fig2a_variance"] == "reproduced"
         assert verdict["paper_scale"] == "not testable here"
+        # the stability claim pairs the MLP tasks run on to 10 H x 6 = 60 steps; the 10 H loss
+        # comparisons are the same runs read at 60 steps (their curves are its prefix)
+        stability = next(c for c in results["claims"] if c["id"] == "stability_past_H")
+        assert kind["stability_past_H"] == "comparative" and stability["test"]["units"] == 3
+        st, mlp = results["stability"], results["evaluation"]["digits_mlp"]
+        assert st["steps"] == 60 and st["curve_steps"][-1] == 60 and mlp["steps"][-1] == 60
+        for name_, o in st["optimizers"].items():
+            assert mlp["optimizers"][name_]["curve"] == o["curve"][: len(mlp["steps"])]
     elif name == "metamd":
         assert verdict["kronecker_scales"] == "holds" and kind["kronecker_scales"] == "sanity"
         assert verdict["digits_mlp"] == "not testable here"

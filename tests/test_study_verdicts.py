@@ -314,6 +314,38 @@ def test_paired_test_names_bad_input(bad, message):
         stats.paired_test(bad["a"], bad["b"], statistic="x", unit="task")
 
 
+def test_star_summary_reads_the_run_up_to_the_step_asked():
+    """One MLP run read at 10 H (the loss comparisons) and at its end (the stability claim):
+    a task that falls to 1e-3 by step 20 and climbs to 0.5 by step 40 has diverged by the end
+    (0.5 > 10 x 1e-3) but not by step 20; a task that keeps falling never has."""
+    from learned_dco.studies import star
+
+    steps = np.arange(0, 41, 10)
+    falls_then_climbs = [1.0, 0.1, 1e-3, 0.05, 0.5]
+    keeps_falling = [1.0, 0.5, 0.2, 0.1, 0.05]
+    ev = star.Evaluation(steps, np.asarray([[falls_then_climbs, keeps_falling]]))
+    early, late = star.summarise(ev, 0, horizon=10, upto=20), star.summarise(ev, 0, horizon=10)
+    assert early["diverged_per_task"] == [0, 0] and late["diverged_per_task"] == [1, 0]
+    assert early["final_loss_per_task"] == [1e-3, 0.2] and late["final_loss_per_task"] == [0.5, 0.05]
+    assert early["loss_at_H"] == late["loss_at_H"] == pytest.approx(0.3) and len(early["curve"]) == 3
+    assert early["best_step"] == 20 and late["best_step"] == 30  # mean curve 0.1005 at 20, 0.075 at 30
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(stability_eval_every=7), "must divide 10 H"),
+    (dict(stability_horizons=5), "stability_horizons must be >= 10"),
+    (dict(mlp_tasks=1), "at least 2 tasks"),
+    (dict(workers=0), "'workers'"),
+])
+def test_star_config_errors_name_the_problem(change, message):
+    from learned_dco.studies import star
+
+    star.check_config(dict(star.QUICK))
+    star.check_config(dict(star.FULL))
+    with pytest.raises(ValueError, match=message):
+        star.check_config(dict(star.QUICK, **change))
+
+
 def test_star_stability_reads_the_stability_set_when_there_is_one():
     from learned_dco.studies import star
 
