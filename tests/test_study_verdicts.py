@@ -331,6 +331,24 @@ def test_star_summary_reads_the_run_up_to_the_step_asked():
     assert early["best_step"] == 20 and late["best_step"] == 30  # mean curve 0.1005 at 20, 0.075 at 30
 
 
+def test_star_evaluate_runs_a_grid_as_one_batch_equal_to_one_config_at_a_time():
+    """Adam's learning-rate grid runs as one vmapped batch of (rate, task) units; a rate's
+    per-task curves must equal a run of that rate alone (same tasks, starts and minibatches)."""
+    import jax
+
+    from learned_dco import tasks
+    from learned_dco.studies import star
+
+    family = tasks.DigitsMLP(hidden=(4,), batch_size=8)
+    batch = tasks.sample_tasks(family, jax.random.PRNGKey(1), 3)
+    grid = np.asarray([1e-3, 1e-1], np.float32)
+    both = star.evaluate(star._adam, grid, family, batch, jax.random.PRNGKey(2), 6, 3)
+    assert both.train_loss.shape == (2, 3, 3) and both.steps.tolist() == [0, 3, 6]
+    alone = star.evaluate(star._adam, grid[1:], family, batch, jax.random.PRNGKey(2), 6, 3)  # the second: order matters
+    np.testing.assert_allclose(both.train_loss[1], alone.train_loss[0], rtol=1e-5)
+    assert not np.allclose(both.train_loss[0, :, -1], both.train_loss[1, :, -1])  # the rates differ
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(stability_eval_every=7), "must divide 10 H"),
     (dict(stability_horizons=5), "stability_horizons must be >= 10"),

@@ -95,51 +95,57 @@ class Evaluation:
 
 def evaluate(make_tx: Callable, configs, family, task_batch, key, num_steps: int, eval_every: int,
              compiler_options: dict | None = None) -> Evaluation:
-    """Run ``make_tx(config)`` on every task for ``num_steps`` steps (tasks vmapped).
+    """Run ``make_tx(config)`` for every configuration on every task for ``num_steps`` steps.
 
     Task ``i`` starts from parameters drawn with ``fold_in(key, i)`` and sees the same
-    minibatches for every configuration and every optimizer given the same ``key``. The
-    step is compiled once per call (``compiler_options`` passed to XLA) and reused for every
-    configuration; the full-training-split loss is one program per family and task count.
+    minibatches for every configuration and every optimizer given the same ``key``. One
+    jitted step (``compiler_options`` passed to XLA) advances every (configuration, task)
+    pair at once, vmapped over one axis of ``configs x tasks`` units (unit ``c n + i`` is
+    configuration ``c`` on task ``i``); a single configuration (a learned optimizer's
+    meta-parameters) is not batched, so its weights stay shared by the tasks. The
+    full-training-split loss is recorded every ``eval_every`` steps and at the end.
     """
     n = jax.tree.leaves(task_batch)[0].shape[0]
+    num_configs = jax.tree.leaves(configs)[0].shape[0]
     keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i)))(jnp.arange(n))
     k_init, k_run = keys[:, 0], keys[:, 1]
-    params = jax.vmap(family.init_params)(k_init, task_batch)
 
-    def init(config):
+    def tile(x):  # (n, ...) -> (C n, ...), inside the programs: the task batch may span processes
+        return x if num_configs == 1 else jnp.concatenate([x] * num_configs)
+
+    def per_unit(fn):  # fn(config, *per-task arguments), vmapped over the units
+        if num_configs == 1:
+            return lambda configs, *args: jax.vmap(functools.partial(fn, jax.tree.map(lambda x: x[0], configs)))(*args)
+        return lambda configs, *args: jax.vmap(fn)(jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), configs), *args)
+
+    def one(config, p, s, task, k, t):
         tx = make_tx(config)
-        return jax.vmap(tx.init)(params)
+        batch = family.sample_batch(jax.random.fold_in(k, t), task)
+        grads = jax.grad(family.loss)(p, task, batch)
+        updates, s = tx.update(grads, s, p)
+        return optax.apply_updates(p, updates), s
 
-    def step_fn(config, params, state, t, task_batch, k_run):  # tasks are arguments: they may span other processes
-        tx = make_tx(config)
+    @jax.jit
+    def init(configs, k_init, task_batch):
+        params = jax.vmap(family.init_params)(tile(k_init), jax.tree.map(tile, task_batch))
+        return params, per_unit(lambda c, p: make_tx(c).init(p))(configs, params)
 
-        def one(p, s, task, k):
-            batch = family.sample_batch(jax.random.fold_in(k, t), task)
-            grads = jax.grad(family.loss)(p, task, batch)
-            updates, s = tx.update(grads, s, p)
-            return optax.apply_updates(p, updates), s
-
-        return jax.vmap(one)(params, state, task_batch, k_run)
+    def step_fn(configs, params, state, t, task_batch, k_run):
+        return per_unit(lambda c, p, s, task, k: one(c, p, s, task, k, t))(
+            configs, params, state, jax.tree.map(tile, task_batch), tile(k_run))
 
     step = jax.jit(step_fn, compiler_options=compiler_options)
-    # Configurations run one after another, tasks vmapped: a second vmap (over configs) of
-    # the ConvNet's kernel gradient needs conv batching with both feature and batch groups,
-    # which XLA/JAX do not implement (NotImplementedError).
-    task_loss = _task_loss(family)
-    num_configs = jax.tree.leaves(configs)[0].shape[0]
-    per_config = []
-    for c in range(num_configs):
-        config = jax.tree.map(lambda x: x[c], configs)
-        p, s = params, init(config)
-        steps, losses = [0], [distributed.to_host(task_loss(p, task_batch))]
-        for t in range(num_steps):
-            p, s = step(config, p, s, jnp.asarray(t), task_batch, k_run)
-            if (t + 1) % eval_every == 0 or t + 1 == num_steps:
-                steps.append(t + 1)
-                losses.append(distributed.to_host(task_loss(p, task_batch)))
-        per_config.append(np.stack(losses, axis=-1))
-    return Evaluation(np.asarray(steps), np.stack(per_config).astype(np.float64))
+    loss_of = _task_loss(family)
+    task_loss = loss_of if num_configs == 1 else jax.jit(lambda p, tb: loss_of(p, jax.tree.map(tile, tb)))
+    p, s = init(configs, k_init, task_batch)
+    steps, losses = [0], [distributed.to_host(task_loss(p, task_batch))]
+    for t in range(num_steps):
+        p, s = step(configs, p, s, jnp.asarray(t), task_batch, k_run)
+        if (t + 1) % eval_every == 0 or t + 1 == num_steps:
+            steps.append(t + 1)
+            losses.append(distributed.to_host(task_loss(p, task_batch)))
+    train_loss = np.stack(losses, axis=-1).reshape(num_configs, n, len(steps))
+    return Evaluation(np.asarray(steps), train_loss.astype(np.float64))
 
 
 @functools.lru_cache(maxsize=None)
@@ -177,10 +183,11 @@ def summarise(ev: Evaluation, config: int, horizon: int, upto: int | None = None
     }
 
 
-def tune_adam(family, task_batch, key, num_steps: int, eval_every: int, grid=ADAM_GRID) -> tuple[float, list]:
-    """Adam's learning rate with the lowest mean final training loss (diverged: inf)."""
+def tune_adam(family, task_batch, key, num_steps: int, grid=ADAM_GRID) -> tuple[float, list]:
+    """Adam's learning rate with the lowest mean final training loss (diverged: inf); the
+    grid runs as one batch of (learning rate, task) units."""
     lrs = jnp.asarray(grid)
-    ev = evaluate(_adam, lrs, family, task_batch, key, num_steps, eval_every)
+    ev = evaluate(_adam, lrs, family, task_batch, key, num_steps, num_steps)  # only the final loss is scored
     final = ev.train_loss[:, :, -1]
     scores = np.where(np.all(np.isfinite(final), axis=1), np.mean(final, axis=1), np.inf)
     return float(grid[int(np.argmin(scores))]), [float(x) for x in scores]
@@ -410,7 +417,7 @@ def run(out_dir: str | Path = "results/star", *, quick: bool = False, seed: int 
         fam_name, family, n, _, every, _ = plan[f]
         t0 = time.perf_counter()
         tune = distributed.shard_tasks(tasks.sample_tasks(family, jax.random.fold_in(k_tune_tasks, f), cfg["tune_tasks"]))
-        lr, scores = tune_adam(family, tune, k_tune, 10 * H, every, grid)
+        lr, scores = tune_adam(family, tune, k_tune, 10 * H, grid)
         ev = evaluate(_adam, jnp.asarray([lr]), family, batches[fam_name], k_eval, 10 * H, every)
         log(f"  [adam] {fam_name}: learning rate {lr:g} ({time.perf_counter() - t0:.0f} s)")
         return lr, scores, ev, time.perf_counter() - t0
