@@ -42,7 +42,7 @@ k_train, k_test, k_tune, k_eval = jax.random.split(jax.random.PRNGKey(3), 4)
 train = distributed.shard_tasks(tasks.sample_tasks(family, k_train, 8))
 test = distributed.shard_tasks(tasks.sample_tasks(family, k_test, 8))
 tuned, curves = E.tune_baselines(exp, train, test, k_tune, k_eval, log=lambda msg: None)
-adam_lr, adam_scores = star.tune_adam(family, train, k_tune, num_steps=4, eval_every=2, grid=(1e-3, 1e-1, 10.0))
+adam_lr, adam_scores = star.tune_adam(family, train, k_tune, num_steps=4, grid=(1e-3, 1e-1, 10.0))
 local_rows = sum(s.data.shape[0] for s in jax.tree.leaves(test)[0].addressable_shards)
 if distributed.is_primary():
     json.dump({"devices": jax.device_count(), "local_rows": local_rows, "tuned": tuned,

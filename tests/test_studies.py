@@ -20,9 +20,9 @@ TINY = {
                                         num_test=4, meta_epochs=3, eval_steps=4, grid=GRID[::10], qp_check="eqqp",
                                         direct_check=True)],
                 theorem1=dict(dim=4, n_tasks=8, num_samples=16, n_test=4)),
-    "star": dict(config=dict(horizon=6, meta_steps=2, num_tasks=2, mlp_hidden=(4,), conv_channels=(2, 2, 2), stability_tasks=3,
-                             batch_size=8, eval_tasks=2, tune_tasks=1, eval_every=3, nqm_seeds=200, nqm_alphas=12,
-                             adam_grid=(1e-3, 1e-2))),
+    "star": dict(config=dict(horizon=6, meta_steps=2, num_tasks=2, mlp_hidden=(4,), conv_channels=(2, 2, 2), mlp_tasks=3,
+                             batch_size=8, conv_tasks=2, tune_tasks=1, eval_every=3, stability_horizons=10,
+                             stability_eval_every=3, workers=2, nqm_seeds=200, nqm_alphas=12, adam_grid=(1e-3, 1e-2))),
     "metamd": dict(size=dict(ls_meta_steps=3, ls_tasks=4, widths=[[4], [8]])),
     "l2l": dict(size=dict(dim=20, n=10, tasks=2, steps=30, horizons=(10, 40), grad_horizons=(10, 100, 1000))),
     "ml2o": dict(size=dict(meta_steps=2, horizon=4, eval_steps=6, tasks=2, num_test=4, families=["quadratic"])),
@@ -82,6 +82,14 @@ def test_claims_shown_at_the_test_size(study):
     elif name == "star":
         assert verdict["fig2a_variance"] == "reproduced"
         assert verdict["paper_scale"] == "not testable here"
+        # the stability claim pairs the MLP tasks run on to 10 H x 6 = 60 steps; the 10 H loss
+        # comparisons are the same runs read at 60 steps (their curves are its prefix)
+        stability = next(c for c in results["claims"] if c["id"] == "stability_past_H")
+        assert kind["stability_past_H"] == "comparative" and stability["test"]["units"] == 3
+        st, mlp = results["stability"], results["evaluation"]["digits_mlp"]
+        assert st["steps"] == 60 and st["curve_steps"][-1] == 60 and mlp["steps"][-1] == 60
+        for name_, o in st["optimizers"].items():
+            assert mlp["optimizers"][name_]["curve"] == o["curve"][: len(mlp["steps"])]
     elif name == "metamd":
         assert verdict["kronecker_scales"] == "holds" and kind["kronecker_scales"] == "sanity"
         assert verdict["digits_mlp"] == "not testable here"

@@ -114,7 +114,10 @@ def test_ml2o_a_split_across_families_is_partly():
 # --- star -----------------------------------------------------------------------------------
 
 
-def _star_data(case):
+def _star_data(case, stability: bool = True):
+    """Per-task results of every family; with ``stability`` also the MLP tasks read far past
+    the horizon (the units of the stability claim), whose divergence pattern follows ``case``
+    while the 10 H evaluation shows none."""
     rng = np.random.default_rng(2)
     ev = {}
     for f in ("digits_mlp", "digits_convnet"):
@@ -122,9 +125,9 @@ def _star_data(case):
         off = _offsets(case, rng)
         star_div = np.zeros(N, int)
         other_div = np.zeros(N, int)
-        if case == "reproduced":
+        if not stability and case == "reproduced":
             other_div[: N // 2] = 1
-        elif case == "not reproduced":
+        elif not stability and case == "not reproduced":
             star_div[: N // 2] = 1
         opts = {"star": (base * 10 ** off, star_div), "blackbox": (base, other_div), "hyperparam": (base, other_div),
                 "star_no_nominal": (base, other_div), "adam": (base, np.zeros(N, int))}
@@ -135,15 +138,31 @@ def _star_data(case):
     ratios = (10.0, 100.0, 1000.0) if grows else (10.0, 5.0, 2.0)
     nqm = {"num_seeds": 500, "stability_edge": 2.0,
            "summary": [{"T": t, "min": 1.0, "min_alpha": 0.5, "at_largest_alpha": r} for t, r in zip((1, 10, 100), ratios)]}
-    return {"evaluation": ev, "config": {"horizon": 50, "meta_steps": 100, "num_tasks": 4}}, nqm
+    result = {"evaluation": ev, "config": {"horizon": 50, "meta_steps": 100, "num_tasks": 4}}
+    if stability:
+        star_div, bb_div = np.zeros(N, int), np.zeros(N, int)
+        if case == "reproduced":
+            bb_div[: N // 2] = 1
+        elif case == "not reproduced":
+            star_div[: N // 2] = 1
+        result["stability"] = _stability_set({"star": star_div, "blackbox": bb_div, "hyperparam": bb_div})
+    return result, nqm
 
 
+def _stability_set(divergence: dict) -> dict:
+    opt = lambda d: {"diverged_tasks": int(d.sum()), "diverged_per_task": list(d), "final_loss": 0.1,
+                     "final_loss_per_task": [0.1] * d.size, "num_tasks": d.size}
+    n = len(next(iter(divergence.values())))
+    return {"family": "digits_mlp", "num_tasks": n, "steps": 2000, "optimizers": {k: opt(d) for k, d in divergence.items()}}
+
+
+@pytest.mark.parametrize("stability", [True, False], ids=["stability set", "evaluation only"])
 @pytest.mark.parametrize("case", CASES)
-def test_star_verdicts(case):
+def test_star_verdicts(case, stability):
     from learned_dco.studies import star
 
-    v = _verdicts(star.claims_for(*_star_data(case)))
-    assert v["stability_10xH"] == v["star_best_learned"] == v["nominal_term_ablation"] == case
+    v = _verdicts(star.claims_for(*_star_data(case, stability)))
+    assert v["stability_past_H"] == v["star_best_learned"] == v["nominal_term_ablation"] == case
     assert v["fig2a_variance"] == ("not reproduced" if case == "not reproduced" else "reproduced")
     assert v["paper_scale"] == "not testable here"
 
@@ -151,9 +170,23 @@ def test_star_verdicts(case):
 def test_star_stability_without_any_divergence_is_inconclusive_with_no_deciding_size():
     from learned_dco.studies import star
 
-    claims = {c.id: c for c in star.claims_for(*_star_data("inconclusive"))}
-    test = claims["stability_10xH"].test
+    claims = {c.id: c for c in star.claims_for(*_star_data("inconclusive", stability=False))}
+    test = claims["stability_past_H"].test
     assert test["verdict"] == "inconclusive" and test["n_to_decide"] is None and test["units"] == 2 * N
+
+
+def test_star_stability_with_a_rare_divergence_is_inconclusive_and_names_the_size_that_decides():
+    """Blackbox diverging on 1 of 24 tasks (STAR on none): mean 1/24, sd sqrt(1/24), so the
+    interval holds 0 and n* = ceil((1.96 sd / mean)^2) = ceil(1.96^2 * 24) = 93 tasks."""
+    from learned_dco.studies import star
+
+    result, nqm = _star_data("inconclusive")
+    bb = np.zeros(N, int)
+    bb[3] = 1
+    result["stability"] = _stability_set({"star": np.zeros(N, int), "blackbox": bb, "hyperparam": bb})
+    test = {c.id: c for c in star.claims_for(result, nqm)}["stability_past_H"].test
+    assert test["verdict"] == "inconclusive" and test["units"] == N
+    assert test["estimate"] == pytest.approx(-1 / N) and test["n_to_decide"] == 93
 
 
 # --- dco ------------------------------------------------------------------------------------
@@ -281,19 +314,71 @@ def test_paired_test_names_bad_input(bad, message):
         stats.paired_test(bad["a"], bad["b"], statistic="x", unit="task")
 
 
+def test_star_summary_reads_the_run_up_to_the_step_asked():
+    """One MLP run read at 10 H (the loss comparisons) and at its end (the stability claim):
+    a task that falls to 1e-3 by step 20 and climbs to 0.5 by step 40 has diverged by the end
+    (0.5 > 10 x 1e-3) but not by step 20; a task that keeps falling never has."""
+    from learned_dco.studies import star
+
+    steps = np.arange(0, 41, 10)
+    falls_then_climbs = [1.0, 0.1, 1e-3, 0.05, 0.5]
+    keeps_falling = [1.0, 0.5, 0.2, 0.1, 0.05]
+    ev = star.Evaluation(steps, np.asarray([[falls_then_climbs, keeps_falling]]))
+    early, late = star.summarise(ev, 0, horizon=10, upto=20), star.summarise(ev, 0, horizon=10)
+    assert early["diverged_per_task"] == [0, 0] and late["diverged_per_task"] == [1, 0]
+    assert early["final_loss_per_task"] == [1e-3, 0.2] and late["final_loss_per_task"] == [0.5, 0.05]
+    assert early["loss_at_H"] == late["loss_at_H"] == pytest.approx(0.3) and len(early["curve"]) == 3
+    assert early["best_step"] == 20 and late["best_step"] == 30  # mean curve 0.1005 at 20, 0.075 at 30
+
+
+def test_star_evaluate_runs_a_grid_as_one_batch_equal_to_one_config_at_a_time():
+    """Adam's learning-rate grid runs as one vmapped batch of (rate, task) units; a rate's
+    per-task curves must equal a run of that rate alone (same tasks, starts and minibatches)."""
+    import jax
+
+    from learned_dco import tasks
+    from learned_dco.studies import star
+
+    family = tasks.DigitsMLP(hidden=(4,), batch_size=8)
+    batch = tasks.sample_tasks(family, jax.random.PRNGKey(1), 3)
+    grid = np.asarray([1e-3, 1e-1], np.float32)
+    both = star.evaluate(star._adam, grid, family, batch, jax.random.PRNGKey(2), 6, 3)
+    assert both.train_loss.shape == (2, 3, 3) and both.steps.tolist() == [0, 3, 6]
+    alone = star.evaluate(star._adam, grid[1:], family, batch, jax.random.PRNGKey(2), 6, 3)  # the second: order matters
+    np.testing.assert_allclose(both.train_loss[1], alone.train_loss[0], rtol=1e-5)
+    assert not np.allclose(both.train_loss[0, :, -1], both.train_loss[1, :, -1])  # the rates differ
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(stability_eval_every=7), "must divide 10 H"),
+    (dict(stability_horizons=5), "stability_horizons must be >= 10"),
+    (dict(mlp_tasks=1), "at least 2 tasks"),
+    (dict(workers=0), "'workers'"),
+])
+def test_star_config_errors_name_the_problem(change, message):
+    from learned_dco.studies import star
+
+    star.check_config(dict(star.QUICK))
+    star.check_config(dict(star.FULL))
+    with pytest.raises(ValueError, match=message):
+        star.check_config(dict(star.QUICK, **change))
+
+
 def test_star_stability_reads_the_stability_set_when_there_is_one():
     from learned_dco.studies import star
 
-    result, nqm = _star_data("inconclusive")  # no divergence among the evaluation tasks
+    result, nqm = _star_data("inconclusive", stability=False)  # no divergence among the evaluation tasks
     div = np.zeros(2 * N, int)
     div[:N] = 1  # Blackbox diverges on half of the stability set, STAR on none
-    opt = lambda d: {"diverged_tasks": int(d.sum()), "diverged_per_task": list(d), "final_loss": 0.1,
-                     "final_loss_per_task": [0.1] * d.size, "num_tasks": d.size}
-    result["stability"] = {"family": "digits_mlp", "num_tasks": 2 * N, "steps": 500,
-                           "optimizers": {"star": opt(np.zeros(2 * N, int)), "blackbox": opt(div), "hyperparam": opt(div)}}
+    result["stability"] = _stability_set({"star": np.zeros(2 * N, int), "blackbox": div, "hyperparam": div})
     claims = {c.id: c for c in star.claims_for(result, nqm)}
-    assert claims["stability_10xH"].verdict == "reproduced" and claims["stability_10xH"].test["units"] == 2 * N
-    assert "stability set" in claims["stability_10xH"].measured
+    assert claims["stability_past_H"].verdict == "reproduced" and claims["stability_past_H"].test["units"] == 2 * N
+    assert "stability set" in claims["stability_past_H"].measured and "40 H = 2000 steps" in claims["stability_past_H"].measured
+    # ... and only the stability set: divergence at 10 H alone does not decide the claim
+    result, nqm = _star_data("reproduced", stability=False)
+    result["stability"] = _stability_set({"star": np.zeros(2 * N, int), "blackbox": np.zeros(2 * N, int),
+                                          "hyperparam": np.zeros(2 * N, int)})
+    assert {c.id: c for c in star.claims_for(result, nqm)}["stability_past_H"].verdict == "inconclusive"
 
 
 def test_dco_first_step_is_judged_against_the_best_baseline_at_step_1():

@@ -15,7 +15,7 @@ STUDIES: dict[str, Study] = {
                  "DCO paper: Figures 1-3 under both readings of Algorithm 1 (reset/carry), Theorem 1, QP backend",
                  "learned_dco.studies.dco"),
     "star": Study("star", "Harrison, Metz & Sohl-Dickstein: A Closer Look at Learned Optimization: Stability, Robustness, and Inductive Biases (NeurIPS 2022)",
-                  "STAR vs Blackbox vs Hyperparam out-of-horizon stability (10x H), NQM Fig. 2a, nominal-term ablation",
+                  "STAR vs Blackbox vs Hyperparam stability past the horizon (to 40x H), NQM Fig. 2a, nominal-term ablation",
                   "learned_dco.studies.star"),
     "metamd": Study("metamd", "MetaMD: Principled Optimiser Meta-Learning for Deep Learning",
                     "MetaMD Kronecker mirror maps vs tuned SGD/Adam/DCOG; regret-bound objective; cost vs dense DCOGD",
