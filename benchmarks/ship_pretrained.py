@@ -38,6 +38,9 @@ QUICK_PROBLEMS = ("diabetes_mlp_relu", "deep_linear_4", "rosenbrock_2d")
 
 KEY_ROWS = ("adam", "adam_cosine", "prodigy", "prodigy_linear_decay")
 
+PAIRED_AGAINST = ("prodigy", "prodigy_linear_decay", "dog", "dadapt_adamw", "schedule_free_adamw", "adam_cosine")
+"""Rows a shipped optimizer is compared with, paired over problems (besides its untrained start)."""
+
 
 def quick_finals(candidate: bench.Candidate) -> dict:
     settings = bench.Settings.quick()
@@ -68,7 +71,18 @@ def split_section(summary: dict, label: str, files: str) -> dict:
         "settings": summary.get("settings"),
         "aggregate": [r for r in summary["aggregate"] if r["optimizer"] in keep],
         "per_problem": [r for r in summary["per_problem"] if r["optimizer"] == label],
+        "paired": paired_rows(summary, label),
     }
+
+
+def paired_rows(summary: dict, label: str) -> list[dict]:
+    """``label`` against its untrained start and :data:`PAIRED_AGAINST`, paired over the split's
+    held-out problems (:func:`learned_dco.bench.report.paired`), for the rows the run holds."""
+    from learned_dco.bench import report
+
+    rows = next(iter(summary["results"].values()))["rows"]
+    others = [o for o in (f"{label} (untrained)", *PAIRED_AGAINST) if o in rows]
+    return [report.paired(summary, label, o) for o in others] if label in rows else []
 
 
 def card_heldout(label: str, candidate: bench.Candidate, test: str | None, dev: str | None) -> dict:

@@ -82,6 +82,25 @@ def test_t_interval_and_outcomes_against_hand_values():
     assert S.outcome(1e-12 * ref, 2e-12 * ref, 1e-6) == "tie"  # both below the floor
 
 
+def test_paired_comparison_is_the_t_interval_of_seed_mean_floored_log_ratios():
+    """``report.paired`` against scipy's one-sample t confidence interval of hand-computed
+    per-problem log-ratios; a final below the floor counts as the floor, controls are left out."""
+    from scipy import stats
+
+    a = {"p1": [1.0, 4.0], "p2": [0.5, 0.5], "p3": [1e-9, 2.0], "ctl": [100.0, 100.0]}
+    b = {"p1": [2.0, 2.0], "p2": [1.0, 0.25], "p3": [1e-3, 1.0], "ctl": [1.0, 1.0]}
+    floors = {"p1": 1e-6, "p2": 1e-6, "p3": 1e-3, "ctl": 1e-6}
+    result = {"problems": [{"name": n, "control": n == "ctl"} for n in a],
+              "results": {n: {"floor": floors[n], "rows": {"x": {"final": a[n]}, "y": {"final": b[n]}}} for n in a}}
+    d = np.array([np.mean(np.log(np.array(a[n]) / np.array(b[n]))) for n in ("p1", "p2")]
+                 + [np.mean([np.log(1e-3 / 1e-3), np.log(2.0)])])
+    ci = stats.ttest_1samp(d, 0.0).confidence_interval(0.95)
+    got = R.paired(result, "x", "y")
+    assert got["problems"] == 3 and got["wins"] == int(np.sum(d < 0))
+    np.testing.assert_allclose(got["mean_log_ratio"], [d.mean(), ci.low, ci.high], rtol=1e-10)
+    np.testing.assert_allclose(got["ratio"], np.exp([d.mean(), ci.low, ci.high]), rtol=1e-10)
+
+
 def test_iqm_and_bootstrap():
     assert S.iqm([1, 2, 3, 4]) == 2.5
     assert S.iqm([0.5, 1.0, 3.0, 2.0, 100.0, 7.0, np.nan, None]) == np.mean([2.0, 3.0, 7.0, 100.0])

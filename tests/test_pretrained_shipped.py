@@ -51,6 +51,24 @@ def test_card_records_the_single_test_run(name):
     assert len(rows[name]["iqm_ratio"]) == 3  # estimate, lower and upper end
 
 
+@pytest.mark.parametrize("name", [n for n in NAMES if "paired" in pretrained.card(n)["heldout"].get("test", {})])
+def test_card_paired_comparisons_are_recomputed_from_the_stored_test_run(name):
+    """The card's paired comparisons (against the untrained start and the tuning-free
+    baselines) equal :func:`learned_dco.bench.report.paired` on the stored test run."""
+    import json
+
+    from learned_dco.bench import report
+
+    test = pretrained.card(name)["heldout"]["test"]
+    run = json.loads((ROOT / test["files"] / "bench.json").read_text())
+    against = [p["b"] for p in test["paired"]]
+    assert f"{name} (untrained)" in against and {"prodigy", "prodigy_linear_decay", "dog"} <= set(against)
+    for stored in test["paired"]:
+        got = report.paired(run, name, stored["b"])
+        np.testing.assert_allclose(stored["ratio"], got["ratio"], rtol=1e-9, err_msg=stored["b"])
+        assert stored["wins"] == got["wins"] and stored["problems"] == got["problems"] == 7
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_recipe_file_is_the_cards_config(name):
     recipe = pretrained.card(name)["recipe"]

@@ -102,6 +102,26 @@ def aggregate(result: Mapping[str, Any], reps: int = 2000, seed: int = 0) -> lis
     return out
 
 
+def paired(result: Mapping[str, Any], a: str, b: str) -> dict:
+    r"""Paired comparison of row ``a`` with row ``b`` over the held-out problems.
+
+    Per problem :math:`i`, :math:`d_i = \frac{1}{S}\sum_s \log\frac{\max(a_{is}, f_i)}{\max(b_{is}, f_i)}`,
+    the seed-mean floored log-ratio of the final losses (same seeds, so paired). Over the
+    :math:`n` problems: the mean :math:`\bar d` with its 95% t-interval (problems are the
+    units; seeds are averaged inside a problem), ``ratio`` :math:`= e^{\bar d}` (the geometric
+    mean over problems of ``a``'s final loss over ``b``'s) with the interval's ends exponentiated,
+    and ``wins``: problems with :math:`d_i < 0`. ``a`` beats ``b`` at the 95% level when the
+    ratio's upper end is below 1."""
+    probs = _held_out(result)
+    d = np.array([np.mean(S.log_ratio(result["results"][p]["rows"][a]["final"],
+                                      result["results"][p]["rows"][b]["final"], result["results"][p]["floor"]))
+                  for p in probs])
+    mean, lo, hi = S.t_interval(d)
+    return {"a": a, "b": b, "problems": len(probs), "mean_log_ratio": [mean, lo, hi],
+            "ratio": [float(np.exp(mean)), float(np.exp(lo)), float(np.exp(hi))],
+            "wins": int(np.sum(d < 0)), "per_problem": dict(zip(probs, d.tolist()))}
+
+
 def _lr(a, b, floor):
     """Elementwise floored log-ratio with a per-element floor."""
     fa = np.where(np.isfinite(a), np.maximum(a, floor), np.inf)
