@@ -293,6 +293,7 @@ def _shrink(cfg: C.RunConfig) -> list[str]:
     return sets
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_every_shipped_config_trains(path, tmp_path, capsys):
     sets = _shrink(C.load_config(path))
@@ -452,6 +453,7 @@ def test_compile_cache_directory_and_switches(tmp_path, monkeypatch):
     assert cli.compile_cache_dir(args) is None
 
 
+@pytest.mark.integration
 def test_the_cli_fills_the_compile_cache_by_default(tiny_config, tmp_path):
     """A fresh process with only LEARNED_DCO_CACHE_DIR set writes compiled programs there."""
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "LEARNED_DCO_CACHE_DIR": str(tmp_path / "cache"),

@@ -14,6 +14,7 @@ from learned_dco.studies.common import validate_results
 from learned_dco.tasks.constrained import SimplexLeastSquares
 
 
+@pytest.mark.integration
 def test_tiny_run_writes_the_schema(tmp_path):
     cfg = C.Config(meta_steps=3, tasks_per_step=2, horizon=5, train_tasks=4, test_tasks=6, grid_size=3,
                    families=("simplex_least_squares",))

@@ -129,6 +129,7 @@ def metrics(run: Path) -> list[dict]:
 # --- multi-process runs ------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_two_processes_match_one_device(tmp_path):
     """FullUnroll: 2 processes x 2 devices end where 1 process x 1 device ends (module
     docstring for the tolerance); only process 0 writes metrics (one line per step) and

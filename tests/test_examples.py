@@ -22,6 +22,7 @@ def test_every_example_is_tested():
     assert sorted(p.name for p in (ROOT / "examples").glob("*.py")) == sorted(EXPECTED)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("script", sorted(EXPECTED))
 def test_example_runs(script):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))

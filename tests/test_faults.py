@@ -119,6 +119,7 @@ def _trial(reference, tmp_name: str, seed: int, max_kills: int) -> int:
     return kills
 
 
+@pytest.mark.integration
 def test_kill_9_at_random_moments_then_resume_gives_the_same_bytes(reference):
     kills = _trial(reference, "trial-quick", seed=1, max_kills=2)
     assert kills >= 1

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 LIBRARY = """
@@ -60,6 +62,7 @@ def _python(code: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
                           timeout=600, cwd=cwd)
 
 
+@pytest.mark.integration
 def test_library_without_a_qp_imports_no_jaxopt():
     run = _python(LIBRARY)
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
@@ -73,6 +76,7 @@ print(json.dumps({"code": code, "jaxopt": "jaxopt" in sys.modules, "matplotlib":
 """
 
 
+@pytest.mark.integration
 def test_cli_train_of_a_non_qp_recipe_imports_no_jaxopt(tmp_path):
     """``learned-dco train pretrain_learned_prodigy`` (the shipped recipe, by name), shrunk
     to one meta-step on two-step episodes."""

@@ -120,6 +120,7 @@ MIXTURE_RUN = {
 }
 
 
+@pytest.mark.integration
 def test_a_mixture_run_ships_reproducibly(tmp_path):
     """A `learned-dco train` run on a task mixture -> ship_run -> load: the same config and
     seed give the same weight bytes (the recipe's promise), the card records the recipe,

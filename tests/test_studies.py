@@ -37,11 +37,12 @@ def _run(name, out):
 
 
 # star and ml2o compile ~20 programs each even at these sizes (about 1.5 CPU-minutes together on
-# 2 cores): their schema/claims runs are in the slow set; every other study runs by default.
+# 2 cores): their schema/claims runs are in the slow set; every other study's run is an integration test.
 SLOW = {"star", "ml2o"}
 
 
-@pytest.fixture(scope="module", params=[pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in sorted(TINY)])
+@pytest.fixture(scope="module", params=[pytest.param(n, marks=pytest.mark.slow if n in SLOW else pytest.mark.integration)
+                                        for n in sorted(TINY)])
 def study(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param)
     return request.param, out, _run(request.param, out)

@@ -29,6 +29,7 @@ def outputs(tmp_path_factory):
     return out, results
 
 
+@pytest.mark.integration
 def test_outputs_on_disk(outputs):
     out, results = outputs
     on_disk = json.loads((out / "results.json").read_text())
@@ -49,6 +50,7 @@ def test_outputs_on_disk(outputs):
         assert choice in report
 
 
+@pytest.mark.integration
 def test_theorem1_linear_convergence_to_the_one_step_optimum(outputs):
     th = outputs[1]["theorem1"]
     gap = np.asarray(th["gap"])
@@ -66,6 +68,7 @@ def test_fit_rate_recovers_a_known_geometric_sequence():
     assert abs(fit_rate(np.r_[5.0 * 0.9 ** k[:150], np.full(50, 1e-300)]) - 0.9) < 1e-9
 
 
+@pytest.mark.integration
 def test_least_squares_claims(outputs):
     ls = outputs[1]["experiments"]["least_squares"]
     finals = ls["final"]
@@ -154,6 +157,7 @@ def test_direct_parameterisation_stays_well_posed():
         algorithm1(lopt, tasks.LeastSquares(num_samples=4, dim=2), None, None, None, epochs=1, protocol="literal")
 
 
+@pytest.mark.integration
 def test_same_seed_same_numbers():
     exp = Experiment("least_squares", tasks.LeastSquares(num_samples=12, dim=6), num_train=6, num_test=4,
                      meta_epochs=2, eval_steps=3, grid=GRID[::10])

@@ -126,6 +126,7 @@ SHARDED = textwrap.dedent(
 )
 
 
+@pytest.mark.integration
 def test_sharded_equals_unsharded():
     flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
     env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
