@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
+from jax.flatten_util import ravel_pytree
 
 from learned_dco import qp, tasks
 from learned_dco.optimizers.general import constrained_dcom, shifted_constraints
@@ -116,6 +117,30 @@ def test_simplex_exact_matches_osqp_values_and_jacobians(x64):
     np.testing.assert_allclose(theta + x, _np_simplex_projection(np.asarray(theta - c / 2.0)), atol=1e-12)
     with pytest.raises(ValueError, match="all ones"):
         qp.solve_qp(qp.ScaledIdentity(1.0), c, 2 * kw["A"], kw["b"], lo=kw["lo"], solver=SimplexExact())
+
+
+def test_shifted_constraints_describe_the_same_set_in_the_step():
+    """For random steps d, every residual of theta + d against {A x = b, G x <= h,
+    lo <= x <= hi} equals the residual of d against the shifted constraints, so the step QP's
+    feasible set is exactly the original one moved to theta."""
+    rng = np.random.default_rng(3)
+    params = {"a": jnp.asarray(rng.normal(size=3)), "b": jnp.asarray(rng.normal(size=2))}
+    flat, _ = ravel_pytree(params)
+    A, b = rng.normal(size=(2, 5)), rng.normal(size=2)
+    G, h = rng.normal(size=(3, 5)), rng.normal(size=3)
+    lo = {"a": jnp.asarray(rng.normal(size=3)) - 1.0, "b": jnp.asarray(rng.normal(size=2)) - 1.0}
+    hi = {"a": lo["a"] + 2.0, "b": lo["b"] + 2.5}
+    cons = qp.Constraints(A=jnp.asarray(A), b=jnp.asarray(b), G=jnp.asarray(G), h=jnp.asarray(h), lo=lo, hi=hi)
+    kw = shifted_constraints(cons, params)
+    assert set(kw) == {"A", "b", "G", "h", "lo", "hi"}
+    flo, fhi = ravel_pytree(lo)[0], ravel_pytree(hi)[0]
+    slo, shi = ravel_pytree(kw["lo"])[0], ravel_pytree(kw["hi"])[0]
+    for d in rng.normal(size=(20, 5)):
+        x = np.asarray(flat) + d
+        np.testing.assert_allclose(np.asarray(kw["A"]) @ d - kw["b"], A @ x - b, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(kw["G"]) @ d - kw["h"], G @ x - h, atol=1e-5)
+        np.testing.assert_allclose(d - slo, x - flo, atol=1e-5)
+        np.testing.assert_allclose(shi - d, fhi - x, atol=1e-5)
 
 
 def test_cheapest_solver_per_set():

@@ -7,6 +7,7 @@ import pytest
 import learned_dco as ldco
 from learned_dco import meta, qp
 from learned_dco.optimizers.general import LearnedDCO, StepQP, general_dco
+from learned_dco.validation import ValidationError
 
 PARAMS = {"w": jnp.zeros((2, 3)), "b": jnp.zeros(2)}
 OTHER = {"w": jnp.zeros((3, 3)), "b": jnp.zeros(2)}  # the same structure, another shape
@@ -28,6 +29,8 @@ def _general_dco_step_returning_a_tuple():
 
 CASES = {
     "estimator horizon": (lambda: meta.FullUnroll(horizon=0), r"^FullUnroll\.horizon must be an integer >= 1, got 0$"),
+    "estimator truncation": (lambda: meta.TruncatedBPTT(truncation=0),
+                             r"^TruncatedBPTT\.truncation must be an integer >= 1, got 0$"),
     "estimator num_tasks": (lambda: meta.TruncatedBPTT(num_tasks=1.5),
                             r"^TruncatedBPTT\.num_tasks must be an integer >= 1, got 1\.5$"),
     "dcog lam": (lambda: ldco.dcog_transform({"w": jnp.array([1.0, 0.0])}),
@@ -53,3 +56,18 @@ def test_error_names_the_owner_and_the_argument(case):
     make, message = CASES[case]
     with pytest.raises((ValueError, TypeError), match=message):
         make()
+
+
+@pytest.mark.parametrize("make,field", [
+    (lambda: meta.TruncatedBPTT(truncation=0), "truncation"),
+    (lambda: meta.TruncatedBPTT(horizon=4, truncation=8), "truncation"),
+    (lambda: meta.ES(num_tasks=0), "num_tasks"),
+    (lambda: ldco.DCOM(momentum=1.0), "momentum"),
+    (lambda: ldco.DCOG(learning_rate=0.0), "learning_rate"),
+], ids=["truncation", "truncation>horizon", "num_tasks", "dcom momentum", "learning_rate"])
+def test_validation_errors_carry_the_field_at_fault(make, field):
+    """``ValidationError.field`` (public: lets a caller point at the setting without parsing the
+    message) names the setting at fault."""
+    with pytest.raises(ValidationError) as info:
+        make()
+    assert info.value.field == field

@@ -216,11 +216,28 @@ def test_bad_estimator_settings_raise(cls, kwargs, match):
         cls(**kwargs)
 
 
+def _mean_train_by_hand(theta, s, steps, fresh_batch):
+    """MeanTrain over ``steps`` updates from inner state ``s`` as a Python loop drawing the
+    estimators' minibatches: ``(meta-loss, mean training loss l(theta_t; b_t))``."""
+    tx, p, key, total, train = LOPT.opt_fn(theta), s.params, s.key, 0.0, 0.0
+    opt_state = s.opt_state
+    for _ in range(steps):
+        key, k_batch, k_meta, _ = jax.random.split(key, 4)
+        value, g = jax.value_and_grad(FAMILY.loss)(p, s.task, FAMILY.sample_batch(k_batch, s.task))
+        u, opt_state = tx.update(g, opt_state, p)
+        p = optax.apply_updates(p, u)
+        fresh = FAMILY.loss(p, s.task, FAMILY.sample_batch(k_meta, s.task))
+        total = total + (fresh if fresh_batch else value) / steps
+        train = train + value / steps
+    return total, train
+
+
 @pytest.mark.parametrize("fresh_batch", [True, False])
 def test_mean_train_both_conventions_equal_jax_grad_of_a_hand_written_unroll(x64, fresh_batch):
     """MeanTrain(fresh_batch=True) scores theta_{t+1} on a fresh batch; fresh_batch=False
     reuses l(theta_t; b_t) computed with the gradient (learned_optimization's convention).
-    Both against jax.grad of a Python loop drawing the same minibatches."""
+    Both against jax.grad of a Python loop drawing the same minibatches; the reported training
+    loss is the mean of l(theta_t; b_t) in both."""
     T_ = 3
     est = meta.FullUnroll(horizon=T_, num_tasks=2, meta_loss=meta.MeanTrain(fresh_batch=fresh_batch))
     params = FAMILY.init_params(None, FAMILY.sample(jax.random.PRNGKey(0)))
@@ -229,23 +246,30 @@ def test_mean_train_both_conventions_equal_jax_grad_of_a_hand_written_unroll(x64
     states = bound.start(theta, (), jax.random.PRNGKey(1))
     got, _ = bound.estimate(theta, states, None)
 
-    def by_hand(theta, s):
-        tx, p, key, total = LOPT.opt_fn(theta), s.params, s.key, 0.0
-        opt_state = s.opt_state
-        for _ in range(T_):
-            key, k_batch, k_meta, _ = jax.random.split(key, 4)
-            value, g = jax.value_and_grad(FAMILY.loss)(p, s.task, FAMILY.sample_batch(k_batch, s.task))
-            u, opt_state = tx.update(g, opt_state, p)
-            p = optax.apply_updates(p, u)
-            fresh = FAMILY.loss(p, s.task, FAMILY.sample_batch(k_meta, s.task))
-            total = total + (fresh if fresh_batch else value) / T_
-        return total
-
     for i in range(2):
         s = jax.tree.map(lambda x: x[i], states)
-        value, grad = jax.value_and_grad(by_hand)(theta, s)
+        (value, train), grad = jax.value_and_grad(_mean_train_by_hand, has_aux=True)(theta, s, T_, fresh_batch)
         np.testing.assert_allclose(got.meta_loss[i], value, rtol=1e-10)
+        np.testing.assert_allclose(got.train_loss[i], train, rtol=1e-10)
         np.testing.assert_allclose(got.grad["log_lr"][i], grad["log_lr"], rtol=1e-8)
+
+
+def test_es_reports_the_mean_meta_loss_of_its_antithetic_pair(x64):
+    """ES over whole episodes reports, per task, (L(theta + e) + L(theta - e)) / 2 for the
+    pair's perturbation e, each L a hand-written unroll from the pair's own start."""
+    T_ = 3
+    est = meta.ES(horizon=T_, truncation=T_, num_tasks=2, sigma=0.1, meta_loss=meta.MeanTrain(fresh_batch=False))
+    params = FAMILY.init_params(None, FAMILY.sample(jax.random.PRNGKey(0)))
+    theta = LOPT.init(None, params)
+    bound = est.bind(LOPT, FAMILY)
+    states = bound.start(theta, est.init(LOPT, FAMILY, theta, jax.random.PRNGKey(2)), jax.random.PRNGKey(3))
+    got, _ = bound.estimate(theta, states, jax.random.PRNGKey(3))
+    for i in range(2):
+        plus, minus, e = jax.tree.map(lambda x: x[i], (states.plus, states.minus, states.noise))
+        lp = _mean_train_by_hand(jax.tree.map(jnp.add, theta, e), plus, T_, False)[0]
+        lm = _mean_train_by_hand(jax.tree.map(jnp.subtract, theta, e), minus, T_, False)[0]
+        assert float(lp) != pytest.approx(float(lm), rel=1e-6)  # the pair differs
+        np.testing.assert_allclose(got.meta_loss[i], 0.5 * (lp + lm), rtol=1e-9)
 
 
 def test_meta_losses_are_values_validated_at_construction():

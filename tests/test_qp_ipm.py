@@ -31,6 +31,18 @@ def test_ipm_matches_active_set_enumeration(seed, x64):
         assert np.sum(np.abs(G @ ref - h) < 1e-8) >= 1  # active inequalities are exercised
 
 
+def test_ipm_with_equality_rows_only_is_the_kkt_solution(x64):
+    """No inequality rows and no bounds: the IPM reduces to the equality-constrained QP, whose
+    minimiser solves the KKT system [[Q, A^T], [A, 0]] [x; y] = [-c; b]."""
+    Q, c, A, b, _, _ = _problem(1, n_eq=2)
+    n, m = len(c), len(b)
+    kkt = np.block([[Q, A.T], [A, np.zeros((m, m))]])
+    ref = np.linalg.solve(kkt, np.concatenate([-c, b]))[:n]
+    sol = _solve(Q, c, jnp.asarray(A), jnp.asarray(b), None, None)
+    assert int(sol.status) == qp.SOLVED
+    np.testing.assert_allclose(sol.x, ref, atol=1e-9)
+
+
 def test_ipm_box_with_infinite_bounds_matches_enumeration(x64):
     """A box stacked into G with an infinite bound on some coordinates (those rows must be
     inert) next to general rows: against the enumeration with the finite bounds as rows."""

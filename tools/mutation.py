@@ -205,10 +205,11 @@ def write(summary: dict) -> None:
                   f"{m['killed'] + m['timeout']} killed of {m['sampled'] - m['not_checked']}, "
                   f"{100 * (m['score'] or 0):.1f}% (95% interval {100 * lo:.1f}-{100 * hi:.1f}%).", "",
                   "Re-run: " + ", ".join(f"`{n}` ({summary['results'][n]})" for n in summary["rerun"])]
-    if "recheck" in summary:
-        r, b = summary["recheck"], summary["recheck"]["before"]
+    for r in _as_list(summary.get("recheck")):
+        b = r["before"]
         lo, hi = b["wilson95"]
-        lines += ["", f"The {len(r['mutants'])} mutant(s) that mutmut's test selection left as 'no tests' were "
+        left = " or ".join(f"'{s}'" for s in r.get("statuses", ["no tests"]))
+        lines += ["", f"The {len(r['mutants'])} mutant(s) that mutmut's test selection left as {left} were "
                   f"run against {', '.join(f'`{t}`' for t in r['targets'])} (`--recheck`; these pass without a "
                   f"mutant, {r['clean']['wall_s']} s), and the table counts their verdicts. Before that: "
                   f"{b['killed'] + b['timeout']} killed of {b['sampled'] - b['not_checked']}, "
@@ -254,21 +255,29 @@ def _pytest_against_mutants(targets: list[str], mutant: str | None) -> dict:
             "result": (lines[-1:] or [proc.stderr.strip()[-200:]])[0], "error": why[:300]}
 
 
-def recheck(results: dict[str, str], names: list[str], targets: list[str]) -> dict:
-    """Run the sampled mutants mutmut left as 'no tests' against the test files ``targets``.
+def _as_list(recheck) -> list[dict]:
+    """The summary's rechecks in order (older summaries hold one as a dict)."""
+    return [] if recheck is None else [recheck] if isinstance(recheck, dict) else list(recheck)
+
+
+def recheck(results: dict[str, str], names: list[str], targets: list[str],
+            statuses: tuple[str, ...] = ("no tests",)) -> dict:
+    """Run the sampled mutants whose status is in ``statuses`` (mutmut's 'no tests', and with
+    ``--recheck-survivors`` also 'survived') against the test files ``targets``.
 
     mutmut marks a mutant 'no tests' when no test of its selection called the mutated function
-    while it collected coverage, so a selection that misses a module's test files leaves that
-    module's mutants unmeasured. This runs ``targets`` with each such mutant switched on (after
-    checking that they pass without it): exit code 1 is a kill, 0 a survivor; any other code
-    (a collection error, a crash) is recorded and leaves the mutant's status as it was.
+    while it collected coverage, and 'survived' when no test of the selection failed, so test
+    files outside ``[tool.mutmut]``'s selection (which keeps mutmut's runs short) never get a
+    say. This runs ``targets`` with each such mutant switched on (after checking that they pass
+    without it): exit code 1 is a kill, 0 a survivor; any other code (a collection error, a
+    crash) is recorded and leaves the mutant's status as it was.
     """
     clean = _pytest_against_mutants(targets, None)
     if clean["rc"] != 0:
         raise SystemExit(f"the recheck tests fail without a mutant: {clean['result']} {clean['error']}")
-    out = {"targets": targets, "clean": clean, "mutants": {}}
+    out = {"targets": targets, "statuses": list(statuses), "clean": clean, "mutants": {}}
     for name in names:
-        if results.get(name) != "no tests":
+        if results.get(name) not in statuses:
             continue
         r = out["mutants"][name] = _pytest_against_mutants(targets, name)
         verdict = {0: "survived", 1: "killed"}.get(r["rc"], f"rc={r['rc']}")
@@ -332,6 +341,8 @@ def main(argv=None) -> int:
                          "with and without its mutants")
     ap.add_argument("--recheck", nargs="+", metavar="TESTFILE",
                     help="run the sampled mutants recorded as 'no tests' against these test files, merge into the summary")
+    ap.add_argument("--recheck-survivors", action="store_true",
+                    help="with --recheck: run the survivors against those files too")
     ap.add_argument("--summarise", action="store_true", help="only rewrite the summary from the last run")
     ap.add_argument("--out", default=str(OUT),
                     help="folder of this measurement's sample.json, summary.{json,md} and confirm.json")
@@ -361,10 +372,11 @@ def main(argv=None) -> int:
     previous = json.loads((OUT / "summary.json").read_text()) if (args.only or args.summarise or args.finish or args.recheck) and (OUT / "summary.json").exists() else None
     if args.recheck:
         old = (previous or {}).get("results", {})
-        checked = recheck(old, names_in_sample, args.recheck)
+        checked = recheck(old, names_in_sample, args.recheck,
+                          ("no tests", "survived") if args.recheck_survivors else ("no tests",))
         new = {n: {0: "survived", 1: "killed"}[r["rc"]] for n, r in checked["mutants"].items() if r["rc"] in (0, 1)}
         summary = summarise(chosen, totals, seed, {**old, **new})
-        summary["recheck"] = {**checked, "before": previous["overall"]}
+        summary["recheck"] = [*_as_list(previous.get("recheck")), {**checked, "before": previous["overall"]}]
     elif args.finish:
         old = (previous or {}).get("results", {})
         todo = [n for n in names_in_sample if old.get(n, "not checked") in ("not checked", "timeout")]
