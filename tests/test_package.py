@@ -95,6 +95,7 @@ tx = learned_dco.pretrained.load("learned_prodigy", num_steps=10)
 """
 
 
+@pytest.mark.integration
 def test_unpacked_wheel_works_without_the_checkout(wheel, tmp_path):
     """A wheel is a zip of the installed files: unpacked onto ``sys.path`` in a directory
     away from the checkout, the configs resolve by name and the data and weights load."""

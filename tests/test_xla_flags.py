@@ -78,6 +78,7 @@ sys.exit(cli.main(["reproduce", "probe", "--out", sys.argv[1], *sys.argv[2:]]))
     ("--xla_cpu_use_fusion_emitters=true", True, 0, "true"),
     (None, False, 3, "true"),  # not quick: XLA's own defaults
 ])
+@pytest.mark.integration
 def test_a_fresh_quick_run_compiles_with_the_flags(tmp_path, user, quick, level, emitters):
     known = "--xla_cpu_use_fusion_emitters=false" in xla.QUICK_DEFAULTS  # this jaxlib has the switch
     if user is not None and not known:
