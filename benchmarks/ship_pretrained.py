@@ -31,6 +31,7 @@ from pathlib import Path
 import learned_dco as ldco
 from learned_dco import bench
 from learned_dco.bench import problems as P
+from learned_dco.bench import report
 from learned_dco.bench import runner
 
 QUICK_PROBLEMS = ("diabetes_mlp_relu", "deep_linear_4", "rosenbrock_2d")
@@ -78,8 +79,6 @@ def split_section(summary: dict, label: str, files: str) -> dict:
 def paired_rows(summary: dict, label: str) -> list[dict]:
     """``label`` against its untrained start and :data:`PAIRED_AGAINST`, paired over the split's
     held-out problems (:func:`learned_dco.bench.report.paired`), for the rows the run holds."""
-    from learned_dco.bench import report
-
     rows = next(iter(summary["results"].values()))["rows"]
     others = [o for o in (f"{label} (untrained)", *PAIRED_AGAINST) if o in rows]
     return [report.paired(summary, label, o) for o in others] if label in rows else []

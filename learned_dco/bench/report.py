@@ -78,12 +78,12 @@ def aggregate(result: Mapping[str, Any], reps: int = 2000, seed: int = 0) -> lis
 
         def iqm_of(other):
             def stat(tb):
-                r = np.exp(_lr(tb["final"], tb[other], tb["floor"]))
+                r = np.exp(S.log_ratio(tb["final"], tb[other], tb["floor"]))
                 return S.iqm(r.reshape(r.shape[0], -1), axis=1)
             return stat
 
         def frac(a, b, code):
-            return lambda tb: np.mean(S.outcomes(_lr(tb[a], tb[b], tb["floor"])) == code, axis=-1)
+            return lambda tb: np.mean(S.outcomes(S.log_ratio(tb[a], tb[b], tb["floor"])) == code, axis=-1)
 
         row: dict[str, Any] = {"optimizer": name}
         row["iqm_ratio"] = S.bootstrap(iqm_of("ref"), tables, reps, seed)
@@ -122,15 +122,6 @@ def paired(result: Mapping[str, Any], a: str, b: str) -> dict:
             "wins": int(np.sum(d < 0)), "per_problem": dict(zip(probs, d.tolist()))}
 
 
-def _lr(a, b, floor):
-    """Elementwise floored log-ratio with a per-element floor."""
-    fa = np.where(np.isfinite(a), np.maximum(a, floor), np.inf)
-    fb = np.where(np.isfinite(b), np.maximum(b, floor), np.inf)
-    with np.errstate(invalid="ignore"):
-        d = np.log(fa) - np.log(fb)
-    return np.where(np.isinf(fa) & np.isinf(fb), 0.0, d)
-
-
 def per_problem(result: Mapping[str, Any]) -> list[dict]:
     """One row per (problem, optimizer) with the per-problem statistics."""
     out = []
@@ -142,7 +133,7 @@ def per_problem(result: Mapping[str, Any]) -> list[dict]:
             r = res["rows"][name]
             final = np.asarray(r["final"], np.float64)
             mean, lo, hi = S.t_interval(final)
-            d = _lr(final, ref, floor)
+            d = S.log_ratio(final, ref, floor)
             hits = [h for h in r["hit"] if h is not None]
             long = r.get("long")
             out.append({
@@ -150,7 +141,7 @@ def per_problem(result: Mapping[str, Any]) -> list[dict]:
                 "lr": r.get("lr"), "final_mean": mean, "final_lo": lo, "final_hi": hi,
                 "ratio": float(np.exp(np.mean(d))) if np.all(np.isfinite(d)) else math.inf,
                 "final_vs_adam": S.OUTCOME_NAMES[int(S.outcomes(d))],
-                "reached": S.OUTCOME_NAMES[int(S.outcomes(_lr(np.asarray(r["best"], np.float64), ref, floor)))],
+                "reached": S.OUTCOME_NAMES[int(S.outcomes(S.log_ratio(np.asarray(r["best"], np.float64), ref, floor)))],
                 "speedup": float(np.median(hits)) if len(hits) * 2 > len(r["hit"]) else None,
                 "diverged_seeds": int(sum(r["diverged"])), "seeds": len(final),
                 "long_max_over_start": (max(l["max_after"] / s for l, s in zip(long, r["start"]))
